@@ -1,0 +1,88 @@
+"""Argument checks shared by the public functions (each error names the argument and what was expected),
+and the per-sample broadcasting they prepare for."""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def can_read_values(x: torch.Tensor) -> bool:
+    """Whether checking x's values is allowed: not while compiling or capturing a CUDA graph (a host sync)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_float_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
+    """x must be a floating-point tensor with at least min_dim dims."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name}: expected a [B, ...] tensor with at least {min_dim} dim(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
+    """x must be a tensor with ref's shape, dtype and device."""
+    check_float_tensor(name, x, min_dim=0)
+    if x.shape != ref.shape:
+        raise ValueError(f"{name}: expected shape {tuple(ref.shape)} like {ref_name}, got {tuple(x.shape)}")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name}: expected dtype {ref.dtype} like {ref_name}, got {x.dtype}")
+    if x.device != ref.device:
+        raise ValueError(f"{name}: expected device {ref.device} like {ref_name}, got {x.device}")
+    return x
+
+
+def per_sample(name: str, value, batch: int, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A float, 0-d or [B] tensor as a [B] tensor on device; a Python float becomes dtype (float64 by default).
+
+    Tensors keep a float32/float64 dtype; float16/bfloat16 values are promoted to float32.
+    """
+    if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)):
+        raise TypeError(f"{name}: expected a float, a 0-d tensor or a [{batch}] tensor, got {type(value).__name__}")
+    if isinstance(value, Real):
+        return torch.full((batch,), float(value), dtype=dtype, device=device)
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if value.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} like the data, got {value.device}")
+    if value.dim() == 0:
+        value = value.expand(batch)
+    elif value.shape != (batch,):
+        raise ValueError(f"{name}: expected a float, a 0-d tensor or shape [{batch}], got shape {tuple(value.shape)}")
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
+def check_range(name: str, value, lo: float, hi: float) -> None:
+    """Every value must be finite and lie in [lo, hi]; skipped where reading values would break a graph."""
+    if isinstance(value, torch.Tensor):
+        if not can_read_values(value) or value.numel() == 0:
+            return
+        bad = ~torch.isfinite(value) | (value < lo) | (value > hi)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: expected values in [{lo}, {hi}], got {value[bad].flatten()[0].item()!r}")
+    elif not (math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value!r}")
+
+
+def check_order(s: torch.Tensor, t: torch.Tensor, strict: bool) -> None:
+    """s < t (strict) or s <= t per sample: a step goes from noisier t to cleaner s."""
+    if not can_read_values(t):
+        return
+    bad = (s >= t) if strict else (s > t)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        need = "s < t" if strict else "s <= t"
+        raise ValueError(f"s: expected {need} for every sample, got s={s[i].item()!r} and t={t[i].item()!r} at index {i}")
+
+
+def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [B] tensor viewed as [B, 1, ..., 1] to broadcast against like ([B, ...])."""
+    return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))

@@ -1,0 +1,83 @@
+"""One table (op, backend) -> implementation, and the choice of backend for a call.
+
+Backends, fastest first: cuda (csrc/cuda), triton (kernels/), cpu (csrc/, C++ with OpenMP) and reference
+(plain PyTorch, always there). The default is the fastest that can run the call; a backend named by the
+`backend=` argument or by MCM_FAST_BACKEND that cannot run it is an error listing why, never a fallback.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+_IMPLS: dict[tuple[str, str], Callable] = {}
+_DIFFERENTIABLE: set[tuple[str, str]] = set()
+
+
+def register(op: str, backend: str, differentiable: bool = False):
+    """Decorator: fn implements op on backend; differentiable says whether autograd flows through it."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+    def wrap(fn: Callable) -> Callable:
+        _IMPLS[op, backend] = fn
+        if differentiable:
+            _DIFFERENTIABLE.add((op, backend))
+        return fn
+
+    return wrap
+
+
+def _runs_on(backend: str, device: torch.device) -> bool:
+    if backend == "cuda":
+        return device.type == "cuda"
+    if backend == "triton":
+        return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "cpu":
+        return device.type == "cpu"
+    return True
+
+
+def available_backends() -> list[str]:
+    """The backends this install can run on some device here, fastest first ("reference" always)."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [
+        b for b in BACKENDS if any(ob == b for _, ob in _IMPLS) and any(_runs_on(b, dev) for dev in devices)
+    ]
+
+
+def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool) -> str | None:
+    if (op, backend) not in _IMPLS:
+        return "not in this install" if backend != "cpu" else "the extension mcm_fast._C is not built"
+    if not _runs_on(backend, device):
+        return f"cannot run on {device.type} tensors"
+    if needs_grad and (op, backend) not in _DIFFERENTIABLE:
+        return "has no backward and an input requires grad"
+    return None
+
+
+def dispatch(op: str, device: torch.device, needs_grad: bool, backend: str | None = None) -> Callable:
+    """The implementation of op to call for tensors on device (see the module docstring for the rule)."""
+    source = "backend"
+    if backend is None and os.environ.get("MCM_FAST_BACKEND"):
+        backend, source = os.environ["MCM_FAST_BACKEND"], "MCM_FAST_BACKEND"
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"{source}: expected one of {BACKENDS} or None, got {backend!r}")
+        why = _why_not(op, backend, device, needs_grad)
+        if why is not None:
+            reasons = "; ".join(f"{b}: {_why_not(op, b, device, needs_grad) or 'ok'}" for b in BACKENDS)
+            raise RuntimeError(f"{source}={backend!r} cannot run {op} here: {why} ({reasons})")
+        return _IMPLS[op, backend]
+    for candidate in BACKENDS:
+        if _why_not(op, candidate, device, needs_grad) is None:
+            return _IMPLS[op, candidate]
+    raise RuntimeError(f"no backend can run {op} on {device.type}")  # unreachable: reference always runs
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd would record a call on these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

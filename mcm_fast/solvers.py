@@ -1,0 +1,150 @@
+"""DDIM, its inverse, adjusted DDIM and Euler/Heun steps (math.md §2-3), in plain PyTorch.
+
+The reference functions are the specification every fused kernel is tested against and the "reference"
+backend. The public steps check their arguments, turn t and s into per-sample logSNRs and hand the update to
+the backend the registry picks. A step goes from the noisier t to the cleaner s <= t; t and s are floats,
+0-d tensors or [B] tensors. Arithmetic is float32 for float16/bfloat16/float32 data, float64 for float64.
+"""
+from __future__ import annotations
+
+import torch
+
+from mcm_fast._checks import batch_view, check_float_tensor, check_like, check_order, check_range, per_sample
+from mcm_fast.denoiser import eps_hat
+from mcm_fast.ops.registry import dispatch, needs_grad, register
+from mcm_fast.schedules import CosineSchedule, alpha_sigma
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _alpha_sigma_like(logsnr: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha, sigma of a [B] logSNR as [B, 1, ..., 1] views in x's compute dtype."""
+    alpha, sigma = alpha_sigma(logsnr.to(_compute_dtype(x)))
+    return batch_view(alpha, x), batch_view(sigma, x)
+
+
+def analytic_x_var(logsnr_t: torch.Tensor) -> torch.Tensor:
+    """x_var = 0.1 / (2 + SNR(t)): 10% of the posterior variance under a N(0, 0.5) prior (math.md §3)."""
+    return 0.1 / (2 + torch.exp(logsnr_t))
+
+
+@register("ddim_step", "reference", differentiable=True)
+def ddim_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
+    """z_s = alpha_s x_hat + sigma_s eps_hat (math.md §2). Reads x_hat and z_t, writes z_s: 3 tensors' bytes."""
+    dtype = _compute_dtype(x_hat)
+    x, z = x_hat.to(dtype), z_t.to(dtype)
+    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
+    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
+    return (alpha_s * x + sigma_s * eps_hat(x, z, alpha_t, sigma_t)).to(x_hat.dtype)
+
+
+@register("addim_step", "reference", differentiable=True)
+def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
+    """z_s = alpha_s x_hat + c eps_hat, c^2 = sigma_s^2 + d K^2 x_var / ||eps_hat||^2 (math.md §3).
+
+    K = alpha_s - alpha_t sigma_s / sigma_t; ||eps_hat||^2 is per sample; x_var = 0 gives DDIM exactly.
+    Reads x_hat and z_t, writes z_s: 3 tensors' bytes (plus a [B] reduction).
+    """
+    dtype = _compute_dtype(x_hat)
+    x, z = x_hat.to(dtype), z_t.to(dtype)
+    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
+    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
+    e = eps_hat(x, z, alpha_t, sigma_t)
+    d = x[0].numel()
+    norm_sq = batch_view(e.flatten(1).square().sum(1), x)
+    var = batch_view(x_var.to(dtype), x)
+    k = alpha_s - alpha_t * sigma_s / sigma_t
+    # where x_var = 0 the second term is exactly 0, even for eps_hat = 0 (no 0 / 0)
+    c = torch.sqrt(sigma_s**2 + d * k**2 * var / torch.where(var > 0, norm_sq, torch.ones_like(norm_sq)))
+    return (alpha_s * x + c * e).to(x_hat.dtype)
+
+
+def _step_logsnrs(x_hat, z_t, t, s, schedule, strict: bool):
+    """Checks the arguments of a step t -> s and returns the per-sample logSNRs ([B] each)."""
+    check_float_tensor("x_hat", x_hat)
+    check_like("z_t", z_t, "x_hat", x_hat)
+    if not isinstance(schedule, CosineSchedule):
+        raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
+    t = per_sample("t", t, x_hat.shape[0], x_hat.device)
+    s = per_sample("s", s, x_hat.shape[0], x_hat.device)
+    check_range("t", t, 0.0, 1.0)
+    check_range("s", s, 0.0, 1.0)
+    check_order(s, t, strict)
+    return schedule.logsnr(t), schedule.logsnr(s)
+
+
+def ddim_step(x_hat, z_t, t, s, schedule, backend=None):
+    """DDIM_{t->s}(x_hat, z_t) = alpha_s x_hat + sigma_s eps_hat (math.md §2); s = t returns z_t."""
+    logsnr_t, logsnr_s = _step_logsnrs(x_hat, z_t, t, s, schedule, strict=False)
+    impl = dispatch("ddim_step", x_hat.device, needs_grad(x_hat, z_t), backend)
+    return impl(x_hat, z_t, logsnr_t, logsnr_s)
+
+
+def addim_step(x_hat, z_t, t, s, schedule, x_var, backend=None):
+    """Adjusted DDIM (math.md §3): DDIM plus the posterior variance x_var put back along eps_hat.
+
+    x_var: per-dimension posterior variance, a float, a [B] tensor, or "analytic" for 0.1 / (2 + SNR(t)).
+    """
+    logsnr_t, logsnr_s = _step_logsnrs(x_hat, z_t, t, s, schedule, strict=False)
+    if isinstance(x_var, str):
+        if x_var != "analytic":
+            raise ValueError(f"x_var: expected a float, a [B] tensor or 'analytic', got {x_var!r}")
+        x_var = analytic_x_var(logsnr_t)
+    x_var = per_sample("x_var", x_var, x_hat.shape[0], x_hat.device)
+    check_range("x_var", x_var, 0.0, float("inf"))
+    impl = dispatch("addim_step", x_hat.device, needs_grad(x_hat, z_t, x_var), backend)
+    return impl(x_hat, z_t, logsnr_t, logsnr_s, x_var)
+
+
+def inv_ddim(z_s, z_t, t, s, schedule):
+    """invDDIM_{t->s}(z_s, z_t): the x_hat whose DDIM step from z_t lands on z_s; needs s < t (math.md §2).
+
+    x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t).
+    """
+    logsnr_t, logsnr_s = _step_logsnrs(z_s, z_t, t, s, schedule, strict=True)
+    dtype = _compute_dtype(z_s)
+    zs, zt = z_s.to(dtype), z_t.to(dtype)
+    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, zs)
+    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, zs)
+    ratio = sigma_s / sigma_t
+    return ((zs - ratio * zt) / (alpha_s - alpha_t * ratio)).to(z_s.dtype)
+
+
+def _flow_slope(x_hat, z, logsnr):
+    """dz/dlambda = alpha (x_hat - alpha z) / 2: the probability-flow ODE in logSNR time.
+
+    From x~ = z / alpha and dx~/dsigma~ = eps_hat with sigma~ = sigma / alpha = exp(-lambda / 2).
+    """
+    alpha, _ = _alpha_sigma_like(logsnr, z)
+    return alpha * (x_hat - alpha * z) / 2
+
+
+def euler_step(x_hat, z_t, t, s, schedule):
+    """One Euler step of the probability-flow ODE in logSNR time from t to s (first order).
+
+    Unlike DDIM (exact when x_hat is constant along the path) it is the plain Euler rule, a teacher option.
+    """
+    logsnr_t, logsnr_s = _step_logsnrs(x_hat, z_t, t, s, schedule, strict=False)
+    dtype = _compute_dtype(z_t)
+    x, z = x_hat.to(dtype), z_t.to(dtype)
+    h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
+    return (z + h * _flow_slope(x, z, logsnr_t)).to(z_t.dtype)
+
+
+def heun_step(model, z_t, t, s, schedule, **cond):
+    """One Heun step (second order, two model calls) of the probability-flow ODE in logSNR time.
+
+    model(z, t, **cond) -> x_hat, e.g. a Denoiser.
+    """
+    if not callable(model):
+        raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
+    logsnr_t, logsnr_s = _step_logsnrs(z_t, z_t, t, s, schedule, strict=False)
+    dtype = _compute_dtype(z_t)
+    z = z_t.to(dtype)
+    h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
+    slope_t = _flow_slope(model(z_t, t, **cond).to(dtype), z, logsnr_t)
+    z_euler = z + h * slope_t
+    slope_s = _flow_slope(model(z_euler.to(z_t.dtype), s, **cond).to(dtype), z_euler, logsnr_s)
+    return (z + h * (slope_t + slope_s) / 2).to(z_t.dtype)
