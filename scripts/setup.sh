@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11), installs pinned torch (CPU build here) and triton, builds and installs
+# mcm_fast with its C++ extension against that torch. Safe to rerun: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
+pip install torch==2.13.0 triton==3.6.0 "setuptools>=70" wheel ninja
+pip install --no-build-isolation -e ".[test]"
