@@ -30,7 +30,7 @@ def build_cuda() -> bool:
 
 
 def extension():
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]
     sources = sorted(glob.glob("csrc/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if build_cuda() and cuda_sources:
@@ -38,7 +38,7 @@ def extension():
             "mcm_fast._C",
             sources + cuda_sources,
             define_macros=[("MCM_FAST_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
     return cpp_extension.CppExtension(

@@ -1,0 +1,152 @@
+// DDIM and aDDIM updates (math.md §2-3): the CUDA kernels of the ops defined in csrc/ddim.cpp.
+//
+// Both write z_s = p x_hat + q (z_t - r x_hat) with per-sample p = alpha_s, r = alpha_t, q = sigma_s / sigma_t
+// (DDIM) or c / sigma_t (aDDIM). Each block owns kChunk elements of one sample and computes that sample's
+// coefficients itself from the logSNRs on the device: no host sync, so the ops can be captured in a CUDA
+// graph; everything runs on the current stream. aDDIM first writes one partial sum of (z_t - r x_hat)^2 per
+// block, then every block of the update sums its sample's partials in the same order (deterministic).
+// Arithmetic in float32 (float64 for float64 data); partial sums in float32 per block, summed in double.
+#include "../ddim.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+namespace mcm_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 4096;  // elements of one sample per block
+
+struct DeviceCoefs {
+  double p, q, r, k;  // k = alpha_s - alpha_t sigma_s / sigma_t
+};
+
+__device__ __forceinline__ DeviceCoefs ddim_coefs(double logsnr_t, double logsnr_s) {
+  const double alpha_t = sqrt(1.0 / (1.0 + exp(-logsnr_t))), sigma_t = sqrt(1.0 / (1.0 + exp(logsnr_t)));
+  const double alpha_s = sqrt(1.0 / (1.0 + exp(-logsnr_s))), sigma_s = sqrt(1.0 / (1.0 + exp(logsnr_s)));
+  const double q = sigma_s / sigma_t;
+  return {alpha_s, q, alpha_t, alpha_s - alpha_t * q};
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void write_update(const scalar_t* x, const scalar_t* z, scalar_t* out, int64_t lo,
+                                             int64_t hi, double p, double q, double r) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t pa = p, qa = q, ra = r;
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    const acc_t xj = static_cast<acc_t>(x[j]);
+    out[j] = static_cast<scalar_t>(pa * xj + qa * (static_cast<acc_t>(z[j]) - ra * xj));
+  }
+}
+
+template <typename scalar_t>
+__global__ void ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                            scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
+                            const double* __restrict__ logsnr_s, int64_t d, int64_t chunks) {
+  const int64_t b = blockIdx.x / chunks;
+  const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
+  const int64_t hi = min(lo + kChunk, (b + 1) * d);
+  const DeviceCoefs c = ddim_coefs(logsnr_t[b], logsnr_s[b]);
+  write_update(x, z, out, lo, hi, c.p, c.q, c.r);
+}
+
+template <typename scalar_t>
+__global__ void residual_partials_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                                         const double* __restrict__ logsnr_t, float* __restrict__ partials,
+                                         int64_t d, int64_t chunks) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.x / chunks;
+  const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
+  const int64_t hi = min(lo + kChunk, (b + 1) * d);
+  const acc_t r = static_cast<acc_t>(sqrt(1.0 / (1.0 + exp(-logsnr_t[b]))));
+  acc_t acc = 0;
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    const acc_t e = static_cast<acc_t>(z[j]) - r * static_cast<acc_t>(x[j]);
+    acc += e * e;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffff, acc, offset);
+  __shared__ acc_t warp_sums[kThreads / 32];
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t total = 0;
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    partials[blockIdx.x] = static_cast<float>(total);
+  }
+}
+
+template <typename scalar_t>
+__global__ void addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                             scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
+                             const double* __restrict__ logsnr_s, const double* __restrict__ x_var,
+                             const float* __restrict__ partials, int64_t d, int64_t chunks) {
+  const int64_t b = blockIdx.x / chunks;
+  const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
+  const int64_t hi = min(lo + kChunk, (b + 1) * d);
+  const DeviceCoefs c = ddim_coefs(logsnr_t[b], logsnr_s[b]);
+  double norm_sq = 0.0;  // ||z_t - alpha_t x_hat||^2 = sigma_t^2 ||eps_hat||^2, same order in every block
+  for (int64_t k = 0; k < chunks; ++k) norm_sq += partials[b * chunks + k];
+  const double extra = x_var[b] > 0.0 ? static_cast<double>(d) * c.k * c.k * x_var[b] / norm_sq : 0.0;
+  write_update(x, z, out, lo, hi, c.p, sqrt(c.q * c.q + extra), c.r);
+}
+
+at::Tensor as_double(const at::Tensor& v, const at::Tensor& like) {
+  return v.to(like.device(), at::kDouble).contiguous();
+}
+
+at::Tensor ddim_step_cuda(const at::Tensor& x_hat, const at::Tensor& z_t, const at::Tensor& logsnr_t,
+                          const at::Tensor& logsnr_s) {
+  const int64_t B = check_update_args(x_hat, z_t, logsnr_t, logsnr_s);
+  const c10::cuda::CUDAGuard guard(x_hat.device());
+  const auto x = x_hat.contiguous(), z = z_t.contiguous();
+  auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return out;
+  const auto lt = as_double(logsnr_t, x), ls = as_double(logsnr_s, x);
+  const int64_t d = x.numel() / B, chunks = (d + kChunk - 1) / kChunk;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ddim_step_cuda", [&] {
+    ddim_kernel<scalar_t><<<B * chunks, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lt.data_ptr<double>(),
+        ls.data_ptr<double>(), d, chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor addim_step_cuda(const at::Tensor& x_hat, const at::Tensor& z_t, const at::Tensor& logsnr_t,
+                           const at::Tensor& logsnr_s, const at::Tensor& x_var) {
+  const int64_t B = check_update_args(x_hat, z_t, logsnr_t, logsnr_s);
+  TORCH_CHECK(x_var.dim() == 1 && x_var.size(0) == B, "x_var: expected shape [", B, "], got ", x_var.sizes());
+  const c10::cuda::CUDAGuard guard(x_hat.device());
+  const auto x = x_hat.contiguous(), z = z_t.contiguous();
+  auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return out;
+  const auto lt = as_double(logsnr_t, x), ls = as_double(logsnr_s, x), xv = as_double(x_var, x);
+  const int64_t d = x.numel() / B, chunks = (d + kChunk - 1) / kChunk;
+  auto partials = at::empty({B * chunks}, x.options().dtype(at::kFloat));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "addim_step_cuda", [&] {
+    residual_partials_kernel<scalar_t><<<B * chunks, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), lt.data_ptr<double>(), partials.data_ptr<float>(), d,
+        chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    addim_kernel<scalar_t><<<B * chunks, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lt.data_ptr<double>(),
+        ls.data_ptr<double>(), xv.data_ptr<double>(), partials.data_ptr<float>(), d, chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mcm_fast, CUDA, m) {
+  m.impl("ddim_step_native", &ddim_step_cuda);
+  m.impl("addim_step_native", &addim_step_cuda);
+}
+
+}  // namespace mcm_fast
