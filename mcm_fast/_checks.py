@@ -61,26 +61,35 @@ def per_sample(name: str, value, batch: int, device: torch.device, dtype: torch.
 
 
 def check_range(name: str, value, lo: float, hi: float) -> None:
-    """Every value must be finite and lie in [lo, hi]; skipped where reading values would break a graph."""
+    """Every value must be finite and lie in [lo, hi]. Python numbers are always checked; tensors only where
+    reading values would not break a compiled graph or a CUDA-graph capture. Other types are left to
+    per_sample, which names what it expected."""
     if isinstance(value, torch.Tensor):
-        if not can_read_values(value) or value.numel() == 0:
+        if not value.dtype.is_floating_point or not can_read_values(value) or value.numel() == 0:
             return
         bad = ~torch.isfinite(value) | (value < lo) | (value > hi)
         if bool(bad.any()):
             raise ValueError(f"{name}: expected values in [{lo}, {hi}], got {value[bad].flatten()[0].item()!r}")
-    elif not (math.isfinite(value) and lo <= value <= hi):
+    elif isinstance(value, Real) and not (math.isfinite(value) and lo <= value <= hi):
         raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value!r}")
 
 
-def check_order(s: torch.Tensor, t: torch.Tensor, strict: bool) -> None:
-    """s < t (strict) or s <= t per sample: a step goes from noisier t to cleaner s."""
-    if not can_read_values(t):
+def check_order(s, t, s_vec: torch.Tensor, t_vec: torch.Tensor, strict: bool) -> None:
+    """s < t (strict) or s <= t per sample: a step goes from noisier t to cleaner s.
+
+    s, t are the arguments as given (Python numbers are checked even while compiling); s_vec, t_vec their [B] form.
+    """
+    need = "s < t" if strict else "s <= t"
+    if isinstance(s, Real) and isinstance(t, Real):
+        if (s >= t) if strict else (s > t):
+            raise ValueError(f"s: expected {need}, got s={s!r} and t={t!r}")
         return
-    bad = (s >= t) if strict else (s > t)
+    if not can_read_values(t_vec):
+        return
+    bad = (s_vec >= t_vec) if strict else (s_vec > t_vec)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        need = "s < t" if strict else "s <= t"
-        raise ValueError(f"s: expected {need} for every sample, got s={s[i].item()!r} and t={t[i].item()!r} at index {i}")
+        raise ValueError(f"s: expected {need} for every sample, got s={s_vec[i].item()!r} and t={t_vec[i].item()!r} at index {i}")
 
 
 def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -60,13 +60,15 @@ class Denoiser(torch.nn.Module):
 
     def forward(self, z_t: torch.Tensor, t, **cond) -> torch.Tensor:
         check_float_tensor("z_t", z_t)
+        if not isinstance(t, torch.Tensor):  # tensors are checked by schedule.logsnr
+            check_range("t", t, 0.0, 1.0)
         t = per_sample("t", t, z_t.shape[0], z_t.device)
-        check_range("t", t, 0.0, 1.0)
         net_dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
         logsnr = self.schedule.logsnr(t)
         out = self.net(z_t, (logsnr if self.time_input == "logsnr" else t).to(net_dtype), **cond)
-        if not isinstance(out, torch.Tensor) or out.shape != z_t.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"net: expected an output of shape {tuple(z_t.shape)} like z_t, got {got}")
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"net: expected a tensor output like z_t, got {type(out).__name__}")
+        if out.shape != z_t.shape:
+            raise ValueError(f"net: expected an output of shape {tuple(z_t.shape)} like z_t, got {tuple(out.shape)}")
         alpha_t, sigma_t = (batch_view(v.to(net_dtype), z_t) for v in alpha_sigma(logsnr))
         return PREDICTIONS[self.prediction](out, z_t, alpha_t, sigma_t)

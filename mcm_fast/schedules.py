@@ -34,10 +34,14 @@ def as_time(t, name: str = "t") -> torch.Tensor:
 
 
 def _positive_numbers(name: str, value, count: int) -> tuple:
-    if not (isinstance(value, (tuple, list)) and len(value) == count):
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name}: expected a tuple of {count} positive numbers, got {type(value).__name__}")
+    if len(value) != count:
         raise ValueError(f"{name}: expected a tuple of {count} positive numbers, got {value!r}")
-    if not all(isinstance(v, Real) and not isinstance(v, bool) and v > 0 for v in value):
-        raise ValueError(f"{name}: expected positive numbers, got {value!r}")
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"{name}: expected numbers, got {value!r}")
+    if not all(math.isfinite(v) and v > 0 for v in value):
+        raise ValueError(f"{name}: expected finite positive numbers, got {value!r}")
     return tuple(value)
 
 
@@ -58,7 +62,9 @@ class CosineSchedule:
     def __post_init__(self):
         for name in ("logsnr_min", "logsnr_max"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+            if not math.isfinite(value):
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
         if not self.logsnr_min < self.logsnr_max:
             raise ValueError(f"logsnr_min: expected less than logsnr_max={self.logsnr_max}, got {self.logsnr_min}")
@@ -83,7 +89,10 @@ class CosineSchedule:
 
     def logsnr(self, t) -> torch.Tensor:
         """lambda(t) for t a float or a tensor in [0, 1] (math.md §1)."""
-        t = as_time(t)
+        return self.logsnr_unchecked(as_time(t))
+
+    def logsnr_unchecked(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) for a float32/float64 tensor t the caller has already checked to lie in [0, 1]."""
         lam = self._cosine(t)
         if self.shift is not None:
             r, res = self.shift

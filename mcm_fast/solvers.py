@@ -7,6 +7,8 @@ the backend the registry picks. A step goes from the noisier t to the cleaner s 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mcm_fast._checks import batch_view, check_float_tensor, check_like, check_order, check_range, per_sample
@@ -52,7 +54,7 @@ def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
     alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
     alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
     e = eps_hat(x, z, alpha_t, sigma_t)
-    d = x[0].numel()
+    d = math.prod(x.shape[1:])
     norm_sq = batch_view(e.flatten(1).square().sum(1), x)
     var = batch_view(x_var.to(dtype), x)
     k = alpha_s - alpha_t * sigma_s / sigma_t
@@ -61,18 +63,19 @@ def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
     return (alpha_s * x + c * e).to(x_hat.dtype)
 
 
-def _step_logsnrs(x_hat, z_t, t, s, schedule, strict: bool):
+def _step_logsnrs(first, z_t, t, s, schedule, strict: bool, first_name: str = "x_hat"):
     """Checks the arguments of a step t -> s and returns the per-sample logSNRs ([B] each)."""
-    check_float_tensor("x_hat", x_hat)
-    check_like("z_t", z_t, "x_hat", x_hat)
+    check_float_tensor(first_name, first)
+    if z_t is not first:
+        check_like("z_t", z_t, first_name, first)
     if not isinstance(schedule, CosineSchedule):
         raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
-    t = per_sample("t", t, x_hat.shape[0], x_hat.device)
-    s = per_sample("s", s, x_hat.shape[0], x_hat.device)
-    check_range("t", t, 0.0, 1.0)
-    check_range("s", s, 0.0, 1.0)
-    check_order(s, t, strict)
-    return schedule.logsnr(t), schedule.logsnr(s)
+    t_vec = per_sample("t", t, first.shape[0], first.device)
+    s_vec = per_sample("s", s, first.shape[0], first.device)
+    for name, value, vec in (("t", t, t_vec), ("s", s, s_vec)):  # Python numbers are checked even when compiling
+        check_range(name, vec if isinstance(value, torch.Tensor) else value, 0.0, 1.0)
+    check_order(s, t, s_vec, t_vec, strict)
+    return schedule.logsnr_unchecked(t_vec), schedule.logsnr_unchecked(s_vec)
 
 
 def ddim_step(x_hat, z_t, t, s, schedule, backend=None):
@@ -101,9 +104,10 @@ def addim_step(x_hat, z_t, t, s, schedule, x_var, backend=None):
 def inv_ddim(z_s, z_t, t, s, schedule):
     """invDDIM_{t->s}(z_s, z_t): the x_hat whose DDIM step from z_t lands on z_s; needs s < t (math.md §2).
 
-    x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t).
+    x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t). The denominator vanishes as
+    s -> t, so the inverse is meant for gaps of at least one segment (MCM's t -> t_step).
     """
-    logsnr_t, logsnr_s = _step_logsnrs(z_s, z_t, t, s, schedule, strict=True)
+    logsnr_t, logsnr_s = _step_logsnrs(z_s, z_t, t, s, schedule, strict=True, first_name="z_s")
     dtype = _compute_dtype(z_s)
     zs, zt = z_s.to(dtype), z_t.to(dtype)
     alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, zs)
@@ -140,7 +144,7 @@ def heun_step(model, z_t, t, s, schedule, **cond):
     """
     if not callable(model):
         raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
-    logsnr_t, logsnr_s = _step_logsnrs(z_t, z_t, t, s, schedule, strict=False)
+    logsnr_t, logsnr_s = _step_logsnrs(z_t, z_t, t, s, schedule, strict=False, first_name="z_t")
     dtype = _compute_dtype(z_t)
     z = z_t.to(dtype)
     h = batch_view((logsnr_s - logsnr_t).to(dtype), z)

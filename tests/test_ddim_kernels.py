@@ -1,0 +1,270 @@
+"""Parity of the fused DDIM / aDDIM backends with the reference (math.md §2-3), op registration, dispatch."""
+import zlib
+
+import pytest
+import torch
+
+import mcm_fast as mf
+from mcm_fast.ops import dispatch
+from mcm_fast.ops.native import NATIVE_ERROR
+from mcm_fast.solvers import addim_step_reference, ddim_step_reference
+
+SCHED = mf.CosineSchedule()
+KERNELS = [b for b in mf.available_backends() if b != "reference"]
+DEVICE = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
+DTYPES = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}
+needs_native = pytest.mark.skipif(NATIVE_ERROR is not None, reason=f"mcm_fast._C is not built: {NATIVE_ERROR}")
+SHAPES = [(3, 1, 5, 7), (2, 3, 17), (1, 4, 9, 9), (7, 1000), (2, 3, 70000), (5, 0)]  # 70000: > one 32768 tile
+
+
+def shape_id(shape):
+    return f"B{shape[0]}-d{torch.Size(shape[1:]).numel()}"
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    monkeypatch.delenv("MCM_FAST_BACKEND", raising=False)
+
+
+@pytest.fixture
+def gen(request):
+    """A generator seeded by the test id: every test draws its own, reproducible inputs."""
+    return torch.Generator().manual_seed(zlib.crc32(request.node.name.encode()))
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    """(backend, device) of each fused backend, skipped where its device is absent (only "cpu" runs on CPU)."""
+    device = DEVICE[request.param]
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{request.param} needs a CUDA device")
+    return request.param, torch.device(device)
+
+
+def step(op, x_hat, z_t, t, s, x_var, backend):
+    if op == "ddim":
+        return mf.ddim_step(x_hat, z_t, t, s, SCHED, backend=backend)
+    return mf.addim_step(x_hat, z_t, t, s, SCHED, x_var, backend=backend)
+
+
+def randn(shape, dtype, g, device):
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+def max_abs(x):
+    return x.abs().max().item() if x.numel() else 0.0
+
+
+def assert_parity(name, out, ref, truth, *inputs):
+    """out passes if its max error vs truth (float64) is at most 2x the reference's own error in out's dtype,
+    plus a floor of a few ulps of the compute dtype (float64 or float32) times the magnitude of the values
+    involved: for float64 the reference is the truth (error 0), yet the kernel's formula rounds differently."""
+    assert out.shape == truth.shape and out.dtype == ref.dtype, f"{name}: got {out.shape} {out.dtype}"
+    err, ref_err = max_abs(out.double() - truth), max_abs(ref.double() - truth)
+    compute = torch.float64 if out.dtype == torch.float64 else torch.float32
+    floor = 4 * torch.finfo(compute).eps * max(max_abs(v) for v in (truth, *inputs))
+    assert err <= 2 * ref_err + floor, f"{name}: max error {err:.3g} > 2 x reference error {ref_err:.3g} + {floor:.3g}"
+
+
+def check_parity(op, backend, device, shape, dtype, t, s, x_var, g):
+    x_hat, z_t = randn(shape, dtype, g, device), randn(shape, dtype, g, device)
+    out = step(op, x_hat, z_t, t, s, x_var, backend)
+    ref = step(op, x_hat, z_t, t, s, x_var, "reference")
+    truth = step(op, x_hat.double(), z_t.double(), t, s, x_var, "reference")
+    assert_parity(f"{op}_step z_s", out, ref, truth, x_hat.double(), z_t.double())
+    assert torch.isfinite(out).all(), f"{op}_step z_s: not finite"
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("op", ["ddim", "addim"])
+def test_parity_per_sample(op, shape, dtype, kernel, gen):
+    backend, device = kernel
+    B = shape[0]
+    t = torch.rand(B, generator=gen, dtype=torch.float64).to(device)
+    s = t * torch.rand(B, generator=gen, dtype=torch.float64).to(device)
+    x_var = (0.05 + 0.5 * torch.rand(B, generator=gen, dtype=torch.float64)).to(device)  # > 0: the norm matters
+    check_parity(op, backend, device, shape, dtype, t, s, x_var, gen)
+
+
+TIMES = {  # (t, s, x_var) as floats, 0-d tensors and the extremes
+    "floats": lambda dev: (0.7, 0.2, 0.3),
+    "0d-f32": lambda dev: (torch.tensor(0.6, device=dev), torch.tensor(0.1, device=dev), torch.tensor(0.2, device=dev)),
+    "t1-s0": lambda dev: (1.0, 0.0, 0.3),
+    "t0-s0": lambda dev: (0.0, 0.0, 0.3),
+    "analytic": lambda dev: (0.9, 0.4, "analytic"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("times", TIMES.keys())
+@pytest.mark.parametrize("op", ["ddim", "addim"])
+def test_parity_scalar_times(op, times, dtype, kernel, gen):
+    backend, device = kernel
+    check_parity(op, backend, device, (3, 1, 5, 7), dtype, *TIMES[times](device), gen)
+
+
+VIEWS = {  # non-contiguous [B, ...] views of fresh data drawn by new(shape)
+    "transposed": lambda B, new: new((B, 17, 3)).transpose(1, 2),
+    "strided": lambda B, new: new((B, 34))[:, ::2],
+    "batch-minor": lambda B, new: new((17, B)).t(),
+    "expanded": lambda B, new: new((B, 1, 5)).expand(B, 4, 5),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("view", VIEWS.keys())
+@pytest.mark.parametrize("op", ["ddim", "addim"])
+def test_non_contiguous(op, view, dtype, kernel, gen):
+    backend, device = kernel
+    B = 3
+    x_hat, z_t = (VIEWS[view](B, lambda shape: randn(shape, dtype, gen, device)) for _ in range(2))
+    assert not x_hat.is_contiguous()
+    t, s = torch.tensor([0.9, 0.5, 0.3], dtype=torch.float64), torch.tensor([0.2, 0.5, 0.0], dtype=torch.float64)
+    x_var = torch.tensor([0.1, 0.0, 0.4], dtype=torch.float64)
+    t, s, x_var = t.to(device), s.to(device), x_var.to(device)
+    want = step(op, x_hat.contiguous(), z_t.contiguous(), t, s, x_var, backend)
+    for name, z in (("z_t non-contiguous", z_t), ("z_t contiguous", z_t.contiguous())):
+        out = step(op, x_hat, z, t, s, x_var, backend)
+        assert out.shape == x_hat.shape, f"{op}_step z_s ({name}): shape {tuple(out.shape)}"
+        assert torch.equal(out, want), f"{op}_step z_s ({name}): differs from the result on contiguous copies"
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("backend", mf.available_backends())
+def test_addim_with_zero_x_var_is_ddim(backend, dtype, gen):
+    device = torch.device(DEVICE.get(backend, "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{backend} needs a CUDA device")
+    x_hat, z_t = randn((4, 2, 33), dtype, gen, device), randn((4, 2, 33), dtype, gen, device)
+    t = torch.tensor([1.0, 0.8, 0.5, 0.1], dtype=torch.float64, device=device)
+    s = torch.tensor([0.0, 0.3, 0.5, 0.0], dtype=torch.float64, device=device)
+    ddim = mf.ddim_step(x_hat, z_t, t, s, SCHED, backend=backend)
+    for x_var in (0.0, torch.zeros(4, dtype=torch.float64, device=device), torch.tensor(0.0, device=device)):
+        addim = mf.addim_step(x_hat, z_t, t, s, SCHED, x_var, backend=backend)
+        assert torch.equal(addim, ddim), f"addim_step z_s with x_var={x_var}: differs from ddim_step"
+    # eps_hat = 0 (a zero norm) with x_var = 0 must still be DDIM: no 0 / 0
+    zero = torch.zeros_like(x_hat)
+    out = mf.addim_step(zero, zero, t, s, SCHED, 0.0, backend=backend)
+    assert torch.equal(out, zero), "addim_step z_s with eps_hat = 0 and x_var = 0: not 0"
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("op", ["ddim", "addim"])
+@pytest.mark.parametrize("backend", mf.available_backends())
+def test_s_equal_t_returns_z_t(backend, op, dtype, gen):
+    device = torch.device(DEVICE.get(backend, "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{backend} needs a CUDA device")
+    x_hat, z_t = randn((4, 50), dtype, gen, device), randn((4, 50), dtype, gen, device)
+    t = torch.tensor([0.0, 0.3, 0.999, 1.0], dtype=torch.float64, device=device)
+    x_var = torch.tensor([0.5, 0.1, 2.0, 0.0], dtype=torch.float64, device=device)
+    for tt, ss in ((t, t), (0.4, 0.4), (1.0, 1.0), (0.0, 0.0)):
+        out = step(op, x_hat, z_t, tt, ss, x_var, backend)
+        tol = 2 * torch.finfo(dtype).eps * max(max_abs(x_hat), max_abs(z_t))
+        err = max_abs(out.double() - z_t.double())
+        assert err <= tol, f"{op}_step z_s at s = t = {tt}: max |z_s - z_t| = {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize(
+    "backend,op",
+    [(b, op) for b in mf.available_backends() if DEVICE.get(b, "cpu") == "cpu" for op in ("ddim", "addim")],
+)
+def test_empty_batch(backend, op):
+    x_hat = torch.zeros(0, 5)
+    out = step(op, x_hat, x_hat, 0.5, 0.2, 0.1, backend)
+    assert out.shape == (0, 5), f"{op}_step z_s: shape {tuple(out.shape)}"
+
+
+@needs_native
+@pytest.mark.parametrize("op", ["ddim_step_native", "addim_step_native"])
+def test_opcheck(op, gen):
+    B = 3
+    args = [torch.randn(B, 5, generator=gen), torch.randn(B, 5, generator=gen)]
+    args += [torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64), torch.tensor([1.0, 4.0, 3.0], dtype=torch.float64)]
+    if op == "addim_step_native":
+        args.append(torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64))
+    torch.library.opcheck(getattr(torch.ops.mcm_fast, op).default, tuple(args))
+
+
+@needs_native
+def test_compile_fullgraph_matches_eager(gen):
+    torch._dynamo.reset()
+
+    def fn(x_hat, z_t, t, s):
+        return mf.ddim_step(x_hat, z_t, t, s, SCHED, backend="cpu")
+
+    x_hat, z_t = torch.randn(4, 3, 8, generator=gen), torch.randn(4, 3, 8, generator=gen)
+    t = torch.tensor([1.0, 0.7, 0.5, 0.2], dtype=torch.float64)
+    s = torch.tensor([0.0, 0.3, 0.5, 0.1], dtype=torch.float64)
+    compiled = torch.compile(fn, fullgraph=True)(x_hat, z_t, t, s)
+    torch.testing.assert_close(compiled, fn(x_hat, z_t, t, s), msg=lambda m: f"compiled ddim_step z_s: {m}")
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+
+X, Z = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0)).unbind()
+
+
+def test_available_backends():
+    backends = mf.available_backends()
+    assert "reference" in backends and "cpu" in backends, backends
+
+
+@pytest.mark.parametrize("op", ["ddim", "addim"])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_unavailable_backend_is_an_error(backend, op, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # else triton may run on CPU tensors
+    with pytest.raises(RuntimeError, match=rf"backend='{backend}'.*\(cuda: .*; triton: .*; cpu: .*; reference: ok\)"):
+        step(op, X, Z, 0.5, 0.2, 0.1, backend)
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match=r"^backend: .*'nope'"):
+        mf.ddim_step(X, Z, 0.5, 0.2, SCHED, backend="nope")
+
+
+@needs_native
+def test_env_var_forces_backend(monkeypatch):
+    cpu = torch.device("cpu")
+    assert dispatch("ddim_step", cpu, False) is torch.ops.mcm_fast.ddim_step_native.default
+    monkeypatch.setenv("MCM_FAST_BACKEND", "reference")
+    assert dispatch("ddim_step", cpu, False) is ddim_step_reference
+    assert dispatch("addim_step", cpu, False) is addim_step_reference
+    monkeypatch.setenv("MCM_FAST_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="MCM_FAST_BACKEND='cuda'"):
+        mf.ddim_step(X, Z, 0.5, 0.2, SCHED)
+    mf.ddim_step(X, Z, 0.5, 0.2, SCHED, backend="reference")  # the argument wins over the variable
+    monkeypatch.setenv("MCM_FAST_BACKEND", "cpu")
+    with pytest.raises(RuntimeError, match="MCM_FAST_BACKEND='cpu'.*backward"):
+        mf.ddim_step(X.clone().requires_grad_(), Z, 0.5, 0.2, SCHED)
+
+
+def test_env_var_unknown_value(monkeypatch):
+    monkeypatch.setenv("MCM_FAST_BACKEND", "nope")
+    with pytest.raises(ValueError, match=r"^MCM_FAST_BACKEND: .*'nope'"):
+        mf.addim_step(X, Z, 0.5, 0.2, SCHED, 0.1)
+
+
+def test_requires_grad_dispatches_to_reference_and_gradients_flow():
+    assert dispatch("ddim_step", torch.device("cpu"), True) is ddim_step_reference
+    x_hat = X.clone().requires_grad_()
+    mf.ddim_step(x_hat, Z, 0.7, 0.2, SCHED).sum().backward()
+    assert x_hat.grad is not None, "x_hat.grad: None after backward through ddim_step"
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = SCHED.alpha_sigma(0.7), SCHED.alpha_sigma(0.2)
+    k = (alpha_s - alpha_t * sigma_s / sigma_t).float()  # d z_s / d x_hat (math.md §2)
+    torch.testing.assert_close(x_hat.grad, k.expand_as(X), msg=lambda m: f"x_hat.grad: {m}")
+    x_var = torch.tensor([0.1, 0.3], dtype=torch.float64, requires_grad=True)
+    mf.addim_step(X, Z, 0.7, 0.2, SCHED, x_var).sum().backward()
+    assert x_var.grad is not None and torch.isfinite(x_var.grad).all(), f"x_var.grad: {x_var.grad}"
+
+
+@needs_native
+def test_cpu_backend_with_requires_grad_is_an_error():
+    x_hat = X.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"backend='cpu'.*backward"):
+        mf.ddim_step(x_hat, Z, 0.7, 0.2, SCHED, backend="cpu")
+    with pytest.raises(RuntimeError, match=r"backend='cpu'.*backward"):
+        mf.addim_step(X, Z, 0.7, 0.2, SCHED, torch.tensor(0.1, requires_grad=True), backend="cpu")
+    with torch.no_grad():  # nothing is recorded: the kernel may run
+        mf.ddim_step(x_hat, Z, 0.7, 0.2, SCHED, backend="cpu")
