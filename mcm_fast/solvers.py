@@ -42,6 +42,22 @@ def ddim_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
     return (alpha_s * x + sigma_s * eps_hat(x, z, alpha_t, sigma_t)).to(x_hat.dtype)
 
 
+def _addim_terms(x, z, logsnr_t, logsnr_s, x_var):
+    """(alpha_t, sigma_t, alpha_s, eps_hat, ||eps_hat||^2, d K^2, c) of aDDIM, per sample as [B, 1, ...] views.
+
+    Where x_var = 0 the norm is replaced by 1 if it is 0, so c = sigma_s exactly and no 0 / 0 appears.
+    """
+    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
+    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
+    e = eps_hat(x, z, alpha_t, sigma_t)
+    norm_sq = batch_view(e.flatten(1).square().sum(1), x)
+    var = batch_view(x_var.to(x.dtype), x)
+    norm_sq = torch.where((var == 0) & (norm_sq == 0), torch.ones_like(norm_sq), norm_sq)
+    dk_sq = math.prod(x.shape[1:]) * (alpha_s - alpha_t * sigma_s / sigma_t) ** 2
+    c = torch.sqrt(sigma_s**2 + dk_sq * var / norm_sq)
+    return alpha_t, sigma_t, alpha_s, e, norm_sq, dk_sq, c
+
+
 @register("addim_step", "reference", differentiable=True)
 def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
     """z_s = alpha_s x_hat + c eps_hat, c^2 = sigma_s^2 + d K^2 x_var / ||eps_hat||^2 (math.md §3).
@@ -51,16 +67,35 @@ def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
     """
     dtype = _compute_dtype(x_hat)
     x, z = x_hat.to(dtype), z_t.to(dtype)
-    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
-    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
-    e = eps_hat(x, z, alpha_t, sigma_t)
-    d = math.prod(x.shape[1:])
-    norm_sq = batch_view(e.flatten(1).square().sum(1), x)
-    var = batch_view(x_var.to(dtype), x)
-    k = alpha_s - alpha_t * sigma_s / sigma_t
-    # where x_var = 0 the second term is exactly 0, even for eps_hat = 0 (no 0 / 0)
-    c = torch.sqrt(sigma_s**2 + d * k**2 * var / torch.where(var > 0, norm_sq, torch.ones_like(norm_sq)))
+    _, _, alpha_s, e, _, _, c = _addim_terms(x, z, logsnr_t, logsnr_s, x_var)
     return (alpha_s * x + c * e).to(x_hat.dtype)
+
+
+def addim_step_backward(grad, x_hat, z_t, logsnr_t, logsnr_s, x_var):
+    """Gradients of aDDIM for x_hat, z_t and x_var, in closed form (the backward of the fused kernels).
+
+    With g = dL/dz_s: dL/deps_hat = c g - (g . eps_hat) d K^2 x_var eps_hat / (c ||eps_hat||^4),
+    dL/dx_hat = alpha_s g - (alpha_t / sigma_t) dL/deps_hat, dL/dz_t = dL/deps_hat / sigma_t and
+    dL/dx_var = (g . eps_hat) d K^2 / (2 c ||eps_hat||^2).
+    """
+    dtype = _compute_dtype(x_hat)
+    x, z, g = x_hat.to(dtype), z_t.to(dtype), grad.to(dtype)
+    alpha_t, sigma_t, alpha_s, e, norm_sq, dk_sq, c = _addim_terms(x, z, logsnr_t, logsnr_s, x_var)
+    g_dot_e = batch_view((g * e).flatten(1).sum(1), x)
+    var = batch_view(x_var.to(dtype), x)
+    grad_e = c * g - g_dot_e * dk_sq * var * e / (c * norm_sq**2)
+    grad_x = alpha_s * g - alpha_t / sigma_t * grad_e
+    grad_var = (g_dot_e * dk_sq / (2 * c * norm_sq)).flatten()
+    return grad_x.to(x_hat.dtype), (grad_e / sigma_t).to(z_t.dtype), grad_var.to(x_var.dtype)
+
+
+def ddim_step_backward(grad, logsnr_t, logsnr_s):
+    """Gradients of DDIM for x_hat and z_t: K g and (sigma_s / sigma_t) g, K = alpha_s - alpha_t sigma_s / sigma_t."""
+    g = grad.to(_compute_dtype(grad))
+    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, g)
+    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, g)
+    ratio = sigma_s / sigma_t
+    return ((alpha_s - alpha_t * ratio) * g).to(grad.dtype), (ratio * g).to(grad.dtype)
 
 
 def _step_logsnrs(first, z_t, t, s, schedule, strict: bool, first_name: str = "x_hat"):

@@ -1,7 +1,8 @@
 """The compiled extension mcm_fast._C (csrc/): its ops join the registry as backends "cpu" and "cuda".
 
 The C++ ops torch.ops.mcm_fast.{ddim,addim}_step_native take per-sample logSNRs ([B]) and x_var ([B]);
-their fake implementations here let torch.compile and torch.library.opcheck trace them. Without the
+their fake implementations here let torch.compile and torch.library.opcheck trace them, and their
+backward is the closed form of solvers.py (plain PyTorch until a fused backward lands). Without the
 extension the package still works on the reference backend; NATIVE_ERROR says why it is missing.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from mcm_fast.ops.registry import register
+from mcm_fast.solvers import addim_step_backward, ddim_step_backward
 
 try:
     from mcm_fast import _C  # noqa: F401  (importing registers the ops)
@@ -27,15 +29,30 @@ def _fake_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
     return torch.empty_like(x_hat, memory_format=torch.contiguous_format)
 
 
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _ddim_backward(ctx, grad):
+    _, _, logsnr_t, logsnr_s = ctx.saved_tensors
+    return *ddim_step_backward(grad, logsnr_t, logsnr_s), None, None
+
+
+def _addim_backward(ctx, grad):
+    x_hat, z_t, logsnr_t, logsnr_s, x_var = ctx.saved_tensors
+    grad_x, grad_z, grad_var = addim_step_backward(grad, x_hat, z_t, logsnr_t, logsnr_s, x_var)
+    return grad_x, grad_z, None, None, grad_var
+
+
 def _has_kernel(op: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"mcm_fast::{op}", key)
 
 
 if NATIVE_ERROR is None:
-    torch.library.register_fake("mcm_fast::ddim_step_native")(_fake_step)
-    torch.library.register_fake("mcm_fast::addim_step_native")(_fake_step)
-    for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
-        if _has_kernel("ddim_step_native", key):
-            register("ddim_step", backend)(torch.ops.mcm_fast.ddim_step_native.default)
-        if _has_kernel("addim_step_native", key):
-            register("addim_step", backend)(torch.ops.mcm_fast.addim_step_native.default)
+    for op, backward in (("ddim_step", _ddim_backward), ("addim_step", _addim_backward)):
+        name = f"mcm_fast::{op}_native"
+        torch.library.register_fake(name)(_fake_step)
+        torch.library.register_autograd(name, backward, setup_context=_save_inputs)
+        for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            if _has_kernel(f"{op}_native", key):
+                register(op, backend, differentiable=True)(getattr(torch.ops.mcm_fast, f"{op}_native").default)
