@@ -30,7 +30,7 @@ def build_cuda() -> bool:
 
 
 def extension():
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", "-march=native"]
     sources = sorted(glob.glob("csrc/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if build_cuda() and cuda_sources:

@@ -291,3 +291,19 @@ def test_backward_matches_reference_autograd(kernel, op, dtype, gen):
             continue
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == "f32" else dict(rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(got.double(), want.double(), **tol, msg=lambda m: f"{op} {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("op", ["ddim", "addim"])
+def test_non_finite_values_propagate_like_the_reference(kernel, op, dtype, gen):
+    """NaN and inf in the data come out where the reference puts them (the kernels' own conversions keep NaN)."""
+    backend, device = kernel
+    x_hat, z_t = (randn((3, 40), DTYPES[dtype], gen, device) for _ in range(2))
+    x_hat[0, 3], z_t[1, 7], x_hat[2, 0] = float("nan"), float("inf"), 1e30 if dtype != "f16" else 7e4
+    t = torch.tensor([0.9, 0.6, 0.4], dtype=torch.float64, device=device)
+    s = torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64, device=device)
+    x_var = torch.tensor([0.1, 0.0, 0.2], dtype=torch.float64, device=device)
+    out = step(op, x_hat, z_t, t, s, x_var, backend)
+    ref = step(op, x_hat, z_t, t, s, x_var, "reference")
+    assert torch.equal(out.isnan(), ref.isnan()), f"{op} z_s: NaN at {out.isnan().nonzero().tolist()}, reference {ref.isnan().nonzero().tolist()}"
+    assert torch.equal(out.isinf(), ref.isinf()), f"{op} z_s: inf at {out.isinf().nonzero().tolist()}, reference {ref.isinf().nonzero().tolist()}"
