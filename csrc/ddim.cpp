@@ -3,8 +3,8 @@
 // One op computes z_s = p * x_hat + q * (z_t - r * x_hat) with per-sample coefficients. aDDIM first needs
 // the per-sample norm ||z_t - alpha_t x_hat||^2 = sigma_t^2 ||eps_hat||^2: a first parallel pass over
 // (sample, chunk) tiles writes partial sums in double, summed per sample in a fixed order (deterministic);
-// the second pass writes z_s. Bytes moved: DDIM reads x_hat and z_t once and writes z_s; aDDIM reads them a
-// second time, mostly from cache. Inputs are made contiguous once; arithmetic is float32 for
+// the second pass writes z_s. Bytes moved: DDIM reads x_hat and z_t once and writes z_s; aDDIM runs both
+// passes on groups of samples of at most kCacheBytes, so its second read comes from cache. Inputs are made contiguous once; arithmetic is float32 for
 // fp16/bf16/fp32 inputs and float64 for float64 inputs, per-sample coefficients are computed in double.
 // Built with -march=native (setup.py): the extension is compiled on the machine that runs it.
 #include "ddim.h"
@@ -24,6 +24,7 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per task: large enough to amortize a task, fits in L2
 constexpr int64_t kBlock = 1024;     // elements summed in the compute dtype before adding to a double
+constexpr int64_t kCacheBytes = 8 << 20;  // x_hat + z_t bytes per aDDIM group: well inside a shared L3
 
 // Element loads and stores through the compute dtype, written so that the compiler vectorizes them (c10's
 // scalar conversions branch on NaN and only vectorize inside ATen's per-CPU builds).
@@ -51,10 +52,9 @@ inline c10::Half store<c10::Half>(float v) {
 }
 
 template <typename scalar_t>
-void combine(const scalar_t* x, const scalar_t* z, scalar_t* out, const std::vector<Coefs>& coefs,
-             int64_t d) {
+void combine(const scalar_t* x, const scalar_t* z, scalar_t* out, const Coefs* coefs, int64_t B, int64_t d) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = static_cast<int64_t>(coefs.size()) * d;
+  const int64_t n = B * d;
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end;) {
       const int64_t b = i / d;
@@ -79,10 +79,9 @@ void combine(const scalar_t* x, const scalar_t* z, scalar_t* out, const std::vec
 // Per-sample sum of (z - r x)^2; tiles of kGrain elements never straddle two samples. Each block of kBlock
 // elements is summed in the compute dtype (vectorized), blocks and tiles in double, tiles in a fixed order.
 template <typename scalar_t>
-std::vector<double> residual_sq_norms(const scalar_t* x, const scalar_t* z, const std::vector<Coefs>& coefs,
+std::vector<double> residual_sq_norms(const scalar_t* x, const scalar_t* z, const Coefs* coefs, int64_t B,
                                       int64_t d) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = static_cast<int64_t>(coefs.size());
   const int64_t tiles_per_sample = (d + kGrain - 1) / kGrain;
   std::vector<double> partial(B * tiles_per_sample, 0.0);
   at::parallel_for(0, B * tiles_per_sample, 1, [&](int64_t begin, int64_t end) {
@@ -136,7 +135,8 @@ at::Tensor ddim_step_cpu(const at::Tensor& x_hat, const at::Tensor& z_t, const a
   const int64_t d = x.numel() / std::max<int64_t>(x.size(0), 1);
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ddim_step_cpu", [&] {
-    combine<scalar_t>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), coefs, d);
+    combine<scalar_t>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), coefs.data(),
+                      x.size(0), d);
   });
   return out;
 }
@@ -154,16 +154,24 @@ at::Tensor addim_step_cpu(const at::Tensor& x_hat, const at::Tensor& z_t, const 
   const auto var = x_var.to(at::kCPU, at::kDouble).contiguous();
   const int64_t d = x.numel() / B;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "addim_step_cpu", [&] {
-    const auto norms = residual_sq_norms<scalar_t>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), coefs, d);
+    // Groups of samples small enough that the update pass re-reads x_hat and z_t from cache, not memory.
+    const int64_t group = std::max<int64_t>(1, kCacheBytes / (2 * d * static_cast<int64_t>(sizeof(scalar_t))));
     const double* xv = var.data_ptr<double>();
-    for (int64_t b = 0; b < B; ++b) {
-      // c / sigma_t = sqrt(sigma_s^2 / sigma_t^2 + d K^2 x_var / ||z_t - alpha_t x_hat||^2), math.md §3,
-      // with K = alpha_s - alpha_t sigma_s / sigma_t = p - r q; x_var = 0 is DDIM exactly, even when the norm is 0.
-      const double K = coefs[b].p - coefs[b].r * coefs[b].q;
-      const double extra = xv[b] > 0.0 ? static_cast<double>(d) * K * K * xv[b] / norms[b] : 0.0;
-      coefs[b].q = std::sqrt(coefs[b].q * coefs[b].q + extra);
+    for (int64_t b0 = 0; b0 < B; b0 += group) {
+      const int64_t nb = std::min(group, B - b0);
+      const scalar_t* xg = x.data_ptr<scalar_t>() + b0 * d;
+      const scalar_t* zg = z.data_ptr<scalar_t>() + b0 * d;
+      const auto norms = residual_sq_norms<scalar_t>(xg, zg, coefs.data() + b0, nb, d);
+      for (int64_t i = 0; i < nb; ++i) {
+        // c / sigma_t = sqrt(sigma_s^2 / sigma_t^2 + d K^2 x_var / ||z_t - alpha_t x_hat||^2), math.md §3, with
+        // K = alpha_s - alpha_t sigma_s / sigma_t = p - r q; x_var = 0 is DDIM exactly, even when the norm is 0.
+        Coefs& c = coefs[b0 + i];
+        const double K = c.p - c.r * c.q;
+        const double extra = xv[b0 + i] > 0.0 ? static_cast<double>(d) * K * K * xv[b0 + i] / norms[i] : 0.0;
+        c.q = std::sqrt(c.q * c.q + extra);
+      }
+      combine<scalar_t>(xg, zg, out.data_ptr<scalar_t>() + b0 * d, coefs.data() + b0, nb, d);
     }
-    combine<scalar_t>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), coefs, d);
   });
   return out;
 }

@@ -137,3 +137,16 @@ def test_addim_per_sample_variance(backend, dtype):
         c = math.sqrt(s_s**2 + z.shape[1] * k**2 * x_var[b].item() / norm_sq)
         expected = (mean_part + c * eps_scale) * z[b].double()
         torch.testing.assert_close(out[b], expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_analytic_x_var_is_a_tenth_of_the_posterior_variance_under_half_unit_prior(t):
+    """0.1 / (2 + SNR) = 0.1 c^2 sigma^2 / (alpha^2 c^2 + sigma^2) with c^2 = 0.5 (math.md §3)."""
+    alpha, sigma = alpha_sigma(t)
+    expected = 0.1 * 0.5 * sigma**2 / (alpha**2 * 0.5 + sigma**2)
+    assert mf.analytic_x_var(SCHED.logsnr(t)).item() == pytest.approx(expected, rel=1e-9)
+    x_hat, z = torch.randn(2, 2, 50, dtype=torch.float64).unbind(0)
+    s = t / 2
+    torch.testing.assert_close(
+        mf.addim_step(x_hat, z, t, s, SCHED, "analytic"), mf.addim_step(x_hat, z, t, s, SCHED, expected)
+    )
