@@ -69,9 +69,9 @@ def check_range(name: str, value, lo: float, hi: float) -> None:
             return
         bad = ~torch.isfinite(value) | (value < lo) | (value > hi)
         if bool(bad.any()):
-            raise ValueError(f"{name}: expected values in [{lo}, {hi}], got {value[bad].flatten()[0].item()!r}")
+            raise ValueError(f"{name}: expected finite values in [{lo}, {hi}], got {value[bad].flatten()[0].item()!r}")
     elif isinstance(value, Real) and not (math.isfinite(value) and lo <= value <= hi):
-        raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value!r}")
+        raise ValueError(f"{name}: expected a finite value in [{lo}, {hi}], got {value!r}")
 
 
 def check_order(s, t, s_vec: torch.Tensor, t_vec: torch.Tensor, strict: bool) -> None:

@@ -33,8 +33,12 @@ def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
+def _save_logsnrs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[2:4])  # DDIM is linear: its backward needs only the coefficients
+
+
 def _ddim_backward(ctx, grad):
-    _, _, logsnr_t, logsnr_s = ctx.saved_tensors
+    logsnr_t, logsnr_s = ctx.saved_tensors
     return *ddim_step_backward(grad, logsnr_t, logsnr_s), None, None
 
 
@@ -49,10 +53,10 @@ def _has_kernel(op: str, key: str) -> bool:
 
 
 if NATIVE_ERROR is None:
-    for op, backward in (("ddim_step", _ddim_backward), ("addim_step", _addim_backward)):
+    for op, backward, setup in (("ddim_step", _ddim_backward, _save_logsnrs), ("addim_step", _addim_backward, _save_inputs)):
         name = f"mcm_fast::{op}_native"
         torch.library.register_fake(name)(_fake_step)
-        torch.library.register_autograd(name, backward, setup_context=_save_inputs)
+        torch.library.register_autograd(name, backward, setup_context=setup)
         for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
             if _has_kernel(f"{op}_native", key):
                 register(op, backend, differentiable=True)(getattr(torch.ops.mcm_fast, f"{op}_native").default)
