@@ -1,6 +1,8 @@
 """mcm_fast: Multistep Consistency Models (Heek, Hoogeboom & Salimans 2024) in PyTorch, with fused kernels."""
 from mcm_fast.denoiser import Denoiser
-from mcm_fast.ops import available_backends
+from mcm_fast.objectives import MCMObjective, diffusion_loss
+from mcm_fast.ops import available_backends, native  # noqa: F401  (native registers the compiled backends)
+from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step, inv_ddim
 
@@ -9,11 +11,17 @@ __version__ = "0.1.0"
 __all__ = [
     "CosineSchedule",
     "Denoiser",
+    "MCMObjective",
+    "XVarTable",
     "addim_step",
     "analytic_x_var",
     "available_backends",
     "ddim_step",
+    "diffusion_loss",
     "euler_step",
+    "guided",
     "heun_step",
     "inv_ddim",
+    "sample",
+    "sample_diffusion",
 ]

@@ -1,11 +1,23 @@
-"""Training objectives: the diffusion (v-) loss of the teacher (math.md §1)."""
+"""Training objectives: the diffusion (v-) loss of a teacher (math.md §1) and the multistep consistency
+objective of Algorithm 1 (math.md §4), with the Direct CM target of Vouitsis et al. 2024 (math.md §6)."""
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 
 from mcm_fast._checks import batch_view, check_float_tensor
 from mcm_fast.denoiser import Denoiser
-from mcm_fast.schedules import alpha_sigma
+from mcm_fast.schedules import CosineSchedule, alpha_sigma
+from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step, inv_ddim
+
+TEACHER_SOLVERS = ("addim", "ddim", "euler", "heun")
+LOSSES = ("pseudo_huber", "l2_squared")
+WEIGHTINGS = ("snr+1", "sqrt(snr+1)")
+TARGETS = ("mcm", "direct")
+REFERENCES = ("online", "ema")
 
 
 def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
@@ -24,3 +36,176 @@ def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generat
     x_hat = denoiser(z_t, t, **cond)
     weight = torch.exp(logsnr) + 1  # SNR + 1
     return (weight * (x_hat.float() - x.float()).flatten(1).square().sum(1)).mean()
+
+
+@dataclass(frozen=True)
+class TeacherSteps:
+    """N(i) = exp(log start + clip(i / anneal, 0, 1) (log end - log start)), the teacher steps at iteration i
+    (math.md §4); fixed when start == end."""
+
+    start: int = 64
+    end: int = 1280
+    anneal: int = 100_000
+
+    def __post_init__(self):
+        for name in ("start", "end", "anneal"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"teacher_steps: expected positive integers (start, end, anneal), got {name}={value!r}")
+
+    def __call__(self, step: int) -> float:
+        frac = min(max(step / self.anneal, 0.0), 1.0)
+        return math.exp(math.log(self.start) + frac * (math.log(self.end) - math.log(self.start)))
+
+
+def _choice(name: str, value, allowed) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+    return value
+
+
+class MCMObjective:
+    """Algorithm 1: multistep consistency training (teacher=None) and distillation (math.md §4).
+
+    student(z_t, t, **cond) -> x_hat is trained so that its DDIM jump to the segment start t_step agrees with
+    one teacher step t -> s followed by its own stop-gradient jump s -> t_step. Options: student_steps S;
+    teacher_steps (start, end, anneal) or one int; teacher_solver; xvar_frac (a float, or "analytic");
+    loss and huber_eps; weighting; target "mcm" or "direct" (regress onto the teacher's many-step solve to
+    t_step); reference "online" (the student under stop-gradient, the paper) or "ema" (a model passed at each
+    call); label_dropout with null_label for classifier-free guidance (cond[label_key] is dropped per sample).
+    """
+
+    def __init__(self, schedule: CosineSchedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
+                 teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
+                 weighting: str = "snr+1", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
+                 null_label: int | None = None, label_key: str = "label", backend: str | None = None):
+        if not isinstance(schedule, CosineSchedule):
+            raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
+        if isinstance(student_steps, bool) or not isinstance(student_steps, Integral) or student_steps < 1:
+            raise ValueError(f"student_steps: expected an integer >= 1, got {student_steps!r}")
+        if isinstance(teacher_steps, Integral) and not isinstance(teacher_steps, bool):
+            teacher_steps = (teacher_steps, teacher_steps, 1)
+        if not (isinstance(teacher_steps, (tuple, list)) and len(teacher_steps) == 3):
+            raise ValueError(f"teacher_steps: expected an int or (start, end, anneal), got {teacher_steps!r}")
+        self.teacher_steps = TeacherSteps(*teacher_steps)
+        if min(self.teacher_steps.start, self.teacher_steps.end) < student_steps:
+            raise ValueError(f"teacher_steps: expected start and end >= student_steps={student_steps}, got {teacher_steps!r}")
+        if xvar_frac != "analytic" and (isinstance(xvar_frac, bool) or not isinstance(xvar_frac, Real)
+                                        or not 0 <= xvar_frac < math.inf):
+            raise ValueError(f"xvar_frac: expected a finite number >= 0 or 'analytic', got {xvar_frac!r}")
+        if isinstance(huber_eps, bool) or not isinstance(huber_eps, Real) or not 0 < huber_eps < math.inf:
+            raise ValueError(f"huber_eps: expected a finite number > 0, got {huber_eps!r}")
+        if isinstance(label_dropout, bool) or not isinstance(label_dropout, Real) or not 0 <= label_dropout <= 1:
+            raise ValueError(f"label_dropout: expected a probability in [0, 1], got {label_dropout!r}")
+        if label_dropout > 0 and null_label is None:
+            raise ValueError("null_label: expected the null class index when label_dropout > 0, got None")
+        self.schedule = schedule
+        self.student_steps = int(student_steps)
+        self.teacher_solver = _choice("teacher_solver", teacher_solver, TEACHER_SOLVERS)
+        self.xvar_frac = xvar_frac
+        self.loss = _choice("loss", loss, LOSSES)
+        self.huber_eps = float(huber_eps)
+        self.weighting = _choice("weighting", weighting, WEIGHTINGS)
+        self.target = _choice("target", target, TARGETS)
+        self.reference = _choice("reference", reference, REFERENCES)
+        self.label_dropout = float(label_dropout)
+        self.null_label = null_label
+        self.label_key = label_key
+        self.backend = backend
+
+    def segment_steps(self, step: int) -> int:
+        """n_seg = round(N(step) / S): teacher steps per segment at training iteration `step` (Algorithm 1, step 1)."""
+        return max(1, round(self.teacher_steps(step) / self.student_steps))
+
+    def __call__(self, student, x: torch.Tensor, teacher=None, step: int = 0, generator: torch.Generator | None = None,
+                 reference_model=None, diagnostics: bool = False, **cond):
+        """The mean loss over the batch; with diagnostics=True also {"t", "segment", "loss"} per sample."""
+        check_float_tensor("x", x)
+        for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
+            if model is not None and not callable(model):
+                raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
+        if teacher is None and self.teacher_solver == "heun":
+            raise ValueError("teacher: teacher_solver='heun' needs a teacher model (training from data has none)")
+        if (self.reference == "ema") != (reference_model is not None):
+            raise ValueError(f"reference_model: expected a model exactly when reference='ema', got reference="
+                             f"{self.reference!r} and reference_model={type(reference_model).__name__}")
+        reference = student if reference_model is None else reference_model
+        batch, device = x.shape[0], x.device
+
+        # Algorithm 1, steps 1-2: a segment and a position in it per example, on the exact grid k / T
+        n_seg = self.segment_steps(step)
+        total = n_seg * self.student_steps
+        segment = torch.randint(0, self.student_steps, (batch,), generator=generator, device=device)
+        n_rel = torch.randint(1, n_seg + 1, (batch,), generator=generator, device=device)
+        start = segment * n_seg
+        t_step = start.double() / total
+        t = (start + n_rel).double() / total
+        s = (start + n_rel - 1).double() / total
+
+        # step 3
+        eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        logsnr_t = self.schedule.logsnr(t)
+        alpha_t, sigma_t = (batch_view(v, x) for v in alpha_sigma(logsnr_t))
+        z_t = (alpha_t * x + sigma_t * eps).to(x.dtype)
+        cond = self._drop_labels(cond, batch, device, generator)
+
+        with torch.no_grad():
+            if self.target == "mcm":
+                x_teacher = x if teacher is None else teacher(z_t, t, **cond)  # step 4
+                z_s = self._teacher_step(teacher, x_teacher, x, z_t, t, s, cond)  # step 5
+                # step 6: the reference sees the same dropout masks as the student call below
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    x_ref = reference(z_s, s, **cond)
+                z_ref = ddim_step(x_ref, z_s, s, t_step, self.schedule, backend=self.backend)
+            else:
+                z_ref = self._teacher_solve(teacher, x, z_t, start, n_rel, total, cond)
+            x_target = inv_ddim(z_ref, z_t, t, t_step, self.schedule)  # step 7
+        x_hat = student(z_t, t, **cond)
+
+        # step 8
+        dist_sq = (x_hat.float() - x_target.float()).flatten(1).square().sum(1)
+        per_sample = dist_sq if self.loss == "l2_squared" else torch.sqrt(dist_sq + self.huber_eps**2) - self.huber_eps
+        weight = torch.exp(logsnr_t).float() + 1
+        per_sample = per_sample * (weight if self.weighting == "snr+1" else weight.sqrt())
+        loss = per_sample.mean()
+        if diagnostics:
+            return loss, {"t": t, "segment": segment, "loss": per_sample.detach()}
+        return loss
+
+    def _drop_labels(self, cond: dict, batch: int, device, generator) -> dict:
+        """Classifier-free guidance training: each label becomes null_label with probability label_dropout."""
+        if self.label_dropout == 0:
+            return cond
+        labels = cond.get(self.label_key)
+        if not isinstance(labels, torch.Tensor) or labels.shape != (batch,):
+            raise ValueError(f"{self.label_key}: expected a [{batch}] tensor of labels when label_dropout > 0, got {labels!r}")
+        drop = torch.rand(batch, generator=generator, device=device) < self.label_dropout
+        return {**cond, self.label_key: torch.where(drop, torch.full_like(labels, self.null_label), labels)}
+
+    def _x_var(self, x_teacher, x, t):
+        """Per-sample x_var for aDDIM: xvar_frac ||x_teacher - x||^2 / d, or the analytic value (math.md §3-4)."""
+        if self.xvar_frac == "analytic":
+            return analytic_x_var(self.schedule.logsnr(t))
+        return self.xvar_frac * (x_teacher.double() - x.double()).flatten(1).square().mean(1)
+
+    def _teacher_step(self, teacher, x_teacher, x, z_t, t, s, cond):
+        """One step of the teacher's integrator from t to s (Algorithm 1, step 5); from data x_var is 0."""
+        if self.teacher_solver == "addim":
+            x_var = 0.0 if teacher is None else self._x_var(x_teacher, x, t)
+            return addim_step(x_teacher, z_t, t, s, self.schedule, x_var, backend=self.backend)
+        if self.teacher_solver == "ddim":
+            return ddim_step(x_teacher, z_t, t, s, self.schedule, backend=self.backend)
+        if self.teacher_solver == "euler":
+            return euler_step(x_teacher, z_t, t, s, self.schedule)
+        return heun_step(teacher, z_t, t, s, self.schedule, x_hat=x_teacher, **cond)
+
+    def _teacher_solve(self, teacher, x, z_t, start, n_rel, total, cond):
+        """Direct CM: the teacher's integrator over every grid step from t down to t_step (n_rel per sample)."""
+        z = z_t
+        for k in range(int(n_rel.max())):
+            left = (n_rel - k).clamp(min=0)  # grid steps still to go; 0 = arrived (the step is the identity)
+            t_k = (start + left).double() / total
+            s_k = (start + (left - 1).clamp(min=0)).double() / total
+            x_teacher = x if teacher is None else teacher(z, t_k, **cond)
+            z = self._teacher_step(teacher, x_teacher, x, z, t_k, s_k, cond)
+        return z

@@ -102,6 +102,24 @@ class CosineSchedule:
             return t * (lam + 2 * math.log(r_lo / res)) + (1 - t) * (lam + 2 * math.log(r_hi / res))
         return lam
 
+    def t_of_logsnr(self, logsnr: torch.Tensor) -> torch.Tensor:
+        """The inverse of logsnr: t in [0, 1] with lambda(t) = logsnr; closed form, bisection when interpolated.
+
+        logsnr must lie in [lambda(1), lambda(0)] (a ValueError otherwise).
+        """
+        lo, hi = self.logsnr(1.0).item(), self.logsnr(0.0).item()
+        check_range("logsnr", logsnr, lo, hi)
+        if self.interpolate is None:
+            shift = 0.0 if self.shift is None else 2 * math.log(self.shift[0] / self.shift[1])
+            u = torch.atan(torch.exp(-(logsnr - shift) / 2)) * 2 / math.pi
+            return ((u - self.t_min) / (self.t_max - self.t_min)).clamp(0, 1)  # clamp: rounding at the ends
+        left, right = torch.zeros_like(logsnr), torch.ones_like(logsnr)
+        for _ in range(60):  # lambda falls with t: 60 halvings reach float64 resolution
+            mid = (left + right) / 2
+            above = self.logsnr_unchecked(mid) > logsnr
+            left, right = torch.where(above, mid, left), torch.where(above, right, mid)
+        return (left + right) / 2
+
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) for t a float or a tensor in [0, 1]."""
         return alpha_sigma(self.logsnr(t))

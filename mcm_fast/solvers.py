@@ -172,10 +172,10 @@ def euler_step(x_hat, z_t, t, s, schedule):
     return (z + h * _flow_slope(x, z, logsnr_t)).to(z_t.dtype)
 
 
-def heun_step(model, z_t, t, s, schedule, **cond):
+def heun_step(model, z_t, t, s, schedule, x_hat=None, **cond):
     """One Heun step (second order, two model calls) of the probability-flow ODE in logSNR time.
 
-    model(z, t, **cond) -> x_hat, e.g. a Denoiser.
+    model(z, t, **cond) -> x_hat, e.g. a Denoiser; x_hat, when given, is model(z_t, t) already computed.
     """
     if not callable(model):
         raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
@@ -183,7 +183,11 @@ def heun_step(model, z_t, t, s, schedule, **cond):
     dtype = _compute_dtype(z_t)
     z = z_t.to(dtype)
     h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
-    slope_t = _flow_slope(model(z_t, t, **cond).to(dtype), z, logsnr_t)
+    if x_hat is None:
+        x_hat = model(z_t, t, **cond)
+    else:
+        check_like("x_hat", x_hat, "z_t", z_t)
+    slope_t = _flow_slope(x_hat.to(dtype), z, logsnr_t)
     z_euler = z + h * slope_t
     slope_s = _flow_slope(model(z_euler.to(z_t.dtype), s, **cond).to(dtype), z_euler, logsnr_s)
     return (z + h * (slope_t + slope_s) / 2).to(z_t.dtype)

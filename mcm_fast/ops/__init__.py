@@ -1,6 +1,8 @@
-"""Fused ops and the registry that picks their backend: cuda | triton | cpu | reference."""
-from mcm_fast import solvers  # noqa: F401  (registers the reference backend)
-from mcm_fast.ops import native  # noqa: F401  (registers the compiled backends, when built)
+"""Fused ops and the registry that picks their backend: cuda | triton | cpu | reference.
+
+The reference backend registers itself in mcm_fast.solvers, the compiled ones in mcm_fast.ops.native; the
+package's __init__ imports both.
+"""
 from mcm_fast.ops.registry import BACKENDS, available_backends, dispatch
 
 __all__ = ["BACKENDS", "available_backends", "dispatch"]

@@ -1,0 +1,24 @@
+"""Sliced Wasserstein distance between two sample sets."""
+from __future__ import annotations
+
+import torch
+
+from mcm_fast._checks import check_float_tensor
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, generator=None) -> float:
+    """SW_2 between the empirical distributions of a [n, d] and b [m, d]: the root mean over random unit
+    directions of the squared 1-D Wasserstein-2 distance, compared at matching quantiles."""
+    check_float_tensor("a", a, min_dim=2)
+    check_float_tensor("b", b, min_dim=2)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"b: expected [m, {a.shape[-1]}] points like a [n, d], got {tuple(b.shape)} and {tuple(a.shape)}")
+    directions = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
+    directions = (directions / directions.norm(dim=0, keepdim=True)).to(a.device)
+    pa = (a.double() @ directions).sort(dim=0).values  # [n, P]
+    pb = (b.double() @ directions).sort(dim=0).values  # [m, P]
+    n = max(len(pa), len(pb))
+    q = (torch.arange(n, dtype=torch.float64, device=a.device) + 0.5) / n  # quantile levels
+    qa = pa[(q * len(pa)).long().clamp(max=len(pa) - 1)]
+    qb = pb[(q * len(pb)).long().clamp(max=len(pb) - 1)]
+    return float((qa - qb).square().mean().sqrt())

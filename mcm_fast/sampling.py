@@ -1,0 +1,192 @@
+"""Samplers: Algorithm 2 for multistep consistency models (math.md §5) and the usual integrators for
+diffusion teachers (DDIM, aDDIM, Euler, Heun, ancestral), with classifier-free guidance.
+
+A model is any callable model(z_t, t, **cond) -> x_hat; the schedule comes from model.schedule unless given.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from numbers import Integral, Real
+
+import torch
+
+from mcm_fast._checks import batch_view, check_float_tensor
+from mcm_fast.schedules import CosineSchedule, alpha_sigma
+from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step
+
+CONSISTENCY_SAMPLERS = ("mcm", "cm")
+DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")
+
+
+def guided(model, scale: float, null_cond: dict):
+    """Classifier-free guidance: x_hat = (1 + w) model(z, t, cond) - w model(z, t, null_cond), one batched call."""
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
+        raise ValueError(f"guidance: expected a finite number, got {scale!r}")
+    if not isinstance(null_cond, dict) or not null_cond:
+        raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got {null_cond!r}")
+
+    def guided_model(z, t, **cond):
+        batch = z.shape[0]
+        both = {k: torch.cat([v, torch.as_tensor(null_cond.get(k), device=v.device).expand_as(v)])
+                if k in null_cond else v for k, v in cond.items()}
+        t2 = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() == 1 else t
+        x_cond, x_null = model(torch.cat([z, z]), t2, **both).split(batch)
+        return (1 + scale) * x_cond - scale * x_null
+
+    return guided_model
+
+
+def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond, device=None):
+    """Checks the common arguments; returns (model, schedule, z_1). New noise goes on `device`, else on the
+    device of the first tensor in cond, else on the generator's."""
+    if not callable(model):
+        raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, Integral) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
+    schedule = getattr(model, "schedule", None) if schedule is None else schedule
+    if not isinstance(schedule, CosineSchedule):
+        raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")
+    if noise is None:
+        if shape is None:
+            raise ValueError("shape: expected (B, ...) when noise is not given, got None")
+        if device is None:
+            device = next((v.device for v in cond.values() if isinstance(v, torch.Tensor)),
+                          generator.device if generator is not None else None)
+        noise = torch.randn(tuple(shape), generator=generator, device=device)
+    else:
+        check_float_tensor("noise", noise)
+        if shape is not None and tuple(shape) != tuple(noise.shape):
+            raise ValueError(f"shape: expected {tuple(noise.shape)} like noise, got {tuple(shape)}")
+    if guidance != 0:
+        model = guided(model, guidance, null_cond)
+    return model, schedule, noise
+
+
+def _times(z: torch.Tensor, t: float) -> torch.Tensor:
+    return torch.full((z.shape[0],), t, dtype=torch.float64, device=z.device)
+
+
+@torch.no_grad()
+def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, generator=None, sampler: str = "mcm",
+           guidance: float = 0.0, null_cond: dict | None = None, compile: bool = False, cuda_graph: bool = False,
+           **cond) -> torch.Tensor:
+    """Algorithm 2: exactly n_steps model calls from z_1 = noise; returns the last x_hat (math.md §5).
+
+    sampler "mcm" jumps between segment starts k / S with DDIM; "cm" (Song et al. 2023) re-noises each
+    x_hat afresh to the next time instead. guidance w > 0 needs null_cond (e.g. {"label": null_class}).
+    compile=True runs the network through torch.compile; cuda_graph=True on a CPU tensor warns and runs
+    eagerly (the CUDA capture is not built yet and raises NotImplementedError).
+    """
+    if sampler not in CONSISTENCY_SAMPLERS:
+        raise ValueError(f"sampler: expected one of {CONSISTENCY_SAMPLERS}, got {sampler!r}")
+    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
+    if cuda_graph and z.device.type != "cuda":
+        warnings.warn("cuda_graph=True needs CUDA tensors; sampling eagerly on " + z.device.type, stacklevel=2)
+    elif cuda_graph:
+        raise NotImplementedError("cuda_graph: capturing the sampling loop in a CUDA graph is not built yet; use False")
+    if compile:
+        model = torch.compile(model)
+    times = [k / n_steps for k in range(n_steps, -1, -1)]
+    if sampler == "mcm":
+        return consistency_jumps(model, z, times, schedule, **cond)
+    x_hat = None
+    for t, s in zip(times[:-1], times[1:]):
+        x_hat = model(z, _times(z, t), **cond)
+        if s > 0:  # Song et al.: re-noise the estimate to the next time with fresh noise
+            alpha_s, sigma_s = alpha_sigma(schedule.logsnr(s))
+            fresh = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = (alpha_s * x_hat + sigma_s * fresh).to(z.dtype)
+    return x_hat
+
+
+def consistency_jumps(model, z: torch.Tensor, times, schedule: CosineSchedule, project=None, **cond) -> torch.Tensor:
+    """Multistep consistency sampling along descending times (ending at 0): one model call per interval,
+    DDIM jumps in between, x_hat passed through project (editing constraints) first; returns the last x_hat."""
+    x_hat = None
+    for t, s in zip(times[:-1], times[1:]):
+        t_vec = _times(z, t)
+        x_hat = model(z, t_vec, **cond)
+        if project is not None:
+            x_hat = project(x_hat)
+        if s > 0:
+            z = ddim_step(x_hat, z, t_vec, _times(z, s), schedule)
+    return x_hat
+
+
+class XVarTable:
+    """A per-t table of aDDIM's x_var = E ||x_hat(z_t, t) - x||^2 / d, measured on data, interpolated in t."""
+
+    def __init__(self, t: torch.Tensor, x_var: torch.Tensor):
+        if t.dim() != 1 or t.shape != x_var.shape or t.numel() < 2:
+            raise ValueError(f"t: expected matching 1-D tensors of at least 2 points, got {tuple(t.shape)} and {tuple(x_var.shape)}")
+        if not bool((t[1:] > t[:-1]).all()):
+            raise ValueError("t: expected strictly increasing times")
+        if not bool((x_var >= 0).all() & torch.isfinite(x_var).all()):
+            raise ValueError("x_var: expected finite values >= 0")
+        self.t, self.x_var = t.double().cpu(), x_var.double().cpu()
+
+    @classmethod
+    @torch.no_grad()
+    def measure(cls, model, x: torch.Tensor, schedule: CosineSchedule, points: int = 33, generator=None, **cond):
+        """Measures the table on a batch of data x at `points` times spread evenly over [0, 1]."""
+        t = torch.linspace(0, 1, points, dtype=torch.float64)
+        values = []
+        for tk in t.tolist():
+            alpha, sigma = schedule.alpha_sigma(tk)
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = (alpha * x + sigma * eps).to(x.dtype)
+            err = (model(z, _times(z, tk), **cond).double() - x.double()).flatten(1).square().mean(1)
+            values.append(err.mean())
+        return cls(t, torch.stack(values).cpu())
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        """x_var at times t (a tensor), linear between the table's points."""
+        pos = t.double().cpu()
+        idx = torch.searchsorted(self.t, pos).clamp(1, len(self.t) - 1)
+        lo, hi = self.t[idx - 1], self.t[idx]
+        w = (pos - lo) / (hi - lo)
+        return ((1 - w) * self.x_var[idx - 1] + w * self.x_var[idx]).to(t.device)
+
+
+@torch.no_grad()
+def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, schedule=None, noise=None, generator=None,
+                     x_var="analytic", guidance: float = 0.0, null_cond: dict | None = None, **cond) -> torch.Tensor:
+    """Samples a diffusion model with n_steps uniform steps in t of DDIM, aDDIM, Euler, Heun or ancestral
+    sampling; returns z_0 (alpha_0 ~ 1 - 2e-7 on the default schedule, so z_0 is the sample).
+
+    x_var (aDDIM only): "analytic", a float, or an XVarTable measured on data.
+    """
+    if solver not in DIFFUSION_SOLVERS:
+        raise ValueError(f"solver: expected one of {DIFFUSION_SOLVERS}, got {solver!r}")
+    if not (x_var == "analytic" or isinstance(x_var, XVarTable) or (isinstance(x_var, Real) and not isinstance(x_var, bool))):
+        raise ValueError(f"x_var: expected 'analytic', a float or an XVarTable, got {x_var!r}")
+    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
+    for k in range(n_steps, 0, -1):
+        t, s = _times(z, k / n_steps), _times(z, (k - 1) / n_steps)
+        x_hat = model(z, t, **cond)
+        if solver == "ddim":
+            z = ddim_step(x_hat, z, t, s, schedule)
+        elif solver == "addim":
+            var = x_var(t) if isinstance(x_var, XVarTable) else x_var
+            z = addim_step(x_hat, z, t, s, schedule, var)
+        elif solver == "euler":
+            z = euler_step(x_hat, z, t, s, schedule)
+        elif solver == "heun":
+            z = heun_step(model, z, t, s, schedule, x_hat=x_hat, **cond)
+        else:
+            z = _ancestral_step(x_hat, z, t, s, schedule, generator)
+    return z
+
+
+def _ancestral_step(x_hat, z_t, t, s, schedule, generator):
+    """z_s ~ q(z_s | z_t, x = x_hat), the DDPM posterior: mean alpha_{t|s} sigma_s^2 / sigma_t^2 z_t +
+    alpha_s sigma_{t|s}^2 / sigma_t^2 x_hat, variance sigma_{t|s}^2 sigma_s^2 / sigma_t^2."""
+    alpha_t, sigma_t = (batch_view(v, z_t) for v in alpha_sigma(schedule.logsnr(t)))
+    alpha_s, sigma_s = (batch_view(v, z_t) for v in alpha_sigma(schedule.logsnr(s)))
+    alpha_ts = alpha_t / alpha_s
+    var_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+    mean = alpha_ts * sigma_s**2 / sigma_t**2 * z_t + alpha_s * var_ts / sigma_t**2 * x_hat
+    noise = torch.randn(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64)
+    std = (var_ts * sigma_s**2 / sigma_t**2).clamp(min=0).sqrt()  # clamp: rounding at s = t, never a real negative
+    return (mean + std * noise).to(z_t.dtype)
