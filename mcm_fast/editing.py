@@ -31,7 +31,7 @@ def inpaint(model, x_known: torch.Tensor, mask: torch.Tensor, n_steps: int = 4, 
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask: expected values 0 (to fill) or 1 (known)")
     mask = mask.to(x_known.dtype)
-    model, schedule, z = _setup(model, n_steps, x_known.shape, schedule, noise, generator, 0.0, None, cond, x_known.device)
+    model, schedule, z = _setup(model, n_steps, x_known.shape, schedule, noise, generator, 0.0, None, cond, x_known.device, x_known.dtype)
     check_like("noise", z, "x_known", x_known)
     project = lambda x_hat: mask * x_known + (1 - mask) * x_hat  # noqa: E731
     times = [k / n_steps for k in range(n_steps, -1, -1)]
@@ -52,7 +52,7 @@ def super_resolve(model, x_low: torch.Tensor, factor: int, n_steps: int = 4, sch
     shape = (*x_low.shape[:-2], x_low.shape[-2] * factor, x_low.shape[-1] * factor)
     up = lambda y: y.repeat_interleave(factor, -2).repeat_interleave(factor, -1)  # noqa: E731
     low_up = up(x_low)
-    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device)
+    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device, x_low.dtype)
     # replace the block means of x_hat by x_low's: down(project(x)) = x_low exactly
     project = lambda x_hat: x_hat - up(downsample(x_hat, factor)) + low_up  # noqa: E731
     times = [k / n_steps for k in range(n_steps, -1, -1)]
@@ -67,7 +67,7 @@ def sdedit(model, x_guide: torch.Tensor, t_start: float, n_steps: int = 4, sched
     if isinstance(t_start, bool) or not isinstance(t_start, Real) or not 0 < t_start <= 1:
         raise ValueError(f"t_start: expected a time in (0, 1], got {t_start!r}")
     n_steps = _positive_int("n_steps", n_steps)
-    model, schedule, eps = _setup(model, n_steps, x_guide.shape, schedule, noise, generator, 0.0, None, cond, x_guide.device)
+    model, schedule, eps = _setup(model, n_steps, x_guide.shape, schedule, noise, generator, 0.0, None, cond, x_guide.device, x_guide.dtype)
     alpha, sigma = schedule.alpha_sigma(float(t_start))
     z = (alpha * x_guide.double() + sigma * eps.double()).to(x_guide.dtype)
     first_start = math.ceil(t_start * n_steps - 1e-9) - 1  # the segment start just below t_start

@@ -157,15 +157,21 @@ class MCMObjective:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     x_ref = reference(z_s, s, **cond)
                 z_ref = ddim_step(x_ref, z_s, s, t_step, self.schedule, backend=self.backend)
+                # n_rel = 1 (s = t_step): the target must not involve the student, even a non-finite x_ref
+                z_ref = torch.where(batch_view(n_rel == 1, z_s), z_s, z_ref)
             else:
                 z_ref = self._teacher_solve(teacher, x, z_t, start, n_rel, total, cond)
             x_target = inv_ddim(z_ref, z_t, t, t_step, self.schedule)  # step 7
         x_hat = student(z_t, t, **cond)
 
         # step 8
-        dist_sq = (x_hat.float() - x_target.float()).flatten(1).square().sum(1)
-        per_sample = dist_sq if self.loss == "l2_squared" else torch.sqrt(dist_sq + self.huber_eps**2) - self.huber_eps
-        weight = torch.exp(logsnr_t).float() + 1
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dist_sq = (x_hat.to(dtype) - x_target.to(dtype)).flatten(1).square().sum(1)
+        if self.loss == "l2_squared":
+            per_sample = dist_sq
+        else:  # sqrt(d^2 + eps^2) - eps, written without the cancellation at small d
+            per_sample = dist_sq / (torch.sqrt(dist_sq + self.huber_eps**2) + self.huber_eps)
+        weight = torch.exp(logsnr_t).to(dtype) + 1
         per_sample = per_sample * (weight if self.weighting == "snr+1" else weight.sqrt())
         loss = per_sample.mean()
         if diagnostics:

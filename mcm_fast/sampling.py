@@ -37,9 +37,10 @@ def guided(model, scale: float, null_cond: dict):
     return guided_model
 
 
-def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond, device=None):
-    """Checks the common arguments; returns (model, schedule, z_1). New noise goes on `device`, else on the
-    device of the first tensor in cond, else on the generator's."""
+def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond, device=None,
+           dtype=torch.float32):
+    """Checks the common arguments; returns (model, schedule, z_1). New noise (of dtype) goes on `device`,
+    else on the device of the first tensor in cond, else on the generator's."""
     if not callable(model):
         raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, Integral) or n_steps < 1:
@@ -53,7 +54,7 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
         if device is None:
             device = next((v.device for v in cond.values() if isinstance(v, torch.Tensor)),
                           generator.device if generator is not None else None)
-        noise = torch.randn(tuple(shape), generator=generator, device=device)
+        noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
     else:
         check_float_tensor("noise", noise)
         if shape is not None and tuple(shape) != tuple(noise.shape):

@@ -1,0 +1,72 @@
+"""Closed forms for Gaussian data x ~ N(0, c^2 I) under the default cosine schedule (math.md §7), written
+from the formulas directly (not with the package) so that tests can judge the package against them."""
+import math
+
+import torch
+
+C = 0.7  # data standard deviation
+T_MIN = math.atan(math.exp(-7.5)) * 2 / math.pi  # logSNR clip at +-15
+
+
+def logsnr(t):
+    """-2 log tan(pi u / 2) with u = t_min + t (1 - 2 t_min), for a float or a float64 tensor t."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return -2 * torch.log(torch.tan(math.pi * (T_MIN + t * (1 - 2 * T_MIN)) / 2))
+
+
+def alpha_sigma(t):
+    lam = logsnr(t)
+    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+
+
+def per_sample(v, like):
+    return v.reshape(-1, *([1] * (like.dim() - 1))) if v.dim() else v
+
+
+def marginal_var(t):
+    """v_t = alpha_t^2 c^2 + sigma_t^2."""
+    alpha, sigma = alpha_sigma(t)
+    return alpha**2 * C**2 + sigma**2
+
+
+def exact_denoiser(z, t):
+    """E[x | z_t] = alpha_t c^2 z / v_t, for t a float or a [B] tensor."""
+    alpha, _ = alpha_sigma(t)
+    return (per_sample(alpha * C**2 / marginal_var(t), z) * z.double()).to(z.dtype)
+
+
+def posterior_var(t):
+    """Var[x | z_t] per dimension = c^2 sigma_t^2 / v_t."""
+    _, sigma = alpha_sigma(t)
+    return C**2 * sigma**2 / marginal_var(t)
+
+
+def exact_flow(z_t, t, s):
+    """The probability-flow map z_s = z_t sqrt(v_s / v_t)."""
+    return per_sample(torch.sqrt(marginal_var(s) / marginal_var(t)), z_t) * z_t
+
+
+def inv_ddim(z_s, z_t, t, s):
+    """x with DDIM_{t->s}(x, z_t) = z_s: (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t)."""
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha_sigma(t), alpha_sigma(s)
+    ratio = per_sample(sigma_s / sigma_t, z_t)
+    return (z_s - ratio * z_t) / (per_sample(alpha_s, z_t) - per_sample(alpha_t, z_t) * ratio)
+
+
+def segment_start(t, steps):
+    """t_step = (ceil(t S) - 1) / S: the start of the segment (t_step, t_step + 1/S] holding t."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return (torch.ceil(t * steps - 1e-9) - 1) / steps
+
+
+def consistency_function(steps):
+    """The exact multistep consistency function f*(z_t, t) = invDDIM_{t->t_step}(z_t sqrt(v_{t_step} / v_t), z_t)."""
+
+    def f_star(z, t):
+        t_step = segment_start(t, steps)
+        at_zero = per_sample(t_step < 0, z)  # t = 0 holds no segment: f(z, 0) = E[x | z_0] (the boundary)
+        t_step = t_step.clamp(min=0)  # (where t = 0 the jump below is 0 / 0 and not selected)
+        jump = inv_ddim(exact_flow(z.double(), t, t_step), z.double(), t, t_step)
+        return torch.where(at_zero, exact_denoiser(z.double(), t), jump).to(z.dtype)
+
+    return f_star
