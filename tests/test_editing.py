@@ -1,7 +1,7 @@
 """Zero-shot editing (inpainting, super-resolution, SDEdit, interpolation) against hand-written constraints.
 
-The Gaussian closed forms (x ~ N(0, c^2 I): E[x | z_t] = alpha_t c^2 z / v_t) and the cosine schedule are
-written here by hand from math.md, independently of the package.
+The Gaussian closed forms (x ~ N(0, c^2 I): E[x | z_t] = alpha_t c^2 z / v_t) and the cosine schedule come
+from tests/closed_form.py, written from math.md independently of the package.
 """
 import math
 
@@ -9,22 +9,10 @@ import pytest
 import torch
 
 import mcm_fast as mf
+from closed_form import C, alpha_sigma, exact_denoiser
 from mcm_fast.editing import downsample, inpaint, interpolate, sdedit, slerp, super_resolve
 
-C = 0.7
 SCHED = mf.CosineSchedule()
-
-
-def alpha_sigma(t):
-    """alpha_t, sigma_t of the [-15, 15]-clipped cosine schedule, from lambda through sigmoid."""
-    t_min = math.atan(math.exp(-7.5)) * 2 / math.pi
-    lam = -2 * math.log(math.tan(math.pi * (t_min + t * (1 - 2 * t_min)) / 2))
-    return math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
-
-
-def exact_denoiser(z, t):
-    alpha, sigma = alpha_sigma(t)
-    return alpha * C**2 / (alpha**2 * C**2 + sigma**2) * z
 
 
 class Model:

@@ -1,7 +1,7 @@
 """The math core against closed forms for Gaussian data x ~ N(0, c^2 I) (math.md §7).
 
-The exact denoiser, posterior variance and probability-flow map are written here from math.md, independently
-of the package, and checked by Monte Carlo before they judge DDIM, aDDIM, Euler and Heun.
+The exact denoiser, posterior variance and probability-flow map (tests/closed_form.py) are written from
+math.md, independently of the package, and checked by Monte Carlo before they judge DDIM, aDDIM, Euler, Heun.
 """
 import math
 
@@ -9,42 +9,9 @@ import pytest
 import torch
 
 import mcm_fast as mf
+from closed_form import C, alpha_sigma, exact_denoiser, exact_flow, marginal_var, posterior_var
 
-C = 0.7  # data standard deviation
 SCHED = mf.CosineSchedule()
-
-
-def marginal_var(t):
-    """v_t = alpha_t^2 c^2 + sigma_t^2, with alpha_t^2 = sigmoid(lambda) from the hand-written cosine."""
-    alpha_sq = 1 / (1 + math.exp(-cosine_logsnr(t)))
-    return alpha_sq * C**2 + (1 - alpha_sq)
-
-
-def cosine_logsnr(t):
-    t_min = math.atan(math.exp(-7.5)) * 2 / math.pi
-    return -2 * math.log(math.tan(math.pi * (t_min + t * (1 - 2 * t_min)) / 2))
-
-
-def alpha_sigma(t):
-    lam = cosine_logsnr(t)
-    return math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
-
-
-def exact_denoiser(z, t):
-    """E[x | z_t] = alpha_t c^2 z / v_t; t a float."""
-    alpha, _ = alpha_sigma(t)
-    return alpha * C**2 * z / marginal_var(t)
-
-
-def posterior_var(t):
-    """Var[x | z_t] per dimension = c^2 sigma_t^2 / v_t."""
-    _, sigma = alpha_sigma(t)
-    return C**2 * sigma**2 / marginal_var(t)
-
-
-def exact_flow(z_t, t, s):
-    """The probability-flow map z_s = z_t sqrt(v_s / v_t)."""
-    return z_t * math.sqrt(marginal_var(s) / marginal_var(t))
 
 
 @pytest.mark.parametrize("t", [0.05, 0.3, 0.6, 0.95])
@@ -59,8 +26,8 @@ def test_closed_forms_by_monte_carlo(t):
     tol = 5 * C**2 / math.sqrt(n)
     assert abs(residual.mean().item()) < tol
     assert abs((residual * z).mean().item()) < tol
-    assert residual.var().item() == pytest.approx(posterior_var(t), rel=0.02, abs=tol)
-    assert z.var().item() == pytest.approx(marginal_var(t), rel=0.01)
+    assert residual.var().item() == pytest.approx(float(posterior_var(t)), rel=0.02, abs=tol)
+    assert z.var().item() == pytest.approx(float(marginal_var(t)), rel=0.01)
 
 
 def exact_model(z, t):
@@ -143,7 +110,7 @@ def test_addim_per_sample_variance(backend, dtype):
 def test_analytic_x_var_is_a_tenth_of_the_posterior_variance_under_half_unit_prior(t):
     """0.1 / (2 + SNR) = 0.1 c^2 sigma^2 / (alpha^2 c^2 + sigma^2) with c^2 = 0.5 (math.md §3)."""
     alpha, sigma = alpha_sigma(t)
-    expected = 0.1 * 0.5 * sigma**2 / (alpha**2 * 0.5 + sigma**2)
+    expected = float(0.1 * 0.5 * sigma**2 / (alpha**2 * 0.5 + sigma**2))
     assert mf.analytic_x_var(SCHED.logsnr(t)).item() == pytest.approx(expected, rel=1e-9)
     x_hat, z = torch.randn(2, 2, 50, dtype=torch.float64).unbind(0)
     s = t / 2

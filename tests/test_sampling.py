@@ -1,7 +1,7 @@
 """Algorithm 2, the diffusion samplers, guidance, XVarTable and the metrics against closed forms (math.md §5, §7).
 
 Gaussian data x ~ N(0, c^2 I): the exact denoiser, the exact multistep consistency function f* and the exact
-flow z_s = z_t sqrt(v_s / v_t) are written here by hand from math.md, independently of the package.
+flow z_s = z_t sqrt(v_s / v_t) come from tests/closed_form.py, written from math.md independently of the package.
 """
 import math
 
@@ -9,62 +9,12 @@ import pytest
 import torch
 
 import mcm_fast as mf
+from closed_form import C, alpha_sigma, consistency_function as exact_consistency, exact_denoiser, inv_ddim, logsnr
+from closed_form import marginal_var, per_sample as col, posterior_var
 from mcm_fast.metrics import ode_error, sliced_wasserstein
 
-C = 0.7  # data standard deviation
 SCHED = mf.CosineSchedule()
 SHIFTED = mf.CosineSchedule(shift=(32, 64))
-
-
-# ---- hand-written closed forms (float64; t a float or a [B] tensor) ----
-
-def logsnr(t, shift=1.0):
-    """-2 log tan(pi u / 2) + 2 log(r / res), u = t_min + t (1 - 2 t_min) on the [-15, 15] clip."""
-    t_min = math.atan(math.exp(-7.5)) * 2 / math.pi
-    u = t_min + torch.as_tensor(t, dtype=torch.float64) * (1 - 2 * t_min)
-    return -2 * torch.log(torch.tan(math.pi * u / 2)) + 2 * math.log(shift)
-
-
-def alpha_sigma(t, shift=1.0):
-    lam = logsnr(t, shift)
-    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
-
-
-def marginal_var(t, shift=1.0):
-    alpha, sigma = alpha_sigma(t, shift)
-    return alpha**2 * C**2 + sigma**2
-
-
-def col(v, like):
-    """A [B] (or 0-d) tensor viewed to broadcast against like [B, ...]."""
-    return v.reshape(-1, *[1] * (like.dim() - 1)) if v.dim() else v
-
-
-def exact_denoiser(z, t, shift=1.0):
-    """E[x | z_t] = alpha_t c^2 z / v_t."""
-    alpha, _ = alpha_sigma(t, shift)
-    return col(alpha * C**2 / marginal_var(t, shift), z) * z
-
-
-def posterior_var(t):
-    _, sigma = alpha_sigma(t)
-    return C**2 * sigma**2 / marginal_var(t)
-
-
-def inv_ddim(z_s, z_t, t, s, shift=1.0):
-    """x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t)."""
-    (a_t, s_t), (a_s, s_s) = alpha_sigma(t, shift), alpha_sigma(s, shift)
-    r = s_s / s_t
-    return (z_s - col(r, z_t) * z_t) / col(a_s - a_t * r, z_t)
-
-
-def exact_consistency(n_steps, shift=1.0):
-    """f*(z_t, t) = invDDIM_{t->t_step}(z_t sqrt(v_{t_step} / v_t), z_t), t_step = (ceil(t S) - 1) / S."""
-    def f(z, t, **cond):
-        t_step = (torch.ceil(t * n_steps - 1e-9) - 1) / n_steps
-        z_step = z * col((marginal_var(t_step, shift) / marginal_var(t, shift)).sqrt(), z)
-        return inv_ddim(z_step, z, t, t_step, shift)
-    return f
 
 
 class Model:

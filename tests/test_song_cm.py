@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mcm_fast as mf
+from closed_form import exact_denoiser
 from mcm_fast.consistency import (ConsistencyLoss, EDMConsistency, KarrasGrid, VEDenoiser, cm_ema_decay, cm_sample,
                                   cm_steps, ema_update)
 
@@ -228,17 +229,10 @@ def hand_logsnr(t, shift=None, interpolate=None):
     return lam
 
 
-def vp_denoiser(z, t):
-    """E[x | z_t] = alpha_t c^2 z / (alpha_t^2 c^2 + sigma_t^2) on the plain cosine schedule."""
-    lam = hand_logsnr(t)
-    alpha_sq, sigma_sq = torch.sigmoid(lam), torch.sigmoid(-lam)
-    return col(alpha_sq.sqrt() * C**2 / (alpha_sq * C**2 + sigma_sq), z) * z
-
-
-def test_ve_view_of_the_exact_vp_denoiser_is_the_exact_ve_denoiser():
+def test_ve_view_of_the_exact_exact_denoiser_is_the_exact_ve_denoiser():
     sigma = torch.logspace(math.log10(0.01), math.log10(50), 9, dtype=torch.float64)
     x = randn(9, 32) * (C**2 + sigma[:, None] ** 2).sqrt()
-    out = VEDenoiser(vp_denoiser, mf.CosineSchedule())(x, sigma)
+    out = VEDenoiser(exact_denoiser, mf.CosineSchedule())(x, sigma)
     torch.testing.assert_close(out, ve_denoiser(x, sigma), rtol=1e-9, atol=1e-12)
 
 
