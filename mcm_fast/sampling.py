@@ -13,7 +13,7 @@ import torch
 
 from mcm_fast._checks import batch_view, check_float_tensor
 from mcm_fast.schedules import CosineSchedule, alpha_sigma
-from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step
+from mcm_fast.solvers import addim_step, ddim_step, euler_step, heun_step
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
 DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")

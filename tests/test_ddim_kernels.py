@@ -290,7 +290,7 @@ def test_backward_matches_reference_autograd(kernel, op, dtype, gen):
             assert got is None and want is None
             continue
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == "f32" else dict(rtol=2e-2, atol=2e-2)
-        torch.testing.assert_close(got.double(), want.double(), **tol, msg=lambda m: f"{op} {name}: {m}")
+        torch.testing.assert_close(got.double(), want.double(), **tol, msg=lambda m, name=name: f"{op} {name}: {m}")
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])

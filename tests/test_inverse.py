@@ -1,5 +1,4 @@
 """invDDIM inverts DDIM (math.md §2), for any times s < t and per-sample batches."""
-import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 

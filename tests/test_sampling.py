@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from closed_form import C, alpha_sigma, consistency_function as exact_consistency, exact_denoiser, inv_ddim, logsnr
+from closed_form import C, alpha_sigma, consistency_function as exact_consistency, exact_denoiser, inv_ddim
 from closed_form import marginal_var, per_sample as col, posterior_var
 from mcm_fast.metrics import ode_error, sliced_wasserstein
 

@@ -25,7 +25,7 @@ def _fake_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
     torch._check(z_t.dtype == x_hat.dtype, lambda: f"z_t: expected dtype {x_hat.dtype} like x_hat")
     for name, v in (("logsnr_t", logsnr_t), ("logsnr_s", logsnr_s), ("x_var", x_var)):
         if v is not None:
-            torch._check(v.shape == (x_hat.shape[0],), lambda: f"{name}: expected shape [{x_hat.shape[0]}]")
+            torch._check(v.shape == (x_hat.shape[0],), lambda name=name: f"{name}: expected shape [{x_hat.shape[0]}]")
     return torch.empty_like(x_hat, memory_format=torch.contiguous_format)
 
 
