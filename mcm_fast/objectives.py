@@ -20,7 +20,44 @@ TARGETS = ("mcm", "direct")
 REFERENCES = ("online", "ema")
 
 
-def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+def squared_error(x_hat: torch.Tensor, x: torch.Tensor, multiscale: int = 0) -> torch.Tensor:
+    """Per-sample ||x_hat - x||^2 [B], in float32 (float64 for float64 inputs).
+
+    multiscale = m > 0 is simple diffusion's multiscale loss for images: the mean over k = 0..m of
+    4^k ||avgpool_{2^k}(x_hat - x)||^2, so each scale counts per pixel of its own resolution.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    delta = x_hat.to(dtype) - x.to(dtype)
+    total = delta.flatten(1).square().sum(1)
+    for k in range(1, multiscale + 1):
+        delta = torch.nn.functional.avg_pool2d(delta, 2)
+        total = total + 4**k * delta.flatten(1).square().sum(1)
+    return total / (multiscale + 1)
+
+
+def check_multiscale(multiscale, x: torch.Tensor | None = None) -> int:
+    """multiscale must be an int >= 0; with x, its images must halve evenly that many times."""
+    if isinstance(multiscale, bool) or not isinstance(multiscale, Integral) or multiscale < 0:
+        raise ValueError(f"multiscale: expected an integer >= 0, got {multiscale!r}")
+    if x is not None and multiscale and (x.dim() != 4 or x.shape[-1] % 2**multiscale or x.shape[-2] % 2**multiscale):
+        raise ValueError(f"multiscale: expected [B, C, H, W] images with H and W divisible by {2**multiscale}, "
+                         f"got shape {tuple(x.shape)}")
+    return int(multiscale)
+
+
+def drop_labels(cond: dict, probability: float, null_label: int, key: str = "label", generator=None) -> dict:
+    """Classifier-free guidance training: each cond[key] becomes null_label with the given probability."""
+    if probability == 0:
+        return cond
+    labels = cond.get(key)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError(f"{key}: expected a [B] tensor of labels when label_dropout > 0, got {labels!r}")
+    drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < probability
+    return {**cond, key: torch.where(drop, torch.full_like(labels, null_label), labels)}
+
+
+def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generator | None = None,
+                   multiscale: int = 0, **cond) -> torch.Tensor:
     """v-loss: mean over the batch of w(t) ||x_hat - x||^2, w(t) = SNR(t) + 1, t ~ U(0, 1) (math.md §1).
 
     With w = 1 / sigma_t^2 this is ||v_hat - v||^2 for any parameterization of the network.
@@ -28,6 +65,7 @@ def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generat
     if not isinstance(denoiser, Denoiser):
         raise TypeError(f"denoiser: expected a Denoiser, got {type(denoiser).__name__}")
     check_float_tensor("x", x)
+    check_multiscale(multiscale, x)
     t = torch.rand(x.shape[0], generator=generator, device=x.device)  # [B]
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     logsnr = denoiser.schedule.logsnr(t)
@@ -35,7 +73,7 @@ def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generat
     z_t = (alpha_t * x + sigma_t * eps).to(x.dtype)  # math.md §1
     x_hat = denoiser(z_t, t, **cond)
     weight = torch.exp(logsnr) + 1  # SNR + 1
-    return (weight * (x_hat.float() - x.float()).flatten(1).square().sum(1)).mean()
+    return (weight * squared_error(x_hat, x, multiscale)).mean()
 
 
 @dataclass(frozen=True)
@@ -72,13 +110,15 @@ class MCMObjective:
     teacher_steps (start, end, anneal) or one int; teacher_solver; xvar_frac (a float, or "analytic");
     loss and huber_eps; weighting; target "mcm" or "direct" (regress onto the teacher's many-step solve to
     t_step); reference "online" (the student under stop-gradient, the paper) or "ema" (a model passed at each
-    call); label_dropout with null_label for classifier-free guidance (cond[label_key] is dropped per sample).
+    call); label_dropout with null_label for classifier-free guidance (cond[label_key] is dropped per sample);
+    multiscale, the number of 2x2 poolings in simple diffusion's multiscale loss (see squared_error).
     """
 
     def __init__(self, schedule: CosineSchedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
                  weighting: str = "snr+1", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
-                 null_label: int | None = None, label_key: str = "label", backend: str | None = None):
+                 null_label: int | None = None, label_key: str = "label", multiscale: int = 0,
+                 backend: str | None = None):
         if not isinstance(schedule, CosineSchedule):
             raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
         if isinstance(student_steps, bool) or not isinstance(student_steps, Integral) or student_steps < 1:
@@ -111,6 +151,7 @@ class MCMObjective:
         self.label_dropout = float(label_dropout)
         self.null_label = null_label
         self.label_key = label_key
+        self.multiscale = check_multiscale(multiscale)
         self.backend = backend
 
     def segment_steps(self, step: int) -> int:
@@ -121,6 +162,7 @@ class MCMObjective:
                  reference_model=None, diagnostics: bool = False, **cond):
         """The mean loss over the batch; with diagnostics=True also {"t", "segment", "loss"} per sample."""
         check_float_tensor("x", x)
+        check_multiscale(self.multiscale, x)
         for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
             if model is not None and not callable(model):
                 raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
@@ -147,7 +189,7 @@ class MCMObjective:
         logsnr_t = self.schedule.logsnr(t)
         alpha_t, sigma_t = (batch_view(v, x) for v in alpha_sigma(logsnr_t))
         z_t = (alpha_t * x + sigma_t * eps).to(x.dtype)
-        cond = self._drop_labels(cond, batch, device, generator)
+        cond = drop_labels(cond, self.label_dropout, self.null_label, self.label_key, generator)
 
         with torch.no_grad():
             if self.target == "mcm":
@@ -165,28 +207,17 @@ class MCMObjective:
         x_hat = student(z_t, t, **cond)
 
         # step 8
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        dist_sq = (x_hat.to(dtype) - x_target.to(dtype)).flatten(1).square().sum(1)
+        dist_sq = squared_error(x_hat, x_target, self.multiscale)
         if self.loss == "l2_squared":
             per_sample = dist_sq
         else:  # sqrt(d^2 + eps^2) - eps, written without the cancellation at small d
             per_sample = dist_sq / (torch.sqrt(dist_sq + self.huber_eps**2) + self.huber_eps)
-        weight = torch.exp(logsnr_t).to(dtype) + 1
+        weight = torch.exp(logsnr_t).to(dist_sq.dtype) + 1
         per_sample = per_sample * (weight if self.weighting == "snr+1" else weight.sqrt())
         loss = per_sample.mean()
         if diagnostics:
             return loss, {"t": t, "segment": segment, "loss": per_sample.detach()}
         return loss
-
-    def _drop_labels(self, cond: dict, batch: int, device, generator) -> dict:
-        """Classifier-free guidance training: each label becomes null_label with probability label_dropout."""
-        if self.label_dropout == 0:
-            return cond
-        labels = cond.get(self.label_key)
-        if not isinstance(labels, torch.Tensor) or labels.shape != (batch,):
-            raise ValueError(f"{self.label_key}: expected a [{batch}] tensor of labels when label_dropout > 0, got {labels!r}")
-        drop = torch.rand(batch, generator=generator, device=device) < self.label_dropout
-        return {**cond, self.label_key: torch.where(drop, torch.full_like(labels, self.null_label), labels)}
 
     def _x_var(self, x_teacher, x, t):
         """Per-sample x_var for aDDIM: xvar_frac ||x_teacher - x||^2 / d, or the analytic value (math.md §3-4)."""

@@ -1,0 +1,269 @@
+"""Training configuration: dataclasses, named presets, YAML/JSON files and `--set key=value` overrides.
+
+One TrainConfig describes a run of any kind (teacher, cd, ct, direct, cm). Files and overrides are checked
+against the dataclasses: an unknown key or a value of the wrong type is an error that names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+KINDS = ("teacher", "cd", "ct", "direct", "cm")
+PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("ddp", "fsdp")
+INITS = ("teacher", "random")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """What to train on: mnist, folder (PNG/JPEG), npz, or the 2-D toys ring and grid (see mcm_fast.data)."""
+
+    name: str = "mnist"
+    path: str | None = None
+    resolution: int | None = 16
+    split: str = "train"
+    n: int | None = None  # points drawn for the 2-D toys
+
+
+@dataclass
+class ObjectiveConfig:
+    """Algorithm 1 (kinds cd, ct, direct; math.md §4) and the teacher's label dropout for guidance."""
+
+    student_steps: int = 4
+    teacher_steps: list | int = field(default_factory=lambda: [64, 1280, 100_000])  # start, end, anneal; or one int
+    teacher_solver: str = "addim"
+    xvar_frac: float | str = 0.75
+    loss: str = "pseudo_huber"
+    huber_eps: float = 1e-4
+    weighting: str = "snr+1"
+    label_dropout: float = 0.1  # classifier-free guidance: labels become the null class this often
+    multiscale: int = 0  # 2x2 poolings added to the loss (simple diffusion's multiscale loss)
+
+
+@dataclass
+class SongConfig:
+    """Kind cm: consistency models of Song et al. 2023 in their EDM/VE form (mcm_fast.consistency)."""
+
+    mode: str = "cd"  # cd (a teacher) or ct (from data)
+    steps: int | None = 18  # N of the Karras grid; None = CT's schedule N(k)
+    solver: str = "heun"
+    distance: str = "pseudo_huber"
+    target_decay: float | None = None  # EMA of the target network; None = 0.95 for cd, mu(k) for ct
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup, gradient clipping and an EMA of the weights for evaluation."""
+
+    lr: float = 2e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    warmup: int = 200
+    grad_clip: float = 1.0
+    batch_size: int = 128  # the global batch, over all ranks and accumulation steps
+    accumulate: int = 1  # micro-batches per step on each rank
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    """A training run: kind, network, data, objective, optimizer and the loop's schedule."""
+
+    kind: str = "teacher"
+    model: str = "tiny"  # a UViT preset (mcm_fast.models.UVIT_PRESETS) or "mlp" for 2-D data
+    model_options: dict = field(default_factory=dict)  # overrides of the preset's fields
+    prediction: str = "v"
+    schedule_shift: list | None = None  # (r, res): the shifted cosine schedule of math.md §1
+    teacher: str | None = None  # checkpoint directory of the teacher (cd, direct; ct may start from it)
+    init: str = "teacher"  # students start from the teacher's EMA weights, or from random ones
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    song: SongConfig = field(default_factory=SongConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 250
+    keep: int = 3
+    sample_every: int = 0  # 0: a grid only at the end
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_samples: int = 500
+    sample_steps: int | None = None  # None: the student's S, or 64 aDDIM steps for a teacher
+    compile: bool = False
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    device: str = "auto"
+    strategy: str = "ddp"  # multi-process wrapping under torchrun: ddp or fsdp
+
+    def __post_init__(self):
+        for name, value, allowed in (("kind", self.kind, KINDS), ("precision", self.precision, PRECISIONS),
+                                     ("strategy", self.strategy, STRATEGIES), ("init", self.init, INITS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
+        for name in ("steps", "log_every", "keep", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("save_every", "sample_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected an integer >= 0, got {getattr(self, name)!r}")
+        if self.kind in ("cd", "direct") and self.teacher is None:
+            raise ConfigError(f"teacher: kind {self.kind!r} distills a teacher: expected its checkpoint directory")
+        if self.optim.batch_size < 1 or self.optim.accumulate < 1:
+            raise ConfigError(f"optim.batch_size: expected positive batch_size and accumulate, got "
+                              f"{self.optim.batch_size} and {self.optim.accumulate}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _tiny(**changes) -> TrainConfig:
+    """The CPU demo: the tiny UViT on MNIST at 16x16, class-conditional."""
+    return TrainConfig(**{"model": "tiny", "data": DataConfig("mnist", resolution=16), **changes})
+
+
+def _mnist(**changes) -> TrainConfig:
+    """The MNIST reproduction model at 32x32, class-conditional."""
+    return TrainConfig(**{"model": "mnist", "data": DataConfig("mnist", resolution=32), "steps": 20_000,
+                          "save_every": 1000, **changes})
+
+
+def _ring(**changes) -> TrainConfig:
+    """The 8-mode ring in 2-D with the residual MLP."""
+    return TrainConfig(**{"model": "mlp", "data": DataConfig("ring", resolution=None, n=50_000),
+                          "objective": ObjectiveConfig(label_dropout=0.0), "optim": OptimConfig(lr=1e-3, batch_size=512),
+                          "steps": 4000, "save_every": 1000, **changes})
+
+
+PRESETS = {
+    "tiny-teacher": lambda: _tiny(kind="teacher", steps=1000),
+    "tiny-cd": lambda: _tiny(kind="cd", teacher="runs/tiny-teacher", steps=500),
+    "mnist-teacher": lambda: _mnist(kind="teacher"),
+    "mnist-cd": lambda: _mnist(kind="cd", teacher="runs/mnist-teacher", steps=10_000),
+    "mnist-ct": lambda: _mnist(kind="ct", teacher="runs/mnist-teacher", steps=10_000),
+    "mnist-direct": lambda: _mnist(kind="direct", teacher="runs/mnist-teacher", steps=10_000),
+    "mnist-cm": lambda: _mnist(kind="cm", teacher="runs/mnist-teacher", init="random", steps=10_000),
+    "ring-teacher": lambda: _ring(kind="teacher"),
+    "ring-cd": lambda: _ring(kind="cd", teacher="runs/ring-teacher", steps=2000),
+}
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_value(key: str, value, hint):
+    """value (parsed from YAML/JSON) must fit the annotation hint; ints are accepted for floats, and so are
+    strings like "1e-4" (YAML 1.1 reads exponents without a dot as strings)."""
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is float and isinstance(value, str) and _is_float(value):
+            return float(value)
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option in (str, bool, dict) and isinstance(value, option):
+            return value
+        if option is list and isinstance(value, (list, tuple)):
+            return list(value)
+    names = " or ".join("None" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """cls(**values) with nested dataclasses built recursively; unknown keys and wrong types name the key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_value(prefix + key, value, hint)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a dataclass without defaults for a missing field
+        raise ConfigError(f"{prefix or 'config'}: {error}") from None
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_options":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: Path) -> dict:
+    """A YAML (.yaml/.yml) or JSON (.json) file as a dict; a bad file is one line naming it."""
+    if not path.is_file():
+        raise ConfigError(f"config: no such file {str(path)!r}")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"config: cannot parse {str(path)!r}: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping in {str(path)!r}, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["optim.lr=1e-4", "data.name=npz"] -> nested dict; values are parsed as YAML scalars or lists."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected key=value, got {pair!r}")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse the value {text!r}") from None
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(name_or_file: str | dict, overrides: list[str] | dict = ()) -> TrainConfig:
+    """A preset name, a YAML/JSON file or a dict (a file or dict may name a preset under `preset:`), with
+    `--set` overrides applied last."""
+    if isinstance(name_or_file, dict):
+        data = dict(name_or_file)
+    elif name_or_file in PRESETS:
+        data = {"preset": name_or_file}
+    elif Path(name_or_file).suffix in (".yaml", ".yml", ".json"):
+        data = read_config_file(Path(name_or_file))
+    else:
+        raise ConfigError(f"--config: expected a preset ({', '.join(PRESETS)}) or a .yaml/.json file, got {name_or_file!r}")
+    preset = data.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    base = PRESETS[preset]().to_dict() if preset else TrainConfig().to_dict()
+    changes = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+    return _build(TrainConfig, _merge(_merge(base, data), changes))
