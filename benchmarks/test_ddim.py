@@ -14,7 +14,7 @@ from conftest import DEVICE, SIZES_MIB
 
 BATCH = 16
 DTYPES = [torch.float32, torch.bfloat16]
-FUSED = [b for b in mf.available_backends() if b != "reference" and _runs_on(b, DEVICE)]
+FUSED = [b for b in mf.available_backends("ddim_step") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 REFERENCES = {"ddim_step": ddim_step_reference, "addim_step": addim_step_reference}
 

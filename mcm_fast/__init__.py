@@ -2,9 +2,11 @@
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.objectives import MCMObjective, diffusion_loss
 from mcm_fast.ops import available_backends, native  # noqa: F401  (native registers the compiled backends)
+from mcm_fast.ops.attention import attention
 from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step, inv_ddim
+from mcm_fast.train.checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -15,6 +17,7 @@ __all__ = [
     "XVarTable",
     "addim_step",
     "analytic_x_var",
+    "attention",
     "available_backends",
     "ddim_step",
     "diffusion_loss",
@@ -22,6 +25,8 @@ __all__ = [
     "guided",
     "heun_step",
     "inv_ddim",
+    "load_checkpoint",
     "sample",
     "sample_diffusion",
+    "save_checkpoint",
 ]

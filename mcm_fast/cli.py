@@ -1,35 +1,126 @@
-"""The `mcm-fast` command (also `python -m mcm_fast`): argument parsing only."""
+"""The `mcm-fast` command (also `python -m mcm_fast`): argument parsing only; the work is in the package."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+EXAMPLES = """examples:
+  mcm-fast demo                                        # tiny teacher + 4-step MCM on MNIST, on CPU in minutes
+  mcm-fast train --config mnist-teacher --out runs/mnist-teacher
+  mcm-fast train --config mnist-cd --out runs/mnist-cd4 --set objective.student_steps=4
+  torchrun --nproc_per_node 8 -m mcm_fast train --config mnist-teacher --out runs/t --set optim.batch_size=1024
+  mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png
+  mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000
+  mcm-fast bench --config mnist-teacher --batch 64
+"""
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not steps or any(s < 1 for s in steps):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return steps
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mcm-fast", description="Multistep Consistency Models in PyTorch.",
+                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=f"example: {example}")
+
+    demo = command("demo", "train a tiny teacher on MNIST, distill a 4-step MCM, write a sample grid and FD table",
+                   "mcm-fast demo --out runs/demo")
+    demo.add_argument("--out", default="runs/demo", help="run directory; an interrupted demo resumes (default runs/demo)")
+    demo.add_argument("--teacher-iters", type=_positive, default=None, help="teacher training steps (default: preset)")
+    demo.add_argument("--student-iters", type=_positive, default=None, help="distillation steps (default: preset)")
+    demo.add_argument("--n", type=_positive, default=1000, help="samples per FD estimate (default 1000)")
+
+    train = command("train", "train or resume a run: kinds teacher, cd, ct, direct, cm",
+                    "mcm-fast train --config tiny-teacher --out runs/t --set steps=200 --set optim.lr=1e-4")
+    train.add_argument("--config", required=True, help="a preset name or a .yaml/.json file")
+    train.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, samples/); resumes if present")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sample = command("sample", "write a grid of samples from a checkpoint",
+                     "mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png")
+    sample.add_argument("--ckpt", required=True, help="run or checkpoint directory")
+    sample.add_argument("--steps", type=_positive, default=None, help="network calls (default: the run's)")
+    sample.add_argument("--n", type=_positive, default=100, help="number of samples (default 100)")
+    sample.add_argument("--out", required=True, help="PNG file to write")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--label", type=int, default=None, help="one class for every sample (default: 0, 1, 2, ...)")
+    sample.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
+    sample.add_argument("--scale", type=_positive, default=1, help="upscale the grid (nearest) this many times")
+
+    evaluate = command("eval", "Frechet distance to held-out data per step count",
+                       "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000")
+    evaluate.add_argument("--ckpt", required=True, help="run or checkpoint directory")
+    evaluate.add_argument("--steps", type=_step_list, default=None, help="comma-separated step counts (default: the run's)")
+    evaluate.add_argument("--n", type=_positive, default=1000, help="samples per estimate (default 1000)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
+
+    bench = command("bench", "training and sampling throughput of a config on this machine",
+                    "mcm-fast bench --config tiny-teacher --batch 128")
+    bench.add_argument("--config", default="tiny-teacher", help="a preset name or a .yaml/.json file")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    bench.add_argument("--batch", type=_positive, default=64, help="batch size (default 64)")
+    bench.add_argument("--iters", type=_positive, default=10, help="timed iterations (default 10)")
+    bench.add_argument("--steps", type=_step_list, default=(1, 2, 4, 8), help="sampler step counts (default 1,2,4,8)")
+    return root
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mcm-fast",
-        description="Multistep Consistency Models in PyTorch.",
-        epilog="example: mcm-fast demo --steps 1,2,4,8 --n 20000",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="DDIM vs aDDIM on a 2-D Gaussian mixture with its exact denoiser")
-    demo.add_argument("--steps", default="1,2,4,8,16,64", help="comma-separated step counts (default 1,2,4,8,16,64)")
-    demo.add_argument("--n", type=int, default=20000, help="number of samples (default 20000)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    from mcm_fast.train.config import ConfigError
+    from mcm_fast.train.loop import NonFiniteLossError
 
+    try:
+        return _run(args)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError, TypeError) as error:
+        print(f"mcm-fast {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.command == "demo":
-        try:
-            steps = tuple(int(s) for s in args.steps.split(","))
-        except ValueError:
-            parser.error(f"--steps: expected comma-separated positive integers, got {args.steps!r}")
-        if any(s < 1 for s in steps):
-            parser.error(f"--steps: expected positive integers, got {args.steps!r}")
-        if args.n < 2:
-            parser.error(f"--n: expected at least 2 samples, got {args.n}")
-        from mcm_fast import demo as demo_module
+        from mcm_fast.demo import run
 
-        demo_module.run(steps=steps, n=args.n, seed=args.seed)
+        run(out=args.out, teacher_iters=args.teacher_iters, student_iters=args.student_iters, n=args.n)
+    elif args.command == "train":
+        from mcm_fast.train.config import load_config
+        from mcm_fast.train.loop import train
+
+        train(load_config(args.config, args.set), args.out, progress=not args.no_progress)
+    elif args.command == "sample":
+        from mcm_fast.metrics.evaluate import sample_grid
+
+        print(sample_grid(args.ckpt, args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
+                          sampler=args.sampler, scale=args.scale))
+    elif args.command == "eval":
+        from mcm_fast.metrics.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(args.ckpt, steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler)
+    elif args.command == "bench":
+        from mcm_fast.train.bench import bench
+
+        bench(args.config, args.set, batch=args.batch, iters=args.iters, steps=args.steps)
     return 0
 
 

@@ -133,7 +133,7 @@ class ConsistencyLoss:
         n = torch.randint(0, len(sigmas) - 1, (x.shape[0],), generator=generator, device=x.device)
         sigma_n, sigma_next = sigmas[n], sigmas[n + 1]
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_next = x + batch_view(sigma_next, x) * noise
+        x_next = (x + batch_view(sigma_next, x) * noise).to(x.dtype)  # the networks see the data's dtype
         with torch.no_grad():
             if self.kind == "ct":
                 x_n = x + batch_view(sigma_n, x) * noise

@@ -10,7 +10,7 @@ from mcm_fast.ops.native import NATIVE_ERROR
 from mcm_fast.solvers import addim_step_reference, ddim_step_reference
 
 SCHED = mf.CosineSchedule()
-KERNELS = [b for b in mf.available_backends() if b != "reference"]
+KERNELS = [b for b in mf.available_backends("ddim_step") if b != "reference"]
 DEVICE = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
 DTYPES = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}
 needs_native = pytest.mark.skipif(NATIVE_ERROR is not None, reason=f"mcm_fast._C is not built: {NATIVE_ERROR}")
@@ -131,7 +131,7 @@ def test_non_contiguous(op, view, dtype, kernel, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("backend", mf.available_backends())
+@pytest.mark.parametrize("backend", mf.available_backends("addim_step"))
 def test_addim_with_zero_x_var_is_ddim(backend, dtype, gen):
     device = torch.device(DEVICE.get(backend, "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -151,7 +151,7 @@ def test_addim_with_zero_x_var_is_ddim(backend, dtype, gen):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("op", ["ddim", "addim"])
-@pytest.mark.parametrize("backend", mf.available_backends())
+@pytest.mark.parametrize("backend", mf.available_backends("ddim_step"))
 def test_s_equal_t_returns_z_t(backend, op, dtype, gen):
     device = torch.device(DEVICE.get(backend, "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -168,7 +168,7 @@ def test_s_equal_t_returns_z_t(backend, op, dtype, gen):
 
 @pytest.mark.parametrize(
     "backend,op",
-    [(b, op) for b in mf.available_backends() if DEVICE.get(b, "cpu") == "cpu" for op in ("ddim", "addim")],
+    [(b, op) for b in mf.available_backends("ddim_step") if DEVICE.get(b, "cpu") == "cpu" for op in ("ddim", "addim")],
 )
 def test_empty_batch(backend, op):
     x_hat = torch.zeros(0, 5)
@@ -215,7 +215,7 @@ def test_available_backends():
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_unavailable_backend_is_an_error(backend, op, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # else triton may run on CPU tensors
-    with pytest.raises(RuntimeError, match=rf"backend='{backend}'.*\(cuda: .*; triton: .*; cpu: .*; reference: ok\)"):
+    with pytest.raises(RuntimeError, match=rf"backend='{backend}'.*\(cuda: .*; triton: .*; cpu: .*; sdpa: does not implement {op}_step; reference: ok\)"):
         step(op, X, Z, 0.5, 0.2, 0.1, backend)
 
 

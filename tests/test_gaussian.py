@@ -85,7 +85,7 @@ def test_one_addim_step_from_noise_keeps_the_data_variance():
     assert ddim.var().item() < 1e-5 * C**2
 
 
-@pytest.mark.parametrize("backend", mf.available_backends())
+@pytest.mark.parametrize("backend", mf.available_backends("addim_step"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_addim_per_sample_variance(backend, dtype):
     """Per-sample x_var [B]: each sample's one-step variance is sigma_s^2 + K^2 x_var, K = alpha_s - alpha_t sigma_s / sigma_t."""

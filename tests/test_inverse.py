@@ -37,5 +37,5 @@ def test_inv_ddim_per_sample_times_float32():
 def test_ddim_is_identity_at_s_equal_t():
     x, z = torch.randn(2, 3, 5, dtype=torch.float64).unbind(0)
     t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
-    for backend in mf.available_backends():
+    for backend in mf.available_backends("ddim_step"):
         torch.testing.assert_close(mf.ddim_step(x, z, t, t, mf.CosineSchedule(), backend=backend), z)

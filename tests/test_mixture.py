@@ -1,9 +1,8 @@
-"""GaussianMixture's closed-form posterior against numerical integration, and the demo that uses it."""
+"""GaussianMixture's closed-form posterior against numerical integration, and the DDIM/aDDIM experiment on it."""
 import pytest
 import torch
 
-from mcm_fast import demo
-from mcm_fast.cli import main
+from experiments import ddim_vs_addim_2d as demo
 from mcm_fast.data.toy import GaussianMixture
 
 
@@ -58,9 +57,9 @@ def test_demo_shows_ddim_losing_variance_that_addim_keeps():
     assert rows[256]["ddim"][0] == pytest.approx(1.0, abs=0.05)  # many steps: the exact ODE
 
 
-def test_cli_demo_runs_and_rejects_bad_steps(capsys):
-    assert main(["demo", "--steps", "2,4", "--n", "500"]) == 0
+def test_experiment_runs_and_rejects_bad_steps(capsys):
+    assert demo.main(["--steps", "2,4", "--n", "500"]) == 0
     assert "addim-analytic" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["demo", "--steps", "two"])
+        demo.main(["--steps", "two"])
     assert "--steps" in capsys.readouterr().err

@@ -31,11 +31,18 @@ class GaussianMixture:
         self.weights = weights.double() / weights.sum()
 
     @classmethod
-    def ring(cls, modes: int = 8, radius: float = 1.0, std: float = 0.05) -> "GaussianMixture":
+    def ring(cls, modes: int = 8, radius: float = 1.0, std: float = 0.05) -> GaussianMixture:
         """`modes` equal Gaussians on a circle in 2-D: the usual multimodal toy distribution."""
         angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
         return cls(means, torch.full((modes,), float(std), dtype=torch.float64))
+
+    @classmethod
+    def grid(cls, side: int = 5, spacing: float = 0.5, std: float = 0.05) -> GaussianMixture:
+        """side x side equal Gaussians on a square grid centred on 0 in 2-D: many modes close together."""
+        axis = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * spacing
+        means = torch.cartesian_prod(axis, axis)  # [side^2, 2]
+        return cls(means, torch.full((side * side,), float(std), dtype=torch.float64))
 
     @property
     def dim(self) -> int:

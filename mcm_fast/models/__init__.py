@@ -1,4 +1,5 @@
-"""Networks: the MLP for low-dimensional toy data (the UViT for images joins here)."""
+"""Networks: the UViT for images (simple diffusion, the MCM paper's presets) and the MLP for low-dimensional toy data."""
 from mcm_fast.models.mlp import MLPNet
+from mcm_fast.models.uvit import UVIT_PRESETS, UViT, UViTConfig, count_parameters, uvit
 
-__all__ = ["MLPNet"]
+__all__ = ["UVIT_PRESETS", "MLPNet", "UViT", "UViTConfig", "count_parameters", "uvit"]

@@ -1,7 +1,8 @@
-"""Fused ops and the registry that picks their backend: cuda | triton | cpu | reference.
+"""Fused ops and the registry that picks their backend: cuda | triton | cpu | sdpa | reference.
 
-The reference backend registers itself in mcm_fast.solvers, the compiled ones in mcm_fast.ops.native; the
-package's __init__ imports both.
+The update ops' reference backend registers itself in mcm_fast.solvers, the compiled ones in
+mcm_fast.ops.native; attention's sdpa and reference backends in mcm_fast.ops.attention. The package's
+__init__ imports all three.
 """
 from mcm_fast.ops.registry import BACKENDS, available_backends, dispatch
 

@@ -1,17 +1,18 @@
 """One table (op, backend) -> implementation, and the choice of backend for a call.
 
-Backends, fastest first: cuda (csrc/cuda), triton (kernels/), cpu (csrc/, C++ with OpenMP) and reference
-(plain PyTorch, always there). The default is the fastest that can run the call; a backend named by the
-`backend=` argument or by MCM_FAST_BACKEND that cannot run it is an error listing why, never a fallback.
+Backends, fastest first: cuda (csrc/cuda), triton (kernels/), cpu (csrc/, C++ with OpenMP), sdpa (torch's
+scaled_dot_product_attention, for attention only, on any device) and reference (plain PyTorch, always there).
+The default is the fastest that implements the op and can run the call; a backend named by the `backend=`
+argument or by MCM_FAST_BACKEND that cannot run it is an error listing why, never a fallback.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-BACKENDS = ("cuda", "triton", "cpu", "reference")
+BACKENDS = ("cuda", "triton", "cpu", "sdpa", "reference")
 
 _IMPLS: dict[tuple[str, str], Callable] = {}
 _DIFFERENTIABLE: set[tuple[str, str]] = set()
@@ -41,16 +42,22 @@ def _runs_on(backend: str, device: torch.device) -> bool:
     return True
 
 
-def available_backends() -> list[str]:
-    """The backends this install can run on some device here, fastest first ("reference" always)."""
+def available_backends(op: str | None = None) -> list[str]:
+    """The backends this install can run on some device here, fastest first ("reference" always).
+
+    With op (e.g. "ddim_step", "attention"), only those implementing it: "sdpa" serves attention alone.
+    """
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     return [
-        b for b in BACKENDS if any(ob == b for _, ob in _IMPLS) and any(_runs_on(b, dev) for dev in devices)
+        b for b in BACKENDS
+        if any(ob == b and (op is None or o == op) for o, ob in _IMPLS) and any(_runs_on(b, dev) for dev in devices)
     ]
 
 
 def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool) -> str | None:
     if (op, backend) not in _IMPLS:
+        if any(ob == backend for _, ob in _IMPLS):
+            return f"does not implement {op}"
         return "not in this install" if backend != "cpu" else "the extension mcm_fast._C is not built"
     if not _runs_on(backend, device):
         return f"cannot run on {device.type} tensors"

@@ -126,8 +126,9 @@ class TrainConfig:
 
 
 def _tiny(**changes) -> TrainConfig:
-    """The CPU demo: the tiny UViT on MNIST at 16x16, class-conditional."""
-    return TrainConfig(**{"model": "tiny", "data": DataConfig("mnist", resolution=16), **changes})
+    """The CPU demo: the tiny UViT on MNIST at 16x16, class-conditional, sized to train in minutes."""
+    return TrainConfig(**{"model": "tiny", "data": DataConfig("mnist", resolution=16), "eval_samples": 200,
+                          "optim": OptimConfig(lr=1e-3, ema_decay=0.995), **changes})
 
 
 def _mnist(**changes) -> TrainConfig:
@@ -144,8 +145,9 @@ def _ring(**changes) -> TrainConfig:
 
 
 PRESETS = {
-    "tiny-teacher": lambda: _tiny(kind="teacher", steps=1000),
-    "tiny-cd": lambda: _tiny(kind="cd", teacher="runs/tiny-teacher", steps=500),
+    "tiny-teacher": lambda: _tiny(kind="teacher", steps=1200),
+    "tiny-cd": lambda: _tiny(kind="cd", teacher="runs/tiny-teacher", steps=500,
+                             objective=ObjectiveConfig(teacher_steps=[32, 128, 500])),
     "mnist-teacher": lambda: _mnist(kind="teacher"),
     "mnist-cd": lambda: _mnist(kind="cd", teacher="runs/mnist-teacher", steps=10_000),
     "mnist-ct": lambda: _mnist(kind="ct", teacher="runs/mnist-teacher", steps=10_000),

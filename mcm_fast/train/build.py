@@ -1,0 +1,83 @@
+"""From a TrainConfig to modules: the schedule, the raw network, the model wrapper of each kind, and the
+samplers that turn a model into images; `load_model` rebuilds any of them from a checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mcm_fast.consistency import EDMConsistency, KarrasGrid, cm_sample
+from mcm_fast.denoiser import Denoiser
+from mcm_fast.models import MLPNet, uvit
+from mcm_fast.sampling import sample, sample_diffusion
+from mcm_fast.schedules import CosineSchedule
+from mcm_fast.train.checkpoint import load_checkpoint
+from mcm_fast.train.config import ConfigError, TrainConfig, load_config
+
+TEACHER_SAMPLERS = ("addim", "ddim")
+
+
+def make_schedule(config: TrainConfig) -> CosineSchedule:
+    """The cosine logSNR schedule, shifted when config.schedule_shift = (r, res) (math.md §1)."""
+    return CosineSchedule(shift=tuple(config.schedule_shift) if config.schedule_shift else None)
+
+
+def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Module:
+    """The raw network for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for vectors."""
+    options = dict(config.model_options)
+    try:
+        if config.model == "mlp":
+            if len(shape) != 1:
+                raise ConfigError(f"model: 'mlp' needs vector data, got data of shape {tuple(shape)}")
+            return MLPNet(dim=shape[0], classes=num_classes, **options)
+        if len(shape) != 3:
+            raise ConfigError(f"model: a UViT needs [C, H, W] images, got data of shape {tuple(shape)}; use model=mlp")
+        return uvit(config.model, in_channels=shape[0], num_classes=num_classes, **options)
+    except (TypeError, KeyError) as error:
+        raise ConfigError(f"model_options: {error}") from None
+
+
+def wrap(net: torch.nn.Module, config: TrainConfig, schedule: CosineSchedule) -> torch.nn.Module:
+    """The model a kind trains and samples: f(x_sigma, sigma) of Song et al. for cm, else x_hat(z_t, t)."""
+    if config.kind == "cm":
+        return EDMConsistency(net)
+    return Denoiser(net, schedule, prediction=config.prediction)
+
+
+def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teacher_sampler: str = "addim",
+             generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+    """Samples from noise with n_steps model calls, the way the model's kind samples: Algorithm 2 for MCM
+    students, a teacher's aDDIM or DDIM, or Song et al.'s multistep sampling on the Karras grid."""
+    if config.kind == "teacher":
+        if teacher_sampler not in TEACHER_SAMPLERS:
+            raise ValueError(f"teacher_sampler: expected one of {TEACHER_SAMPLERS}, got {teacher_sampler!r}")
+        return sample_diffusion(model, n_steps, teacher_sampler, noise=noise, generator=generator, **cond)
+    if config.kind == "cm":
+        sigmas = KarrasGrid().sigmas(n_steps + 1).flip(0)[:n_steps]  # n_steps levels from sigma_max down
+        return cm_sample(model, sigmas.tolist(), noise, generator=generator, **cond)
+    return sample(model, n_steps, noise=noise, generator=generator, **cond)
+
+
+def default_steps(config: TrainConfig) -> int:
+    """The step count of grids and evaluation when config.sample_steps is None."""
+    if config.sample_steps is not None:
+        return config.sample_steps
+    if config.kind == "teacher":
+        return 64
+    return 1 if config.kind == "cm" else config.objective.student_steps
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True):
+    """(model, config, info) from a run or checkpoint directory: the EMA weights (or the online ones), in
+    eval mode; info holds the data's shape and classes."""
+    checkpoint = load_checkpoint(path, device=str(device))
+    for key in ("config", "data_info"):
+        if key not in checkpoint:
+            raise ValueError(f"{path}: not a training checkpoint of mcm_fast (no {key!r} in checkpoint.json)")
+    config = load_config(checkpoint["config"])
+    info = checkpoint["data_info"]
+    net = make_net(config, tuple(info["shape"]), info["num_classes"])
+    net.load_state_dict(checkpoint["ema" if ema and "ema" in checkpoint else "model"])
+    model = wrap(net.to(device).eval().requires_grad_(False), config, make_schedule(config))
+    return model, config, info
+

@@ -1,0 +1,332 @@
+"""The training loop shared by every kind: teacher (v-loss), cd, ct, direct (Algorithm 1) and cm (Song et al.).
+
+Every random draw of step k (data order, t, noise, dropout) comes from seeds derived from (seed, k, micro-batch),
+so a run resumed from a checkpoint at step k continues exactly as the uninterrupted run would, and a DDP run on
+R ranks equals a single process that accumulates R micro-batches (rank r draws what micro-batch r draws).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay, ema_update
+from mcm_fast.data import batch_indices, load_dataset, shard
+from mcm_fast.metrics.evaluate import reference_set, sample_inputs, score
+from mcm_fast.metrics.grid import save_grid
+from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_labels
+from mcm_fast.train import distributed
+from mcm_fast.train.build import (
+    default_steps,
+    generate,
+    load_model,
+    make_net,
+    make_schedule,
+    wrap,
+)
+from mcm_fast.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mcm_fast.train.config import ConfigError, TrainConfig
+
+LOG_NAME = "log.jsonl"
+LOOP_KEYS = ("steps", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples", "sample_steps",
+             "compile", "device", "precision")  # may change when a run resumes; every other key may not
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run stops before the optimizer step, its checkpoints intact."""
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of micro-batch `micro` of step `step`: distinct for every (seed, step, micro)."""
+    return (seed * 1_000_003 + step) * 1_009 + micro
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The EMA decay after `updates` updates: min(decay, (1 + n) / (10 + n)), so early weights fade fast."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+class Trainer:
+    """One run: builds data, networks and optimizer from a TrainConfig, resumes from `out` when a checkpoint
+    is there, and trains to config.steps, writing checkpoints, log.jsonl, sample grids and evaluations."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, progress: bool = True):
+        self.config, self.out = config, Path(out)
+        self.ranks = distributed.setup(config.device)
+        self.progress = progress and self.ranks.main
+        self.data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
+                                 split=config.data.split, n=config.data.n, seed=config.seed)
+        self.info = {"shape": list(self.data.shape), "num_classes": getattr(self.data, "num_classes", 0)}
+        micro_batches = self.ranks.world * config.optim.accumulate
+        if config.optim.batch_size % micro_batches:
+            raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
+                              f"got {config.optim.batch_size}")
+        self.teacher, teacher_net = self._load_teacher()
+        self.schedule = self.teacher.schedule if self.teacher is not None else make_schedule(config)
+        torch.manual_seed(config.seed)  # the initial weights, the same on every rank
+        net = make_net(config, tuple(self.info["shape"]), self.info["num_classes"])
+        if teacher_net is not None and config.init == "teacher" and config.kind != "cm":
+            net.load_state_dict(teacher_net.state_dict())
+        net = net.to(self.ranks.device)
+        self.ema = copy.deepcopy(net).eval().requires_grad_(False)
+        self.target = copy.deepcopy(net).requires_grad_(False) if config.kind == "cm" else None
+        self.net = distributed.parallel(net, config.strategy, self.ranks)
+        if config.strategy == "fsdp" and self.ranks.world > 1:  # shard the copies alike, so updates stay local
+            self.ema = distributed.parallel(self.ema, "fsdp", self.ranks)
+            if self.target is not None:
+                self.target = distributed.parallel(self.target, "fsdp", self.ranks)
+        compiled = torch.compile(self.net) if config.compile else self.net
+        self.model = wrap(compiled, config, self.schedule)
+        self.loss_fn = self._make_loss()
+        fused = self.ranks.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                           weight_decay=config.optim.weight_decay, fused=fused)
+        self.step = 0
+        self._resume()
+
+    # ----------------------------------------------------------------- setup
+    def _load_teacher(self):
+        """The frozen teacher (its EMA weights) for cd, direct, cm-cd and students started from it."""
+        config = self.config
+        needs = config.kind in ("cd", "direct") or (config.kind == "cm" and config.song.mode == "cd")
+        wants = config.kind == "ct" and config.init == "teacher"
+        if config.teacher is None:
+            if needs:
+                raise ConfigError(f"teacher: kind {config.kind!r} needs a teacher checkpoint directory")
+            return None, None
+        if not (needs or wants):
+            return None, None
+        try:
+            model, teacher_config, info = load_model(config.teacher, self.ranks.device)
+        except FileNotFoundError as error:
+            raise ConfigError(f"teacher: {error}") from None
+        if teacher_config.kind != "teacher":
+            raise ConfigError(f"teacher: {config.teacher} holds a {teacher_config.kind!r} run, expected a teacher")
+        if info != self.info:
+            raise ConfigError(f"teacher: trained on data {info}, but this run's data is {self.info}")
+        if config.kind != "cm" and (teacher_config.model, teacher_config.model_options) != (config.model, config.model_options):
+            raise ConfigError(f"model: a student starts from its teacher's network, expected model={teacher_config.model!r} "
+                              f"and model_options={teacher_config.model_options}, got {config.model!r} and {config.model_options}")
+        return model, model.net
+
+    def _make_loss(self):
+        """loss(batch, step) -> the mean loss over the micro-batch, for this run's kind."""
+        config, obj = self.config, self.config.objective
+        null = self.info["num_classes"] or None
+        if config.kind == "teacher":
+            def teacher_loss(cond, x, step):
+                cond = drop_labels(cond, obj.label_dropout if null else 0.0, null)
+                return diffusion_loss(self.model, x, multiscale=obj.multiscale, **cond)
+            return teacher_loss
+        if config.kind == "cm":
+            song = config.song
+            loss = ConsistencyLoss(kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps,
+                                   total_steps=config.steps)
+            teacher = VEDenoiser(self.teacher, self.schedule) if self.teacher is not None else None
+            target = wrap(self.target, config, self.schedule)
+            return lambda cond, x, step: loss(self.model, target, x, step=step, teacher=teacher, **cond)
+        teacher_steps = obj.teacher_steps if isinstance(obj.teacher_steps, int) else tuple(obj.teacher_steps)
+        objective = MCMObjective(self.schedule, student_steps=obj.student_steps, teacher_steps=teacher_steps,
+                                 teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss,
+                                 huber_eps=obj.huber_eps, weighting=obj.weighting,
+                                 target="direct" if config.kind == "direct" else "mcm",
+                                 label_dropout=obj.label_dropout if null else 0.0, null_label=null,
+                                 multiscale=obj.multiscale)
+        teacher = self.teacher if config.kind in ("cd", "direct") else None
+        return lambda cond, x, step: objective(self.model, x, teacher=teacher, step=step, **cond)
+
+    def _resume(self):
+        path = latest_checkpoint(self.out)
+        if path is None:
+            return
+        state = load_checkpoint(path)
+        saved, current = state.get("config", {}), self.config.to_dict()
+        changed = sorted(k for k in set(saved) | set(current) if k not in LOOP_KEYS and saved.get(k) != current.get(k))
+        if changed:
+            raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
+                              "use a new --out, or change only " + ", ".join(LOOP_KEYS))
+        distributed.load_full_state(self.net, state["model"], self.optimizer, state["optimizer"])
+        distributed.load_full_state(self.ema, state["ema"])
+        if self.target is not None:
+            distributed.load_full_state(self.target, state["target"])
+        self.step = state["step"]
+        if self.ranks.main:
+            self._truncate_log(self.step)
+
+    # ----------------------------------------------------------------- loop
+    def train(self) -> list[dict]:
+        """Trains from self.step to config.steps; returns the log rows of this call."""
+        config, out = self.config, self.out
+        if self.ranks.main:
+            out.mkdir(parents=True, exist_ok=True)
+        rows, window, started = [], [], time.perf_counter()
+        bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc=f"{config.kind}")
+        writer = self._tensorboard()
+        tick, images = time.perf_counter(), 0
+        while self.step < config.steps:
+            loss, grad_norm = self._train_step(self.step)
+            self.step += 1
+            window.append(loss)
+            images += config.optim.batch_size
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                now = time.perf_counter()
+                row = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": grad_norm,
+                       "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images / (now - tick),
+                       "time": now - started}
+                rows.append(row)
+                self._log(row, writer)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
+                window, tick, images = [], now, 0
+            bar.update(1)
+            last = self.step == config.steps
+            if config.save_every and self.step % config.save_every == 0 or last:
+                self.save()
+            if (config.sample_every and self.step % config.sample_every == 0) or last:
+                self.write_grid()
+            if (config.eval_every and self.step % config.eval_every == 0) or last:
+                self._log({"step": self.step, "eval": self.evaluate()}, writer)
+        bar.close()
+        return rows
+
+    def _train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step over the global batch: returns (mean loss over all ranks, gradient norm)."""
+        config, ranks = self.config, self.ranks
+        accumulate = config.optim.accumulate
+        micro_batches = ranks.world * accumulate
+        lr = config.optim.lr * min(1.0, (step + 1) / max(config.optim.warmup, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        indices = batch_indices(len(self.data), config.optim.batch_size, step, config.seed)
+        self.net.train()
+        total = torch.zeros((), device=ranks.device)
+        for j in range(accumulate):
+            micro = ranks.rank * accumulate + j
+            torch.manual_seed(micro_seed(config.seed, step, micro))
+            batch = self.data.batch(shard(indices, micro, micro_batches))
+            x = batch.pop("x").to(ranks.device)
+            cond = {k: v.to(ranks.device) for k, v in batch.items()}
+            sync = j == accumulate - 1 or not isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast():
+                loss = self.loss_fn(cond, x, step)
+            (loss / accumulate).backward()
+            total += loss.detach().float()
+        value = float(distributed.mean_over_ranks(total / accumulate, ranks))
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"step {step + 1}: the loss is {value}; stopping before the optimizer step "
+                                     f"(the last checkpoint in {self.out} is intact)")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(self.ema, distributed.unwrap(self.net), ema_decay(config.optim.ema_decay, step))
+        if self.target is not None:
+            song = config.song
+            decay = song.target_decay if song.target_decay is not None else (
+                0.95 if song.mode == "cd" else cm_ema_decay(step, config.steps))
+            ema_update(self.target, distributed.unwrap(self.net), decay)
+        return value, grad_norm
+
+    def _autocast(self):
+        """bf16 autocast on GPU (precision auto or bf16); float32 on CPU unless bf16 is asked for."""
+        precision, device = self.config.precision, self.ranks.device.type
+        if precision == "bf16" or (precision == "auto" and device == "cuda"):
+            return torch.autocast(device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------------- outputs
+    def save(self) -> None:
+        """Writes a checkpoint (rank 0; the state gathering is collective)."""
+        state = {
+            "model": distributed.full_state_dict(self.net, self.ranks),
+            "ema": distributed.full_state_dict(self.ema, self.ranks),
+            "optimizer": distributed.full_optimizer_state(self.net, self.optimizer, self.ranks),
+        }
+        if self.target is not None:
+            state["target"] = distributed.full_state_dict(self.target, self.ranks)
+        if self.ranks.main:
+            model = state.pop("model")
+            save_checkpoint(self.out, model, step=self.step, keep=self.config.keep, config=self.config.to_dict(),
+                            data_info=self.info, **state)
+
+    def sample(self, n: int, n_steps: int | None = None, seed: int | None = None, teacher_sampler: str = "addim"):
+        """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional."""
+        n_steps = default_steps(self.config) if n_steps is None else n_steps
+        seed = self.config.seed if seed is None else seed
+        noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device)
+        model = wrap(self.ema, self.config, self.schedule)
+        return generate(model, self.config, n_steps, noise, teacher_sampler, generator=generator, **cond)
+
+    def write_grid(self) -> Path | None:
+        """A grid of 100 samples (a column per class for 10 classes) under out/samples; images only."""
+        if len(self.info["shape"]) != 3:
+            return None
+        images = self.sample(100)
+        if not self.ranks.main:
+            return None
+        path = self.out / "samples" / f"step-{self.step:09d}.png"
+        save_grid(images, path, nrow=10)
+        return path
+
+    def evaluate(self) -> dict:
+        """Sample quality of the EMA model at its default step count against held-out data (see score)."""
+        reference = reference_set(self.config, self.config.eval_samples)
+        samples = self.sample(self.config.eval_samples, seed=self.config.seed + 1)
+        return {"steps": default_steps(self.config), **score(samples, reference)}
+
+    def _log(self, row: dict, writer) -> None:
+        if not self.ranks.main:
+            return
+        with open(self.out / LOG_NAME, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    writer.add_scalar(key, value, row["step"])
+
+    def _truncate_log(self, step: int) -> None:
+        """Drops the log rows written after the checkpoint a run resumes from (atomically)."""
+        path = self.out / LOG_NAME
+        if not path.exists():
+            return
+        rows = [line for line in path.read_text().splitlines() if _row_step(line) <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in rows))
+        os.replace(tmp, path)
+
+    def _tensorboard(self):
+        if not self.ranks.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+
+def _row_step(line: str) -> float:
+    """The step of a log line; a line torn by a crash mid-write counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def train(config: TrainConfig, out: str | Path, progress: bool = True) -> list[dict]:
+    """Trains (or resumes) one run in `out`; see Trainer."""
+    trainer = Trainer(config, out, progress)
+    try:
+        return trainer.train()
+    finally:
+        distributed.teardown()
