@@ -52,8 +52,8 @@ def teardown() -> None:
 
 
 def parallel(net: nn.Module, strategy: str, ranks: Ranks) -> nn.Module:
-    """net wrapped for data parallelism: DDP, or FSDP2 (fully_shard on each block of every ModuleList, then
-    the root) for networks too large to replicate."""
+    """net wrapped for data parallelism: DDP, or FSDP2 (fully_shard on each module listed in a ModuleList,
+    i.e. every block, then the root) for networks too large to replicate."""
     if ranks.world == 1:
         return net
     if strategy == "ddp":
@@ -64,7 +64,8 @@ def parallel(net: nn.Module, strategy: str, ranks: Ranks) -> nn.Module:
     for module in list(net.modules()):
         if isinstance(module, nn.ModuleList):
             for block in module:
-                fully_shard(block)
+                if not isinstance(block, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward
+                    fully_shard(block)
     fully_shard(net)
     return net
 
