@@ -91,6 +91,16 @@ def test_points_train_with_the_mlp(tmp_path):
     assert rows[-1]["eval"]["sliced_w2"] > 0
 
 
+def test_compiled_network_trains_like_the_eager_one(tmp_path):
+    losses_by_mode = {}
+    for compiled in (False, True):
+        config = load_config("ring-teacher", {"steps": 3, "data": {"n": 2000}, "optim": {"batch_size": 64},
+                                              "eval_samples": 200, "sample_steps": 4, "log_every": 1,
+                                              "compile": compiled})
+        losses_by_mode[compiled] = [r["loss"] for r in train(config, tmp_path / str(compiled), progress=False)]
+    assert losses_by_mode[True] == pytest.approx(losses_by_mode[False], rel=1e-5)
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     trainer = Trainer(tiny(steps=5, save_every=2), tmp_path, progress=False)
     loss_fn = trainer.loss_fn

@@ -1,0 +1,74 @@
+"""The `mcm-fast` command: help on every subcommand, sample/eval/bench on a tiny checkpoint, one-line errors."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mcm_fast.cli import main
+from mcm_fast.train.config import load_config
+from mcm_fast.train.loop import train
+
+TINY = {"preset": "tiny-teacher", "data": {"resolution": 8}, "optim": {"batch_size": 8}, "steps": 2,
+        "eval_samples": 20, "sample_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(load_config(TINY), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["sample"], ["eval"], ["bench"]])
+def test_every_subcommand_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "example" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_command():
+    result = subprocess.run([sys.executable, "-m", "mcm_fast", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "demo" in result.stdout and "train" in result.stdout
+
+
+def test_sample_writes_a_grid_with_one_column_per_class(run_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--ckpt", str(run_dir), "--steps", "2", "--n", "20", "--out", str(out)]) == 0
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (2 * 9 + 1, 10 * 9 + 1)  # 2 rows of 10 images of 8x8 with 1-pixel borders
+    assert main(["sample", "--ckpt", str(run_dir), "--steps", "2", "--n", "4", "--label", "3", "--sampler", "ddim",
+                 "--scale", "2", "--out", str(tmp_path / "threes.png")]) == 0
+
+
+def test_eval_prints_one_row_per_step_count(run_dir, capsys):
+    assert main(["eval", "--ckpt", str(run_dir), "--steps", "1,2", "--n", "30"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("steps 1  fd_pixels") and lines[-1].startswith("steps 2  fd_pixels")
+
+
+def test_bench_reports_train_and_sampling_throughput(capsys):
+    assert main(["bench", "--config", "tiny-teacher", "--set", "data.resolution=8", "--batch", "4", "--iters", "1",
+                 "--steps", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "train step (v-loss)" in out and "sampling, 2 step(s)" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "tiny-teacher", "--out", "x", "--set", "optim.lrr=1"], "optim.lrr: unknown key"),
+    (["train", "--config", "nope", "--out", "x"], "--config: expected a preset"),
+    (["sample", "--ckpt", "/no/such/run", "--out", "x.png"], "/no/such/run"),
+    (["eval", "--ckpt", "/no/such/run"], "/no/such/run"),
+])
+def test_bad_input_is_one_line_and_exit_status_1(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bad_flags_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--ckpt", "x", "--steps", "two"])
+    assert "--steps" in capsys.readouterr().err
