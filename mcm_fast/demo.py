@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from mcm_fast.data import load_dataset
 from mcm_fast.metrics.evaluate import reference_set, sample_inputs, score
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.train.build import generate, load_model
@@ -69,8 +70,6 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
 
 def _data_floor(config, n: int, seed: int) -> float:
     """The score of n real training digits against the test digits: what a perfect model would get."""
-    from mcm_fast.data import load_dataset
-
     train_data = load_dataset("mnist", resolution=config.data.resolution, split="train")
     generator = torch.Generator().manual_seed(seed + 2)
     real = train_data.batch(torch.randperm(len(train_data), generator=generator)[:n])["x"]

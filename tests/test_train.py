@@ -101,6 +101,13 @@ def test_compiled_network_trains_like_the_eager_one(tmp_path):
     assert losses_by_mode[True] == pytest.approx(losses_by_mode[False], rel=1e-5)
 
 
+def test_bf16_autocast_trains_close_to_float32(tmp_path):
+    rows = {p: train(tiny(steps=2, precision=p), tmp_path / p, progress=False) for p in ("fp32", "bf16")}
+    fp32, bf16 = ([r["loss"] for r in rows[p]] for p in ("fp32", "bf16"))
+    assert bf16 != fp32  # autocast ran in bfloat16
+    assert bf16 == pytest.approx(fp32, rel=0.05)
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     trainer = Trainer(tiny(steps=5, save_every=2), tmp_path, progress=False)
     loss_fn = trainer.loss_fn

@@ -5,11 +5,15 @@ version); 2-D points by the sliced Wasserstein distance to fresh draws of the tr
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from mcm_fast.data import load_dataset
 from mcm_fast.metrics.distances import sliced_wasserstein
 from mcm_fast.metrics.frechet import frechet_distance
+from mcm_fast.metrics.grid import save_grid
+from mcm_fast.train.build import default_steps, generate, load_model
 
 TOYS = ("ring", "grid")
 
@@ -56,9 +60,6 @@ def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None
 def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
                 sampler: str = "addim", scale: int = 1, device: str = "cpu"):
     """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path."""
-    from mcm_fast.metrics.grid import save_grid
-    from mcm_fast.train.build import default_steps, generate, load_model
-
     model, config, info = load_model(ckpt, device)
     if len(info["shape"]) != 3:
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
@@ -71,10 +72,6 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
 def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler: str = "addim", device: str = "cpu",
                         echo=print) -> list[dict]:
     """Scores a checkpoint's EMA model at each step count against held-out data; prints and returns the rows."""
-    import time
-
-    from mcm_fast.train.build import default_steps, generate, load_model
-
     model, config, info = load_model(ckpt, device)
     reference = reference_set(config, n)
     rows = []
