@@ -10,12 +10,11 @@ import time
 import torch
 
 from mcm_fast.data import load_dataset
+from mcm_fast.data.images import TOYS
 from mcm_fast.metrics.distances import sliced_wasserstein
 from mcm_fast.metrics.frechet import frechet_distance
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.train.build import default_steps, generate, load_model
-
-TOYS = ("ring", "grid")
 
 
 def reference_set(config, n: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from mcm_fast.data import load_dataset
 from mcm_fast.denoiser import Denoiser
+from mcm_fast.models import count_parameters
 from mcm_fast.objectives import MCMObjective, diffusion_loss
 from mcm_fast.train.build import generate, make_net, make_schedule, wrap
 from mcm_fast.train.config import load_config
@@ -34,8 +35,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
                         split=config.data.split, n=config.data.n, seed=config.seed)
-    classes = getattr(data, "num_classes", 0)
-    net = make_net(config, tuple(data.shape), classes).to(device)
+    net = make_net(config, tuple(data.shape), data.num_classes).to(device)
     schedule = make_schedule(config)
     model = Denoiser(net, schedule, prediction=config.prediction)  # the train step's model (cm: the same network)
     batch_data = data.batch(torch.arange(batch) % len(data))
@@ -57,7 +57,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    params = sum(p.numel() for p in net.parameters())
+    params = count_parameters(net)
     results = {"train_images_per_s": batch / _timed(train_step, iters, device)}
     echo(f"{config.model} ({params / 1e6:.2f}M parameters) on {device}, batch {batch}, data {tuple(data.shape)}")
     echo(f"train step ({'v-loss' if config.kind in ('teacher', 'cm') else 'Algorithm 1'}): "

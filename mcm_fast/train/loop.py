@@ -67,7 +67,7 @@ class Trainer:
         self.progress = progress and self.ranks.main
         self.data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
                                  split=config.data.split, n=config.data.n, seed=config.seed)
-        self.info = {"shape": list(self.data.shape), "num_classes": getattr(self.data, "num_classes", 0)}
+        self.info = {"shape": list(self.data.shape), "num_classes": self.data.num_classes}
         micro_batches = self.ranks.world * config.optim.accumulate
         if config.optim.batch_size % micro_batches:
             raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
@@ -182,7 +182,7 @@ class Trainer:
             images += config.optim.batch_size
             if self.step % config.log_every == 0 or self.step == config.steps:
                 now = time.perf_counter()
-                row = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": grad_norm,
+                row = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": float(grad_norm),
                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images / (now - tick),
                        "time": now - started}
                 rows.append(row)
@@ -200,8 +200,11 @@ class Trainer:
         bar.close()
         return rows
 
-    def _train_step(self, step: int) -> tuple[float, float]:
-        """One optimizer step over the global batch: returns (mean loss over all ranks, gradient norm)."""
+    def _train_step(self, step: int) -> tuple[float, torch.Tensor]:
+        """One optimizer step over the global batch: returns (mean loss over all ranks, gradient norm).
+
+        The loss is read every step (a non-finite one must stop the run); the norm only when logged.
+        """
         config, ranks = self.config, self.ranks
         accumulate = config.optim.accumulate
         micro_batches = ranks.world * accumulate
@@ -227,7 +230,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(f"step {step + 1}: the loss is {value}; stopping before the optimizer step "
                                      f"(the last checkpoint in {self.out} is intact)")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip)  # read at log time
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.ema, distributed.unwrap(self.net), ema_decay(config.optim.ema_decay, step))
