@@ -1,7 +1,10 @@
 """mcm_fast: Multistep Consistency Models (Heek, Hoogeboom & Salimans 2024) in PyTorch, with fused kernels."""
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.objectives import MCMObjective, diffusion_loss
-from mcm_fast.ops import available_backends, native  # noqa: F401  (native registers the compiled backends)
+from mcm_fast.losses import mcm_loss, mcm_target, mcm_target_loss
+import mcm_fast.ops.ddim  # noqa: F401  (registers the compiled backends of ddim_step and addim_step)
+import mcm_fast.ops.mcm  # noqa: F401  (and of mcm_target, mcm_loss and mcm_target_loss)
+from mcm_fast.ops import available_backends
 from mcm_fast.ops.attention import attention
 from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule
@@ -26,6 +29,9 @@ __all__ = [
     "heun_step",
     "inv_ddim",
     "load_checkpoint",
+    "mcm_loss",
+    "mcm_target",
+    "mcm_target_loss",
     "sample",
     "sample_diffusion",
     "save_checkpoint",

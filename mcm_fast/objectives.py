@@ -10,39 +10,27 @@ import torch
 
 from mcm_fast._checks import batch_view, check_float_tensor
 from mcm_fast.denoiser import Denoiser
+from mcm_fast.losses import (
+    LOSSES,
+    check_multiscale,
+    mcm_target,
+    mcm_target_loss,
+    robust_loss,
+    squared_error,
+)
 from mcm_fast.schedules import CosineSchedule, alpha_sigma
-from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step, inv_ddim
+from mcm_fast.solvers import (
+    addim_step,
+    analytic_x_var,
+    ddim_step,
+    euler_step,
+    heun_step,
+)
 
 TEACHER_SOLVERS = ("addim", "ddim", "euler", "heun")
-LOSSES = ("pseudo_huber", "l2_squared")
 WEIGHTINGS = ("snr+1", "sqrt(snr+1)")
 TARGETS = ("mcm", "direct")
 REFERENCES = ("online", "ema")
-
-
-def squared_error(x_hat: torch.Tensor, x: torch.Tensor, multiscale: int = 0) -> torch.Tensor:
-    """Per-sample ||x_hat - x||^2 [B], in float32 (float64 for float64 inputs).
-
-    multiscale = m > 0 is simple diffusion's multiscale loss for images: the mean over k = 0..m of
-    4^k ||avgpool_{2^k}(x_hat - x)||^2, so each scale counts per pixel of its own resolution.
-    """
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    delta = x_hat.to(dtype) - x.to(dtype)
-    total = delta.flatten(1).square().sum(1)
-    for k in range(1, multiscale + 1):
-        delta = torch.nn.functional.avg_pool2d(delta, 2)
-        total = total + 4**k * delta.flatten(1).square().sum(1)
-    return total / (multiscale + 1)
-
-
-def check_multiscale(multiscale, x: torch.Tensor | None = None) -> int:
-    """multiscale must be an int >= 0; with x, its images must halve evenly that many times."""
-    if isinstance(multiscale, bool) or not isinstance(multiscale, Integral) or multiscale < 0:
-        raise ValueError(f"multiscale: expected an integer >= 0, got {multiscale!r}")
-    if x is not None and multiscale and (x.dim() != 4 or x.shape[-1] % 2**multiscale or x.shape[-2] % 2**multiscale):
-        raise ValueError(f"multiscale: expected [B, C, H, W] images with H and W divisible by {2**multiscale}, "
-                         f"got shape {tuple(x.shape)}")
-    return int(multiscale)
 
 
 def drop_labels(cond: dict, probability: float, null_label: int, key: str = "label", generator=None) -> dict:
@@ -198,22 +186,23 @@ class MCMObjective:
                 # step 6: the reference sees the same dropout masks as the student call below
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     x_ref = reference(z_s, s, **cond)
-                z_ref = ddim_step(x_ref, z_s, s, t_step, self.schedule, backend=self.backend)
-                # n_rel = 1 (s = t_step): the target must not involve the student, even a non-finite x_ref
-                z_ref = torch.where(batch_view(n_rel == 1, z_s), z_s, z_ref)
-            else:
-                z_ref = self._teacher_solve(teacher, x, z_t, start, n_rel, total, cond)
-            x_target = inv_ddim(z_ref, z_t, t, t_step, self.schedule)  # step 7
+            else:  # Direct CM: the teacher's solve lands on t_step itself, so the jump from s = t_step is the identity
+                z_s = self._teacher_solve(teacher, x, z_t, start, n_rel, total, cond)
+                x_ref, s = z_s, t_step  # x_ref is not read where s = t_step
         x_hat = student(z_t, t, **cond)
 
-        # step 8
-        dist_sq = squared_error(x_hat, x_target, self.multiscale)
-        if self.loss == "l2_squared":
-            per_sample = dist_sq
-        else:  # sqrt(d^2 + eps^2) - eps, written without the cancellation at small d
-            per_sample = dist_sq / (torch.sqrt(dist_sq + self.huber_eps**2) + self.huber_eps)
-        weight = torch.exp(logsnr_t).to(dist_sq.dtype) + 1
-        per_sample = per_sample * (weight if self.weighting == "snr+1" else weight.sqrt())
+        # steps 6-8: x_ref's DDIM jump to t_step (the identity where n_rel = 1: x_ref unused, even if not finite),
+        # invDDIM against z_t, and the weighted pseudo-Huber distance, fused unless the loss is multiscale
+        weight = torch.exp(logsnr_t) + 1
+        weight = weight if self.weighting == "snr+1" else weight.sqrt()
+        if self.multiscale:
+            with torch.no_grad():
+                x_target = mcm_target(x_ref, z_s, z_t, t, s, t_step, self.schedule, backend=self.backend)
+            dist_sq = squared_error(x_hat, x_target, self.multiscale)
+            per_sample = weight.to(dist_sq.dtype) * robust_loss(dist_sq, self.loss, self.huber_eps)
+        else:
+            per_sample = mcm_target_loss(x_hat, x_ref, z_s, z_t, t, s, t_step, self.schedule, weight, self.loss,
+                                         self.huber_eps, backend=self.backend)
         loss = per_sample.mean()
         if diagnostics:
             return loss, {"t": t, "segment": segment, "loss": per_sample.detach()}

@@ -1,8 +1,15 @@
-"""Makes tests/ helpers (closed_form) and the repository root (experiments/) importable from the tests."""
+"""Makes tests/ helpers (closed_form, parity) and the repository root (experiments/) importable from the tests,
+and runs the Triton kernels on CPU tensors through Triton's interpreter where there is no GPU (style.md)."""
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when @triton.jit runs, so before mcm_fast imports kernels

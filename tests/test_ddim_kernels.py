@@ -1,8 +1,17 @@
 """Parity of the fused DDIM / aDDIM backends with the reference (math.md §2-3), op registration, dispatch."""
-import zlib
-
 import pytest
 import torch
+from parity import (
+    DTYPES,
+    VIEWS,
+    assert_parity,
+    backend_device,
+    generator,
+    kernel_params,
+    max_abs,
+    randn,
+    shape_id,
+)
 
 import mcm_fast as mf
 from mcm_fast.ops import dispatch
@@ -10,15 +19,9 @@ from mcm_fast.ops.native import NATIVE_ERROR
 from mcm_fast.solvers import addim_step_reference, ddim_step_reference
 
 SCHED = mf.CosineSchedule()
-KERNELS = [b for b in mf.available_backends("ddim_step") if b != "reference"]
-DEVICE = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
-DTYPES = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}
+KERNELS = kernel_params("ddim_step")
 needs_native = pytest.mark.skipif(NATIVE_ERROR is not None, reason=f"mcm_fast._C is not built: {NATIVE_ERROR}")
 SHAPES = [(3, 1, 5, 7), (2, 3, 17), (1, 4, 9, 9), (7, 1000), (2, 3, 70000), (5, 0)]  # 70000: > one 32768 tile
-
-
-def shape_id(shape):
-    return f"B{shape[0]}-d{torch.Size(shape[1:]).numel()}"
 
 
 @pytest.fixture(autouse=True)
@@ -28,42 +31,19 @@ def _no_backend_env(monkeypatch):
 
 @pytest.fixture
 def gen(request):
-    """A generator seeded by the test id: every test draws its own, reproducible inputs."""
-    return torch.Generator().manual_seed(zlib.crc32(request.node.name.encode()))
+    return generator(request)
 
 
 @pytest.fixture(params=KERNELS)
 def kernel(request):
-    """(backend, device) of each fused backend, skipped where its device is absent (only "cpu" runs on CPU)."""
-    device = DEVICE[request.param]
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip(f"{request.param} needs a CUDA device")
-    return request.param, torch.device(device)
+    """(backend, device) of each fused backend present."""
+    return request.param
 
 
 def step(op, x_hat, z_t, t, s, x_var, backend):
     if op == "ddim":
         return mf.ddim_step(x_hat, z_t, t, s, SCHED, backend=backend)
     return mf.addim_step(x_hat, z_t, t, s, SCHED, x_var, backend=backend)
-
-
-def randn(shape, dtype, g, device):
-    return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
-
-
-def max_abs(x):
-    return x.abs().max().item() if x.numel() else 0.0
-
-
-def assert_parity(name, out, ref, truth, *inputs):
-    """out passes if its max error vs truth (float64) is at most 2x the reference's own error in out's dtype,
-    plus a floor of a few ulps of the compute dtype (float64 or float32) times the magnitude of the values
-    involved: for float64 the reference is the truth (error 0), yet the kernel's formula rounds differently."""
-    assert out.shape == truth.shape and out.dtype == ref.dtype, f"{name}: got {out.shape} {out.dtype}"
-    err, ref_err = max_abs(out.double() - truth), max_abs(ref.double() - truth)
-    compute = torch.float64 if out.dtype == torch.float64 else torch.float32
-    floor = 4 * torch.finfo(compute).eps * max(max_abs(v) for v in (truth, *inputs))
-    assert err <= 2 * ref_err + floor, f"{name}: max error {err:.3g} > 2 x reference error {ref_err:.3g} + {floor:.3g}"
 
 
 def check_parity(op, backend, device, shape, dtype, t, s, x_var, g):
@@ -104,14 +84,6 @@ def test_parity_scalar_times(op, times, dtype, kernel, gen):
     check_parity(op, backend, device, (3, 1, 5, 7), dtype, *TIMES[times](device), gen)
 
 
-VIEWS = {  # non-contiguous [B, ...] views of fresh data drawn by new(shape)
-    "transposed": lambda B, new: new((B, 17, 3)).transpose(1, 2),
-    "strided": lambda B, new: new((B, 34))[:, ::2],
-    "batch-minor": lambda B, new: new((17, B)).t(),
-    "expanded": lambda B, new: new((B, 1, 5)).expand(B, 4, 5),
-}
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("view", VIEWS.keys())
 @pytest.mark.parametrize("op", ["ddim", "addim"])
@@ -131,11 +103,9 @@ def test_non_contiguous(op, view, dtype, kernel, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("backend", mf.available_backends("addim_step"))
-def test_addim_with_zero_x_var_is_ddim(backend, dtype, gen):
-    device = torch.device(DEVICE.get(backend, "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip(f"{backend} needs a CUDA device")
+@pytest.mark.parametrize("backend_device", kernel_params("addim_step", reference=True))
+def test_addim_with_zero_x_var_is_ddim(backend_device, dtype, gen):
+    backend, device = backend_device
     x_hat, z_t = randn((4, 2, 33), dtype, gen, device), randn((4, 2, 33), dtype, gen, device)
     t = torch.tensor([1.0, 0.8, 0.5, 0.1], dtype=torch.float64, device=device)
     s = torch.tensor([0.0, 0.3, 0.5, 0.0], dtype=torch.float64, device=device)
@@ -151,11 +121,9 @@ def test_addim_with_zero_x_var_is_ddim(backend, dtype, gen):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("op", ["ddim", "addim"])
-@pytest.mark.parametrize("backend", mf.available_backends("ddim_step"))
-def test_s_equal_t_returns_z_t(backend, op, dtype, gen):
-    device = torch.device(DEVICE.get(backend, "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip(f"{backend} needs a CUDA device")
+@pytest.mark.parametrize("backend_device", kernel_params("ddim_step", reference=True))
+def test_s_equal_t_returns_z_t(backend_device, op, dtype, gen):
+    backend, device = backend_device
     x_hat, z_t = randn((4, 50), dtype, gen, device), randn((4, 50), dtype, gen, device)
     t = torch.tensor([0.0, 0.3, 0.999, 1.0], dtype=torch.float64, device=device)
     x_var = torch.tensor([0.5, 0.1, 2.0, 0.0], dtype=torch.float64, device=device)
@@ -168,7 +136,7 @@ def test_s_equal_t_returns_z_t(backend, op, dtype, gen):
 
 @pytest.mark.parametrize(
     "backend,op",
-    [(b, op) for b in mf.available_backends("ddim_step") if DEVICE.get(b, "cpu") == "cpu" for op in ("ddim", "addim")],
+    [(b, op) for b in mf.available_backends("ddim_step") if backend_device(b) == torch.device("cpu") for op in ("ddim", "addim")],
 )
 def test_empty_batch(backend, op):
     x_hat = torch.zeros(0, 5)

@@ -1,8 +1,8 @@
 """Fused ops and the registry that picks their backend: cuda | triton | cpu | sdpa | reference.
 
-The update ops' reference backend registers itself in mcm_fast.solvers, the compiled ones in
-mcm_fast.ops.native; attention's sdpa and reference backends in mcm_fast.ops.attention. The package's
-__init__ imports all three.
+The reference backends register themselves beside their formulas (mcm_fast.solvers, mcm_fast.losses,
+mcm_fast.ops.attention); the compiled ones (C++/CUDA extension and Triton) in mcm_fast.ops.ddim and
+mcm_fast.ops.mcm. The package's __init__ imports them all.
 """
 from mcm_fast.ops.registry import BACKENDS, available_backends, dispatch
 

@@ -2,8 +2,9 @@
 
 Backends, fastest first: cuda (csrc/cuda), triton (kernels/), cpu (csrc/, C++ with OpenMP), sdpa (torch's
 scaled_dot_product_attention, for attention only, on any device) and reference (plain PyTorch, always there).
-The default is the fastest that implements the op and can run the call; a backend named by the `backend=`
-argument or by MCM_FAST_BACKEND that cannot run it is an error listing why, never a fallback.
+The default is the fastest that implements the op and can run the call (never Triton's interpreter, which
+runs CPU tensors under TRITON_INTERPRET=1 for tests only); a backend named by the `backend=` argument or by
+MCM_FAST_BACKEND that cannot run it is an error listing why, never a fallback.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool) -> s
     if (op, backend) not in _IMPLS:
         if any(ob == backend for _, ob in _IMPLS):
             return f"does not implement {op}"
-        return "not in this install" if backend != "cpu" else "the extension mcm_fast._C is not built"
+        return {"cpu": "the extension mcm_fast._C is not built", "cuda": "the extension has no CUDA part",
+                "triton": "triton is not installed"}.get(backend, "not in this install")
     if not _runs_on(backend, device):
         return f"cannot run on {device.type} tensors"
     if needs_grad and (op, backend) not in _DIFFERENTIABLE:
@@ -80,6 +82,8 @@ def dispatch(op: str, device: torch.device, needs_grad: bool, backend: str | Non
             raise RuntimeError(f"{source}={backend!r} cannot run {op} here: {why} ({reasons})")
         return _IMPLS[op, backend]
     for candidate in BACKENDS:
+        if candidate == "triton" and device.type != "cuda":
+            continue
         if _why_not(op, candidate, device, needs_grad) is None:
             return _IMPLS[op, candidate]
     raise RuntimeError(f"no backend can run {op} on {device.type}")  # unreachable: reference always runs

@@ -1,0 +1,85 @@
+"""DDIM and aDDIM updates (math.md §2-3) in Triton: the "triton" backend of ddim_step and addim_step.
+
+z_s = p x_hat + q (z_t - r x_hat) per sample, p = alpha_s, r = alpha_t, q = sigma_s / sigma_t (DDIM) or
+c / sigma_t with c^2 = sigma_s^2 + d K^2 x_var / ||eps_hat||^2 (aDDIM). The grid is (chunk, sample): each
+program owns BLOCK elements of one sample. aDDIM runs two kernels: one partial sum of (z_t - alpha_t x_hat)^2
+per program, summed per sample by torch in a fixed order (deterministic), then the update. Arithmetic in float32 (float64 for float64 data), coefficients in float64. Inputs
+are made contiguous once. The backward is the closed form of mcm_fast.solvers (plain PyTorch), as for the
+C++ and CUDA backends.
+"""
+import torch
+import triton
+import triton.language as tl
+from mcm_fast.kernels.common import alpha_sigma, ddim_coefs, round_to
+from torch.library import wrap_triton
+
+BLOCK = 4096
+
+
+@triton.jit
+def _residual_sq_partials_kernel(x_ptr, z_ptr, logsnr_t_ptr, partials_ptr, d, chunks,
+                                 BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+    """partials[b, chunk] = sum over the chunk of (z_t - alpha_t x_hat)^2 = sigma_t^2 eps_hat^2."""
+    chunk, b = tl.program_id(0), tl.program_id(1)
+    offs = chunk * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < d
+    base = b.to(tl.int64) * d
+    r, _ = alpha_sigma(tl.load(logsnr_t_ptr + b).to(tl.float64))
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0).to(COMPUTE)
+    z = tl.load(z_ptr + base + offs, mask=mask, other=0).to(COMPUTE)
+    e = z - r.to(COMPUTE) * x
+    tl.store(partials_ptr + b * chunks + chunk, tl.sum(e * e, axis=0))
+
+
+@triton.jit
+def _ddim_step_fwd_kernel(x_ptr, z_ptr, out_ptr, logsnr_t_ptr, logsnr_s_ptr, x_var_ptr, norm_sq_ptr, d,
+                          BLOCK: tl.constexpr, ADJUSTED: tl.constexpr, COMPUTE: tl.constexpr):
+    """z_s = p x_hat + q (z_t - r x_hat); with ADJUSTED, q = sqrt(q^2 + d K^2 x_var / ||z_t - r x_hat||^2)."""
+    chunk, b = tl.program_id(0), tl.program_id(1)
+    p, q, r = ddim_coefs(tl.load(logsnr_t_ptr + b).to(tl.float64), tl.load(logsnr_s_ptr + b).to(tl.float64))
+    if ADJUSTED:
+        x_var = tl.load(x_var_ptr + b).to(tl.float64)
+        norm_sq = tl.load(norm_sq_ptr + b).to(tl.float64)
+        k = p - r * q
+        extra = tl.where(x_var > 0, d * k * k * x_var / norm_sq, 0.0)  # x_var = 0: DDIM exactly, even at norm 0
+        q = tl.sqrt(q * q + extra)
+    offs = chunk * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < d
+    base = b.to(tl.int64) * d
+    x = tl.load(x_ptr + base + offs, mask=mask).to(COMPUTE)
+    z = tl.load(z_ptr + base + offs, mask=mask).to(COMPUTE)
+    out = p.to(COMPUTE) * x + q.to(COMPUTE) * (z - r.to(COMPUTE) * x)
+    tl.store(out_ptr + base + offs, round_to(out, out_ptr.dtype.element_ty), mask=mask)
+
+
+def compute_dtype(x: torch.Tensor):
+    """The Triton arithmetic dtype for data x: float64 for float64, else float32."""
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+def partial_dtype(x: torch.Tensor) -> torch.dtype:
+    """The torch dtype of per-program partial sums for data x: float64 for float64, else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def ddim_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
+    """z_s of DDIM, or of aDDIM when x_var ([B]) is given; x_hat, z_t [B, ...], logSNRs [B]."""
+    x, z = x_hat.contiguous(), z_t.contiguous()
+    logsnr_t, logsnr_s = logsnr_t.contiguous(), logsnr_s.contiguous()  # [B] each, maybe an expanded scalar
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    batch = x.shape[0]
+    if x.numel() == 0:
+        return out
+    d = x.numel() // batch
+    chunks = triton.cdiv(d, BLOCK)
+    grid = (chunks, batch)
+    norm_sq = logsnr_t  # unread by DDIM
+    if x_var is not None:
+        partials = torch.empty(batch, chunks, device=x.device, dtype=partial_dtype(x))
+        wrap_triton(_residual_sq_partials_kernel)[grid](x, z, logsnr_t, partials, d, chunks, BLOCK=BLOCK,
+                                                        COMPUTE=compute_dtype(x), num_warps=8)
+        norm_sq = partials.sum(1)  # ||z_t - alpha_t x_hat||^2 = sigma_t^2 ||eps_hat||^2, in a fixed order
+    wrap_triton(_ddim_step_fwd_kernel)[grid](
+        x, z, out, logsnr_t, logsnr_s, logsnr_t if x_var is None else x_var.contiguous(), norm_sq, d, BLOCK=BLOCK,
+        ADJUSTED=x_var is not None, COMPUTE=compute_dtype(x), num_warps=8)
+    return out

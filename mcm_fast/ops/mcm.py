@@ -1,0 +1,138 @@
+"""mcm_target, mcm_loss and mcm_target_loss as torch.library ops: the C++/CUDA ones of csrc/mcm.cpp and the
+Triton ones of kernels/mcm_loss.py, each with one fake and one autograd formula (references: mcm_fast.losses).
+
+A squared-distance op returns (||x_hat - x_target||^2 [B], diff): diff = x_hat - x_target in float32
+(float64 for float64 data), written in the forward pass only when a gradient will be needed (save_diff), is
+what the backward op scales per sample and rounds once to x_hat's dtype.
+The registry's "mcm_loss" and "mcm_target_loss" entries return the [B] distances; mcm_fast.losses adds the
+pseudo-Huber and the weighting.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mcm_fast.losses import target_coefficients
+from mcm_fast.ops.native import TRITON_ERROR, native_keys
+from mcm_fast.ops.registry import needs_grad, register
+
+
+def _check_like(name, x, ref):
+    torch._check(x.shape == ref.shape, lambda: f"{name}: expected shape {tuple(ref.shape)}, got {tuple(x.shape)}")
+    torch._check(x.dtype == ref.dtype, lambda: f"{name}: expected dtype {ref.dtype}, got {x.dtype}")
+
+
+def _check_logsnrs(batch, *logsnrs):
+    for name, v in zip(("logsnr_t", "logsnr_s", "logsnr_step"), logsnrs):
+        torch._check(v.shape == (batch,), lambda name=name: f"{name}: expected shape [{batch}]")
+
+
+def _fake_target(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
+    _check_like("z_s", z_s, x_ref)
+    _check_like("z_t", z_t, x_ref)
+    _check_logsnrs(x_ref.shape[0], logsnr_t, logsnr_s, logsnr_step)
+    return torch.empty_like(x_ref, memory_format=torch.contiguous_format)
+
+
+def _distance_outputs(x_hat, save_diff):
+    compute = torch.float64 if x_hat.dtype == torch.float64 else torch.float32
+    diff = x_hat.new_empty(x_hat.shape, dtype=compute) if save_diff else x_hat.new_empty(0)
+    return x_hat.new_empty(x_hat.shape[0], dtype=compute), diff
+
+
+def _fake_sqdist(x_hat, target, save_diff):
+    _check_like("target", target, x_hat)
+    return _distance_outputs(x_hat, save_diff)
+
+
+def _fake_target_sqdist(x_hat, x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step, save_diff):
+    _check_like("x_ref", x_ref, x_hat)
+    _fake_target(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step)
+    return _distance_outputs(x_hat, save_diff)
+
+
+def _fake_sqdist_backward(diff, grad_dist_sq, dtype):
+    torch._check(grad_dist_sq.shape == (diff.shape[0],), lambda: f"grad_dist_sq: expected shape [{diff.shape[0]}]")
+    return diff.new_empty(diff.shape, dtype=dtype)
+
+
+def _save_logsnrs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[3:6])
+
+
+def _target_backward(ctx, grad):
+    """x_target is linear in (x_ref, z_s, z_t): each gradient is its per-sample coefficient times grad."""
+    coefs = target_coefficients(*ctx.saved_tensors)  # [B, 3]
+    compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    shape = (grad.shape[0],) + (1,) * (grad.dim() - 1)
+    g = grad.to(compute)
+    return *((coefs[:, i].to(compute).view(shape) * g).to(grad.dtype) for i in range(3)), None, None, None
+
+
+def _save_diff(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.dtype = inputs[0].dtype
+
+
+def _sqdist_autograd(backward_op):
+    """Backward of a squared-distance op: dL/dx_hat from the saved diff; x_hat - target gives dL/dtarget = -dL/dx_hat."""
+
+    def backward(ctx, grad_dist_sq, _grad_diff):
+        grad_x = backward_op(ctx.saved_tensors[0], grad_dist_sq, ctx.dtype)
+        grad_target = -grad_x if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[1] else None
+        return (grad_x, grad_target) + (None,) * (len(ctx.needs_input_grad) - 2)
+
+    return backward
+
+
+def _distance(op, n_grad_inputs: int):
+    """The registry's entry: op's [B] distances, asking it to save diff when its first n inputs need a gradient."""
+
+    def run(*inputs):
+        return op(*inputs, needs_grad(*inputs[:n_grad_inputs]))[0]
+
+    return run
+
+
+def _define(target, sqdist, target_sqdist, sqdist_backward, backends) -> None:
+    """Gives one backend's four ops their fakes and autograd and registers them for each backend."""
+    torch.library.register_fake(target)(_fake_target)
+    torch.library.register_autograd(target, _target_backward, setup_context=_save_logsnrs)
+    torch.library.register_fake(sqdist)(_fake_sqdist)
+    torch.library.register_fake(target_sqdist)(_fake_target_sqdist)
+    torch.library.register_fake(sqdist_backward)(_fake_sqdist_backward)
+    for op in (sqdist, target_sqdist):
+        torch.library.register_autograd(op, _sqdist_autograd(sqdist_backward), setup_context=_save_diff)
+    for backend in backends:
+        register("mcm_target", backend, differentiable=True)(target)
+        register("mcm_loss", backend, differentiable=True)(_distance(sqdist, 2))
+        register("mcm_target_loss", backend, differentiable=True)(_distance(target_sqdist, 1))
+
+
+NATIVE_OPS = ("mcm_target", "mcm_sqdist", "mcm_target_sqdist", "mcm_sqdist_backward")
+if native_keys("mcm_target"):
+    _define(*(getattr(torch.ops.mcm_fast, f"{op}_native").default for op in NATIVE_OPS),
+            [backend for backend, _ in native_keys("mcm_target")])
+
+if TRITON_ERROR is None:
+    from mcm_fast.kernels import mcm_loss as kernels
+
+    @torch.library.triton_op("mcm_fast::mcm_target_triton", mutates_args=())
+    def mcm_target_triton(x_ref: Tensor, z_s: Tensor, z_t: Tensor, logsnr_t: Tensor, logsnr_s: Tensor,
+                          logsnr_step: Tensor) -> Tensor:
+        return kernels.mcm_target(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step)
+
+    @torch.library.triton_op("mcm_fast::mcm_sqdist_triton", mutates_args=())
+    def mcm_sqdist_triton(x_hat: Tensor, target: Tensor, save_diff: bool) -> tuple[Tensor, Tensor]:
+        return kernels.mcm_sqdist(x_hat, target, save_diff)
+
+    @torch.library.triton_op("mcm_fast::mcm_target_sqdist_triton", mutates_args=())
+    def mcm_target_sqdist_triton(x_hat: Tensor, x_ref: Tensor, z_s: Tensor, z_t: Tensor, logsnr_t: Tensor,
+                                 logsnr_s: Tensor, logsnr_step: Tensor, save_diff: bool) -> tuple[Tensor, Tensor]:
+        return kernels.mcm_sqdist(x_hat, x_ref, save_diff, z_s, z_t, (logsnr_t, logsnr_s, logsnr_step))
+
+    @torch.library.triton_op("mcm_fast::mcm_sqdist_backward_triton", mutates_args=())
+    def mcm_sqdist_backward_triton(diff: Tensor, grad_dist_sq: Tensor, dtype: torch.dtype) -> Tensor:
+        return kernels.mcm_sqdist_backward(diff, grad_dist_sq, dtype)
+
+    _define(mcm_target_triton, mcm_sqdist_triton, mcm_target_sqdist_triton, mcm_sqdist_backward_triton, ["triton"])
