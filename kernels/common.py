@@ -1,11 +1,15 @@
 """Device functions shared by the Triton kernels: the per-sample coefficients of the DDIM family (math.md
-§1-2) in float64, and the rounding store of results.
+§1-2) in float64, and the two places where Triton's interpreter needs help (cast, dot_operand).
 
 Each program computes its sample's coefficients from the [B] logSNRs itself: no host sync and no extra
 launch, so the kernels can be captured in a CUDA graph.
 """
+import os
+
 import triton
 import triton.language as tl
+
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
@@ -39,13 +43,23 @@ def target_coefs(logsnr_t, logsnr_s, logsnr_step):
 
 
 @triton.jit
-def round_to(x, dtype: tl.constexpr):
-    """x (float32 or float64) in dtype, rounded to nearest even. bfloat16 is rounded with integer ops, as the
-    CPU kernels do: Triton 3.6's interpreter (the CI's Triton) mis-rounds when the carry crosses a power of 2."""
-    if dtype == tl.bfloat16:
+def cast(x, dtype: tl.constexpr):
+    """x in dtype, rounded to nearest even. Under Triton 3.6's interpreter (the CPU tests) bfloat16 is rounded
+    with integer ops, because its own conversion mis-rounds when the carry crosses a power of 2."""
+    if INTERPRETED and dtype == tl.bfloat16:
         u = x.to(tl.float32).to(tl.uint32, bitcast=True)
         rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
         bits = tl.where((u & 0x7FFFFFFF) > 0x7F800000, 0x7FC0, rounded)  # NaN stays a quiet NaN
         return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+@triton.jit
+def dot_operand(x):
+    """x as a tl.dot operand. The interpreter's dot reads bfloat16 as integers, so there bfloat16 goes to
+    float32 first: the same result, since products of bfloat16 numbers are exact in float32."""
+    if INTERPRETED and x.dtype == tl.bfloat16:
+        return x.to(tl.float32)
+    else:
+        return x

@@ -10,7 +10,7 @@ C++ and CUDA backends.
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import alpha_sigma, ddim_coefs, round_to
+from mcm_fast.kernels.common import alpha_sigma, cast, ddim_coefs
 from torch.library import wrap_triton
 
 BLOCK = 4096
@@ -49,7 +49,7 @@ def _ddim_step_fwd_kernel(x_ptr, z_ptr, out_ptr, logsnr_t_ptr, logsnr_s_ptr, x_v
     x = tl.load(x_ptr + base + offs, mask=mask).to(COMPUTE)
     z = tl.load(z_ptr + base + offs, mask=mask).to(COMPUTE)
     out = p.to(COMPUTE) * x + q.to(COMPUTE) * (z - r.to(COMPUTE) * x)
-    tl.store(out_ptr + base + offs, round_to(out, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + base + offs, cast(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 def compute_dtype(x: torch.Tensor):

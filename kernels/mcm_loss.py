@@ -13,7 +13,7 @@ sample in a fixed order by torch (deterministic). The pseudo-Huber and weighting
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import round_to, target_coefs
+from mcm_fast.kernels.common import cast, target_coefs
 from mcm_fast.kernels.ddim import BLOCK, compute_dtype, partial_dtype
 from torch.library import wrap_triton
 
@@ -38,7 +38,7 @@ def _mcm_target_fwd_kernel(x_ref_ptr, z_s_ptr, z_t_ptr, out_ptr, logsnr_t_ptr, l
     offs = b.to(tl.int64) * d + chunk * BLOCK + tl.arange(0, BLOCK)
     mask = chunk * BLOCK + tl.arange(0, BLOCK) < d
     target = _target(x_ref_ptr, z_s_ptr, z_t_ptr, logsnr_t_ptr, logsnr_s_ptr, logsnr_step_ptr, b, offs, mask, COMPUTE)
-    tl.store(out_ptr + offs, round_to(target, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, cast(target, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def _mcm_sqdist_fwd_kernel(x_hat_ptr, target_ptr, z_s_ptr, z_t_ptr, logsnr_t_ptr
         target = tl.load(target_ptr + offs, mask=mask, other=0).to(COMPUTE)
     diff = tl.load(x_hat_ptr + offs, mask=mask, other=0).to(COMPUTE) - target
     if SAVE_DIFF:
-        tl.store(diff_ptr + offs, round_to(diff, diff_ptr.dtype.element_ty), mask=mask)
+        tl.store(diff_ptr + offs, cast(diff, diff_ptr.dtype.element_ty), mask=mask)
     tl.store(partials_ptr + b * chunks + chunk, tl.sum(diff * diff, axis=0))
 
 
@@ -69,7 +69,7 @@ def _mcm_sqdist_bwd_kernel(diff_ptr, grad_ptr, out_ptr, d, BLOCK: tl.constexpr, 
     mask = chunk * BLOCK + tl.arange(0, BLOCK) < d
     scale = 2 * tl.load(grad_ptr + b).to(COMPUTE)
     diff = tl.load(diff_ptr + offs, mask=mask).to(COMPUTE)
-    tl.store(out_ptr + offs, round_to(scale * diff, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, cast(scale * diff, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _grid(x: torch.Tensor):

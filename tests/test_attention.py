@@ -10,7 +10,8 @@ from mcm_fast.ops import dispatch
 
 BACKENDS = mf.available_backends("attention")
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
-SHAPES = [(2, 3, 37, 37, 32), (1, 2, 100, 100, 64), (3, 1, 37, 100, 64), (2, 2, 100, 37, 32)]  # B, heads, N, M, d
+SHAPES = [(2, 3, 37, 37, 32), (1, 2, 100, 100, 64), (3, 1, 37, 100, 64), (2, 2, 100, 37, 32), (1, 1, 257, 257, 128),
+          (1, 2, 257, 100, 64), (2, 1, 1, 33, 128)]  # B, heads, N, M, d
 
 
 def shape_id(shape):
@@ -80,6 +81,14 @@ def test_backends_and_default(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # else triton may run on CPU tensors
     impl = dispatch("attention", torch.device("cpu"), needs_grad=True)
     assert impl.__name__ == "attention_sdpa", impl
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")
+def test_triton_head_dims():
+    q = torch.randn(1, 2, 5, 48)
+    with pytest.raises(RuntimeError, match=r"backend=.triton. cannot run attention here: supports head_dim \(32, 64, 128\), got 48"):
+        mf.attention(q, q, q, backend="triton")
+    torch.testing.assert_close(mf.attention(q, q, q), softmax_attention(q, q, q))  # the default passes triton over
 
 
 def test_unavailable_backend_names_the_backends():

@@ -113,13 +113,24 @@ def test_middle_and_level_dropout():
     assert all(m.p == 0.3 for m in uvit("tiny", dropout=0.3).modules() if isinstance(m, torch.nn.Dropout))
 
 
-def test_attention_backends_agree():
-    outs = {}
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_attention_backends_agree(dtype):
+    """The whole UViT, forward and backward (every parameter's gradient), on each attention backend vs the
+    reference, within the dtype's tolerance."""
+    results = {}
     for backend in mf.available_backends("attention"):
-        net = perturbed("tiny", levels=(("resnet", 16, 1), ("transformer", 32, 1)), head_dim=16, attention_backend=backend)
-        z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
-        outs[backend] = net(z, torch.tensor([-3.0, 3.0]), torch.tensor([0, 9]))
-    torch.testing.assert_close(outs["sdpa"], outs["reference"], msg=lambda m: f"sdpa vs reference UViT output: {m}")
+        net = perturbed("tiny", levels=(("resnet", 16, 1), ("transformer", 32, 1)), head_dim=32,
+                        attention_backend=backend).to(dtype)
+        z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(4)).to(dtype)
+        out = net(z, torch.tensor([-3.0, 3.0]), torch.tensor([0, 9]))
+        out.float().square().sum().backward()
+        results[backend] = [out] + [p.grad for p in net.parameters()]
+    rel = 1e-4 if dtype == torch.float32 else 5e-2  # of each tensor's largest value
+    for backend, values in results.items():
+        for i, (got, want) in enumerate(zip(values, results["reference"])):
+            name = "output" if i == 0 else f"parameter {i - 1} gradient"
+            torch.testing.assert_close(got.float(), want.float(), rtol=rel, atol=rel * want.abs().max().item(),
+                                       msg=lambda m, n=name, b=backend: f"{b} UViT {n}: {m}")
 
 
 def test_computes_in_the_input_dtype():

@@ -1,8 +1,11 @@
 """Non-causal multi-head attention softmax(q k^T / sqrt(d)) v, dispatched over the registry's backends.
 
-Backends: "sdpa" (torch.nn.functional.scaled_dot_product_attention: flash or memory-efficient kernels where
-torch has them, any device) and "reference" (the formula in float32, or float64 for float64 inputs: the
-specification the others are tested against). Both are differentiable through autograd.
+Backends: "triton" (kernels/attention.py: flash attention forward and backward, head dims 32, 64 and 128,
+on CUDA, or on CPU under TRITON_INTERPRET=1), "sdpa" (torch.nn.functional.scaled_dot_product_attention:
+flash, cuDNN or memory-efficient kernels where torch has them, any device) and "reference" (the formula in
+float32, or float64 for float64 inputs: the specification the others are tested against). All are
+differentiable; the Triton one is a torch.library op with a fake and an autograd formula, so a compiled UViT
+keeps it in its graph.
 """
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from torch import Tensor
+
 from mcm_fast._checks import check_float_tensor
+from mcm_fast.ops.native import TRITON_ERROR
 from mcm_fast.ops.registry import dispatch, needs_grad, register
 
 
@@ -56,5 +62,51 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | 
     The attention of the UViT's transformer blocks; backend as everywhere (None: the fastest that can run).
     """
     _check_qkv(q, k, v)
-    impl = dispatch("attention", q.device, needs_grad(q, k, v), backend)
+    impl = dispatch("attention", q.device, needs_grad(q, k, v), backend, args=(q, k, v))
     return impl(q, k, v)
+
+
+def _fake_forward(q, k, v):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _fake_backward(do, q, k, v, o, lse):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _save_for_backward(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _triton_supports(q, k, v):
+    """Why the Triton kernel cannot take these inputs, or None."""
+    from mcm_fast.kernels.attention import HEAD_DIMS
+
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"supports head_dim {HEAD_DIMS}, got {q.shape[-1]}"
+    return None
+
+
+if TRITON_ERROR is None:
+    from mcm_fast.kernels import attention as kernels
+
+    @torch.library.triton_op("mcm_fast::attention_triton", mutates_args=())
+    def attention_triton(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return kernels.attention_forward(q, k, v)
+
+    @torch.library.triton_op("mcm_fast::attention_backward_triton", mutates_args=())
+    def attention_backward_triton(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
+                                  lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return kernels.attention_backward(do, q, k, v, o, lse)
+
+    def _backward(ctx, do, _dlse):
+        return attention_backward_triton(do, *ctx.saved_tensors)
+
+    attention_triton.register_fake(_fake_forward)
+    attention_backward_triton.register_fake(_fake_backward)
+    attention_triton.register_autograd(_backward, setup_context=_save_for_backward)
+
+    @register("attention", "triton", differentiable=True, supports=_triton_supports)
+    def attention_flash_triton(q, k, v):
+        """Flash attention in Triton (kernels/attention.py)."""
+        return attention_triton(q, k, v)[0]

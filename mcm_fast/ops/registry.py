@@ -17,10 +17,12 @@ BACKENDS = ("cuda", "triton", "cpu", "sdpa", "reference")
 
 _IMPLS: dict[tuple[str, str], Callable] = {}
 _DIFFERENTIABLE: set[tuple[str, str]] = set()
+_SUPPORTS: dict[tuple[str, str], Callable] = {}
 
 
-def register(op: str, backend: str, differentiable: bool = False):
-    """Decorator: fn implements op on backend; differentiable says whether autograd flows through it."""
+def register(op: str, backend: str, differentiable: bool = False, supports: Callable | None = None):
+    """Decorator: fn implements op on backend; differentiable says whether autograd flows through it;
+    supports(*args) returns why fn cannot take those arguments (e.g. a head dim), or None."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
@@ -28,6 +30,8 @@ def register(op: str, backend: str, differentiable: bool = False):
         _IMPLS[op, backend] = fn
         if differentiable:
             _DIFFERENTIABLE.add((op, backend))
+        if supports is not None:
+            _SUPPORTS[op, backend] = supports
         return fn
 
     return wrap
@@ -55,7 +59,7 @@ def available_backends(op: str | None = None) -> list[str]:
     ]
 
 
-def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool) -> str | None:
+def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool, args: tuple = ()) -> str | None:
     if (op, backend) not in _IMPLS:
         if any(ob == backend for _, ob in _IMPLS):
             return f"does not implement {op}"
@@ -65,26 +69,29 @@ def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool) -> s
         return f"cannot run on {device.type} tensors"
     if needs_grad and (op, backend) not in _DIFFERENTIABLE:
         return "has no backward and an input requires grad"
+    if args and (op, backend) in _SUPPORTS:
+        return _SUPPORTS[op, backend](*args)
     return None
 
 
-def dispatch(op: str, device: torch.device, needs_grad: bool, backend: str | None = None) -> Callable:
-    """The implementation of op to call for tensors on device (see the module docstring for the rule)."""
+def dispatch(op: str, device: torch.device, needs_grad: bool, backend: str | None = None, args: tuple = ()) -> Callable:
+    """The implementation of op to call for tensors on device (see the module docstring for the rule); with
+    args, the call's arguments, backends that cannot take them (registered `supports`) are passed over."""
     source = "backend"
     if backend is None and os.environ.get("MCM_FAST_BACKEND"):
         backend, source = os.environ["MCM_FAST_BACKEND"], "MCM_FAST_BACKEND"
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"{source}: expected one of {BACKENDS} or None, got {backend!r}")
-        why = _why_not(op, backend, device, needs_grad)
+        why = _why_not(op, backend, device, needs_grad, args)
         if why is not None:
-            reasons = "; ".join(f"{b}: {_why_not(op, b, device, needs_grad) or 'ok'}" for b in BACKENDS)
+            reasons = "; ".join(f"{b}: {_why_not(op, b, device, needs_grad, args) or 'ok'}" for b in BACKENDS)
             raise RuntimeError(f"{source}={backend!r} cannot run {op} here: {why} ({reasons})")
         return _IMPLS[op, backend]
     for candidate in BACKENDS:
         if candidate == "triton" and device.type != "cuda":
             continue
-        if _why_not(op, candidate, device, needs_grad) is None:
+        if _why_not(op, candidate, device, needs_grad, args) is None:
             return _IMPLS[op, candidate]
     raise RuntimeError(f"no backend can run {op} on {device.type}")  # unreachable: reference always runs
 
