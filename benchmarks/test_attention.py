@@ -1,0 +1,72 @@
+"""Attention forward and forward + backward: the Triton flash kernel against each backend torch's
+scaled_dot_product_attention offers on the device (flash, cuDNN, memory-efficient; math on CPU), in the same
+run, as TFLOP/s (4 B H N^2 d for the forward, 2.5 times that for the backward) and as the fraction of the bf16
+matmul rate measured in the same run.
+
+Shapes are the UViT's: head dims 64 and 128, 256 to 4096 tokens (16x16 to 64x64 feature maps), batch x heads
+filling the GPU (65536 tokens per call). On CPU, small shapes and float32. Run: pytest benchmarks/test_attention.py
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import mcm_fast as mf
+from mcm_fast.ops.registry import _runs_on
+
+from conftest import DEVICE
+
+CUDA = DEVICE.type == "cuda"
+DTYPE = torch.bfloat16 if CUDA else torch.float32
+TOKENS = [256, 1024, 4096] if CUDA else [64, 256]
+HEAD_DIMS = [64, 128] if CUDA else [64]
+TOTAL_TOKENS = 65536 if CUDA else 1024  # batch x heads x tokens per call
+SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+        "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION} if CUDA else {"sdpa-flash": SDPBackend.FLASH_ATTENTION,
+                                                                        "sdpa-math": SDPBackend.MATH}
+IMPLS = list(SDPA) + (["triton"] if _runs_on("triton", DEVICE) and "triton" in mf.available_backends("attention") else [])
+
+
+def test_matmul_peak(measure):
+    """The bf16 (CPU: float32) matmul rate the attention rows are a fraction of."""
+    n = 8192 if CUDA else 1024
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    measure(lambda: a @ b, group="matmul-peak", impl="matmul", flops=2 * n**3)
+
+
+def attention_fn(impl):
+    if impl == "triton":
+        return lambda q, k, v: mf.attention(q, k, v, backend="triton")
+
+    def sdpa(q, k, v):
+        with sdpa_kernel(SDPA[impl]):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return sdpa
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+def test_attention(measure, backward, tokens, head_dim, impl):
+    heads = 8 if head_dim == 64 else 4
+    batch = max(1, TOTAL_TOKENS // (tokens * heads))
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, tokens, head_dim, device=DEVICE, dtype=DTYPE, generator=g).requires_grad_(backward)
+               for _ in range(3))
+    fn = attention_fn(impl)
+    dout = torch.randn_like(q)
+    try:
+        fn(q, k, v)
+    except RuntimeError as error:  # an SDPA backend this device or shape lacks
+        pytest.skip(f"{impl}: {str(error).splitlines()[0]}")
+
+    def run():
+        out = fn(q, k, v)
+        if backward:
+            torch.autograd.grad(out, (q, k, v), dout)
+
+    forward_flops = 4 * batch * heads * tokens**2 * head_dim
+    group = f"attention-{'fwd+bwd' if backward else 'fwd'}-N{tokens}-d{head_dim}-B{batch}xH{heads}"
+    measure(run, group=group, impl=impl, flops=forward_flops * (3.5 if backward else 1.0))
