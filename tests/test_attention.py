@@ -152,3 +152,18 @@ def test_compile_fullgraph_matches_eager():
 
     q, k, v = inputs((2, 2, 37, 37, 32), torch.float32, seed=11)
     torch.testing.assert_close(torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v), msg=lambda m: f"compiled o: {m}")
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")
+def test_triton_opcheck():
+    """The Triton ops' schema, fake and autograd registration (the compile-mode traces need a GPU: the
+    interpreter cannot run on fake tensors)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if device == "cuda":
+        tests += ("test_aot_dispatch_dynamic",)
+    q, k, v = (x.to(device) for x in inputs((1, 2, 37, 33, 32), torch.float32, seed=5))
+    torch.library.opcheck(torch.ops.mcm_fast.attention_triton.default, (q, k, v), test_utils=tests)
+    o, lse = torch.ops.mcm_fast.attention_triton(q, k, v)
+    args = (torch.randn_like(o), q, k, v, o, lse)
+    torch.library.opcheck(torch.ops.mcm_fast.attention_backward_triton.default, args, test_utils=tests)
