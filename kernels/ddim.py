@@ -2,8 +2,10 @@
 
 z_s = p x_hat + q (z_t - r x_hat) per sample, p = alpha_s, r = alpha_t, q = sigma_s / sigma_t (DDIM) or
 c / sigma_t with c^2 = sigma_s^2 + d K^2 x_var / ||eps_hat||^2 (aDDIM). The grid is (chunk, sample): each
-program owns BLOCK elements of one sample. aDDIM runs two kernels: one partial sum of (z_t - alpha_t x_hat)^2
-per program, summed per sample by torch in a fixed order (deterministic), then the update. Arithmetic in float32 (float64 for float64 data), coefficients in float64. Inputs
+program owns BLOCK elements of one sample. aDDIM on samples of at most ROW_MAX elements runs one program per
+sample that holds it in registers: one read of x_hat and z_t, one write. Larger samples take two kernels:
+one partial sum of (z_t - alpha_t x_hat)^2 per program, summed per sample by torch in a fixed order
+(deterministic), then the update, which reads x_hat and z_t a second time. Arithmetic in float32 (float64 for float64 data), coefficients in float64. Inputs
 are made contiguous once. The backward is the closed form of mcm_fast.solvers (plain PyTorch), as for the
 C++ and CUDA backends.
 """
@@ -14,6 +16,7 @@ from mcm_fast.kernels.common import alpha_sigma, cast, ddim_coefs
 from torch.library import wrap_triton
 
 BLOCK = 4096
+ROW_MAX = 16384  # elements per sample that one aDDIM program holds (e.g. 3 x 64 x 64 images, 4 x 64 x 64 latents)
 
 
 @triton.jit
@@ -32,17 +35,36 @@ def _residual_sq_partials_kernel(x_ptr, z_ptr, logsnr_t_ptr, partials_ptr, d, ch
 
 
 @triton.jit
+def _addim_q(p, q, r, x_var_ptr, b, norm_sq, d):
+    """aDDIM's sqrt(q^2 + d K^2 x_var / ||z_t - r x_hat||^2), K = p - r q; x_var = 0 is DDIM exactly, even at norm 0."""
+    x_var = tl.load(x_var_ptr + b).to(tl.float64)
+    k = p - r * q
+    return tl.sqrt(q * q + tl.where(x_var > 0, d * k * k * x_var / norm_sq, 0.0))
+
+
+@triton.jit
+def _addim_step_row_kernel(x_ptr, z_ptr, out_ptr, logsnr_t_ptr, logsnr_s_ptr, x_var_ptr, d, BLOCK_D: tl.constexpr,
+                           COMPUTE: tl.constexpr):
+    """aDDIM for one whole sample (d <= BLOCK_D) per program: the norm and the update from one read."""
+    b = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < d
+    base = b.to(tl.int64) * d
+    p, q, r = ddim_coefs(tl.load(logsnr_t_ptr + b).to(tl.float64), tl.load(logsnr_s_ptr + b).to(tl.float64))
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0).to(COMPUTE)
+    e = tl.load(z_ptr + base + offs, mask=mask, other=0).to(COMPUTE) - r.to(COMPUTE) * x  # sigma_t eps_hat
+    q = _addim_q(p, q, r, x_var_ptr, b, tl.sum(e * e, axis=0).to(tl.float64), d)
+    tl.store(out_ptr + base + offs, cast(p.to(COMPUTE) * x + q.to(COMPUTE) * e, out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _ddim_step_fwd_kernel(x_ptr, z_ptr, out_ptr, logsnr_t_ptr, logsnr_s_ptr, x_var_ptr, norm_sq_ptr, d,
                           BLOCK: tl.constexpr, ADJUSTED: tl.constexpr, COMPUTE: tl.constexpr):
     """z_s = p x_hat + q (z_t - r x_hat); with ADJUSTED, q = sqrt(q^2 + d K^2 x_var / ||z_t - r x_hat||^2)."""
     chunk, b = tl.program_id(0), tl.program_id(1)
     p, q, r = ddim_coefs(tl.load(logsnr_t_ptr + b).to(tl.float64), tl.load(logsnr_s_ptr + b).to(tl.float64))
     if ADJUSTED:
-        x_var = tl.load(x_var_ptr + b).to(tl.float64)
-        norm_sq = tl.load(norm_sq_ptr + b).to(tl.float64)
-        k = p - r * q
-        extra = tl.where(x_var > 0, d * k * k * x_var / norm_sq, 0.0)  # x_var = 0: DDIM exactly, even at norm 0
-        q = tl.sqrt(q * q + extra)
+        q = _addim_q(p, q, r, x_var_ptr, b, tl.load(norm_sq_ptr + b).to(tl.float64), d)
     offs = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
     base = b.to(tl.int64) * d
@@ -71,6 +93,12 @@ def ddim_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
     if x.numel() == 0:
         return out
     d = x.numel() // batch
+    if x_var is not None and d <= ROW_MAX:
+        block_d = triton.next_power_of_2(d)
+        wrap_triton(_addim_step_row_kernel)[(batch,)](x, z, out, logsnr_t, logsnr_s, x_var.contiguous(), d,
+                                                      BLOCK_D=block_d, COMPUTE=compute_dtype(x),
+                                                      num_warps=min(16, max(4, block_d // 1024)))
+        return out
     chunks = triton.cdiv(d, BLOCK)
     grid = (chunks, batch)
     norm_sq = logsnr_t  # unread by DDIM

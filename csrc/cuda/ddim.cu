@@ -3,8 +3,10 @@
 // Both write z_s = p x_hat + q (z_t - r x_hat) with per-sample p = alpha_s, r = alpha_t, q = sigma_s / sigma_t
 // (DDIM) or c / sigma_t (aDDIM). Each block owns kChunk elements of one sample and computes that sample's
 // coefficients itself from the logSNRs on the device: no host sync, so the ops can be captured in a CUDA
-// graph; everything runs on the current stream. aDDIM first writes one partial sum of (z_t - r x_hat)^2 per
-// block, then every block of the update sums its sample's partials in the same order (deterministic).
+// graph; everything runs on the current stream. aDDIM on samples of at most kRowMax elements runs one block
+// per sample that keeps the sample in registers: one read of x_hat and z_t, one write. Larger samples first
+// write one partial sum of (z_t - r x_hat)^2 per block, then every block of the update sums its sample's
+// partials in the same order (deterministic) and reads x_hat and z_t again.
 // Arithmetic in float32 (float64 for float64 data); partial sums in float32 per block, summed in double.
 #include "../ddim.h"
 
@@ -20,6 +22,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 4096;  // elements of one sample per block
+constexpr int kRowThreads = 1024, kRowItems = 16;  // aDDIM one block per sample: kRowMax elements in registers
+constexpr int64_t kRowMax = kRowThreads * kRowItems;
 
 struct DeviceCoefs {
   double p, q, r, k;  // k = alpha_s - alpha_t sigma_s / sigma_t
@@ -94,6 +98,46 @@ __global__ void addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __r
   write_update(x, z, out, lo, hi, c.p, sqrt(c.q * c.q + extra), c.r);
 }
 
+// Sum over the block (blockDim.x == kRowThreads) of v, returned to every thread.
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t warp_sums[kRowThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffff, v, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  acc_t total = 0;
+  for (int w = 0; w < kRowThreads / 32; ++w) total += warp_sums[w];
+  return total;
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    addim_row_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z, scalar_t* __restrict__ out,
+                     const double* __restrict__ logsnr_t, const double* __restrict__ logsnr_s,
+                     const double* __restrict__ x_var, int64_t d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.x, base = b * d;
+  const DeviceCoefs c = ddim_coefs(logsnr_t[b], logsnr_s[b]);
+  const acc_t r = static_cast<acc_t>(c.r);
+  acc_t xs[kRowItems], es[kRowItems];  // this thread's elements j = threadIdx.x + i * kRowThreads
+  acc_t acc = 0;
+#pragma unroll
+  for (int i = 0; i < kRowItems; ++i) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(i) * kRowThreads;
+    xs[i] = j < d ? static_cast<acc_t>(x[base + j]) : acc_t(0);
+    es[i] = j < d ? static_cast<acc_t>(z[base + j]) - r * xs[i] : acc_t(0);  // sigma_t eps_hat
+    acc += es[i] * es[i];
+  }
+  const double norm_sq = static_cast<double>(block_sum(acc));
+  const double extra = x_var[b] > 0.0 ? static_cast<double>(d) * c.k * c.k * x_var[b] / norm_sq : 0.0;
+  const acc_t p = static_cast<acc_t>(c.p), q = static_cast<acc_t>(sqrt(c.q * c.q + extra));
+#pragma unroll
+  for (int i = 0; i < kRowItems; ++i) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(i) * kRowThreads;
+    if (j < d) out[base + j] = static_cast<scalar_t>(p * xs[i] + q * es[i]);
+  }
+}
+
 at::Tensor as_double(const at::Tensor& v, const at::Tensor& like) {
   return v.to(like.device(), at::kDouble).contiguous();
 }
@@ -127,8 +171,17 @@ at::Tensor addim_step_cuda(const at::Tensor& x_hat, const at::Tensor& z_t, const
   if (x.numel() == 0) return out;
   const auto lt = as_double(logsnr_t, x), ls = as_double(logsnr_s, x), xv = as_double(x_var, x);
   const int64_t d = x.numel() / B, chunks = (d + kChunk - 1) / kChunk;
-  auto partials = at::empty({B * chunks}, x.options().dtype(at::kFloat));
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (d <= kRowMax) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "addim_step_cuda", [&] {
+      addim_row_kernel<scalar_t><<<B, kRowThreads, 0, stream>>>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                                                                 out.data_ptr<scalar_t>(), lt.data_ptr<double>(),
+                                                                 ls.data_ptr<double>(), xv.data_ptr<double>(), d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return out;
+  }
+  auto partials = at::empty({B * chunks}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "addim_step_cuda", [&] {
     residual_partials_kernel<scalar_t><<<B * chunks, kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), lt.data_ptr<double>(), partials.data_ptr<float>(), d,
