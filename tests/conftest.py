@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,3 +14,17 @@ for path in (ROOT, ROOT / "tests"):
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when @triton.jit runs, so before mcm_fast imports kernels
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Every test picks its backends itself: MCM_FAST_BACKEND from the caller's shell must not leak in."""
+    monkeypatch.delenv("MCM_FAST_BACKEND", raising=False)
+
+
+@pytest.fixture
+def gen(request):
+    """A torch.Generator seeded by the test id: every test draws its own, reproducible inputs."""
+    from parity import generator
+
+    return generator(request)

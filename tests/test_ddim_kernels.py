@@ -1,37 +1,17 @@
 """Parity of the fused DDIM / aDDIM backends with the reference (math.md §2-3), op registration, dispatch."""
 import pytest
 import torch
-from parity import (
-    DTYPES,
-    VIEWS,
-    assert_parity,
-    backend_device,
-    generator,
-    kernel_params,
-    max_abs,
-    randn,
-    shape_id,
-)
 
 import mcm_fast as mf
 from mcm_fast.ops import dispatch
 from mcm_fast.ops.native import NATIVE_ERROR
 from mcm_fast.solvers import addim_step_reference, ddim_step_reference
+from parity import DTYPES, VIEWS, assert_parity, backend_device, kernel_params, max_abs, randn, shape_id
 
 SCHED = mf.CosineSchedule()
 KERNELS = kernel_params("ddim_step")
 needs_native = pytest.mark.skipif(NATIVE_ERROR is not None, reason=f"mcm_fast._C is not built: {NATIVE_ERROR}")
 SHAPES = [(3, 1, 5, 7), (2, 3, 17), (1, 4, 9, 9), (7, 1000), (2, 3, 70000), (5, 0)]  # 70000: > one 32768 tile
-
-
-@pytest.fixture(autouse=True)
-def _no_backend_env(monkeypatch):
-    monkeypatch.delenv("MCM_FAST_BACKEND", raising=False)
-
-
-@pytest.fixture
-def gen(request):
-    return generator(request)
 
 
 @pytest.fixture(params=KERNELS)

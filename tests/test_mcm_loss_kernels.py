@@ -3,34 +3,16 @@ computations, every fused backend against the reference (forward, backward, dtyp
 shapes), op registration, and MCMObjective giving the same loss and gradients on every backend."""
 import pytest
 import torch
-from parity import (
-    DTYPES,
-    VIEWS,
-    assert_parity,
-    generator,
-    kernel_params,
-    randn,
-    shape_id,
-)
 
 import mcm_fast as mf
 from mcm_fast.losses import mcm_target_reference, target_coefficients
 from mcm_fast.ops.native import NATIVE_ERROR, TRITON_ERROR, native_keys
+from parity import DTYPES, VIEWS, assert_parity, kernel_params, randn, shape_id
 
 SCHED = mf.CosineSchedule()
 KERNELS = kernel_params("mcm_target_loss")
 SHAPES = [(3, 1, 5, 7), (2, 3, 17, 19), (1, 4, 9, 9), (7, 1000), (2, 3, 70000), (5, 0)]
 LOSSES = ["pseudo_huber", "l2_squared"]
-
-
-@pytest.fixture(autouse=True)
-def _no_backend_env(monkeypatch):
-    monkeypatch.delenv("MCM_FAST_BACKEND", raising=False)
-
-
-@pytest.fixture
-def gen(request):
-    return generator(request)
 
 
 @pytest.fixture(params=KERNELS)

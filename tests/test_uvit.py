@@ -11,11 +11,6 @@ from mcm_fast.models import UVIT_PRESETS, UViT, UViTConfig, count_parameters, uv
 PAPER = {"in64-small": 394e6, "in64-large": 1.23e9}
 
 
-@pytest.fixture(autouse=True)
-def _no_backend_env(monkeypatch):
-    monkeypatch.delenv("MCM_FAST_BACKEND", raising=False)
-
-
 def expected_parameters(c: UViTConfig) -> int:
     """Weights and biases of each layer, summed from the config's sizes (the norms inside blocks have no affine)."""
     e = c.emb_channels

@@ -9,6 +9,7 @@
 // partials in the same order (deterministic) and reads x_hat and z_t again.
 // Arithmetic in float32 (float64 for float64 data); partial sums in float32 per block, summed in double.
 #include "../ddim.h"
+#include "common.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -72,15 +73,8 @@ __global__ void residual_partials_kernel(const scalar_t* __restrict__ x, const s
     const acc_t e = static_cast<acc_t>(z[j]) - r * static_cast<acc_t>(x[j]);
     acc += e * e;
   }
-  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffff, acc, offset);
-  __shared__ acc_t warp_sums[kThreads / 32];
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    acc_t total = 0;
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-    partials[blockIdx.x] = static_cast<float>(total);
-  }
+  const acc_t total = block_sum<kThreads>(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = static_cast<float>(total);
 }
 
 template <typename scalar_t>
@@ -96,18 +90,6 @@ __global__ void addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __r
   for (int64_t k = 0; k < chunks; ++k) norm_sq += partials[b * chunks + k];
   const double extra = x_var[b] > 0.0 ? static_cast<double>(d) * c.k * c.k * x_var[b] / norm_sq : 0.0;
   write_update(x, z, out, lo, hi, c.p, sqrt(c.q * c.q + extra), c.r);
-}
-
-// Sum over the block (blockDim.x == kRowThreads) of v, returned to every thread.
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v) {
-  __shared__ acc_t warp_sums[kRowThreads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffff, v, offset);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
-  __syncthreads();
-  acc_t total = 0;
-  for (int w = 0; w < kRowThreads / 32; ++w) total += warp_sums[w];
-  return total;
 }
 
 template <typename scalar_t>
@@ -128,7 +110,7 @@ __global__ void __launch_bounds__(kRowThreads)
     es[i] = j < d ? static_cast<acc_t>(z[base + j]) - r * xs[i] : acc_t(0);  // sigma_t eps_hat
     acc += es[i] * es[i];
   }
-  const double norm_sq = static_cast<double>(block_sum(acc));
+  const double norm_sq = static_cast<double>(block_sum<kRowThreads>(acc));
   const double extra = x_var[b] > 0.0 ? static_cast<double>(d) * c.k * c.k * x_var[b] / norm_sq : 0.0;
   const acc_t p = static_cast<acc_t>(c.p), q = static_cast<acc_t>(sqrt(c.q * c.q + extra));
 #pragma unroll
@@ -138,9 +120,6 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-at::Tensor as_double(const at::Tensor& v, const at::Tensor& like) {
-  return v.to(like.device(), at::kDouble).contiguous();
-}
 
 at::Tensor ddim_step_cuda(const at::Tensor& x_hat, const at::Tensor& z_t, const at::Tensor& logsnr_t,
                           const at::Tensor& logsnr_s) {

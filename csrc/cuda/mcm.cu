@@ -7,6 +7,7 @@
 // diff = x_hat - x_target in the compute dtype when asked); a second kernel adds each sample's partials in a
 // fixed order (deterministic, no atomics). Arithmetic in float32 (float64 for float64 data).
 #include "../ddim.h"
+#include "common.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -77,15 +78,8 @@ __global__ void sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __
     if (diff != nullptr) diff[j] = e;
     acc += e * e;
   }
-  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffff, acc, offset);
-  __shared__ acc_t warp_sums[kThreads / 32];
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    acc_t total = 0;
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-    partials[blockIdx.x] = total;
-  }
+  const acc_t total = block_sum<kThreads>(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
 // dist[b] = the sum of sample b's partials in chunk order, in double.
@@ -109,9 +103,6 @@ __global__ void scale_rows_kernel(const at::opmath_type<scalar_t>* __restrict__ 
   for (int64_t j = k.lo + threadIdx.x; j < k.hi; j += blockDim.x) out[j] = static_cast<scalar_t>(scale * diff[j]);
 }
 
-at::Tensor as_double(const at::Tensor& v, const at::Tensor& like) {
-  return v.to(like.device(), at::kDouble).contiguous();
-}
 
 at::Tensor mcm_target_cuda(const at::Tensor& x_ref, const at::Tensor& z_s, const at::Tensor& z_t,
                            const at::Tensor& logsnr_t, const at::Tensor& logsnr_s, const at::Tensor& logsnr_step) {
