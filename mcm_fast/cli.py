@@ -68,13 +68,14 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
     sample.add_argument("--scale", type=_positive, default=1, help="upscale the grid (nearest) this many times")
 
-    evaluate = command("eval", "Frechet distance to held-out data per step count",
-                       "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000")
+    evaluate = command("eval", "FD (MNIST features for MNIST), precision and recall per step count",
+                       "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000 --out runs/mnist-cd4/eval")
     evaluate.add_argument("--ckpt", required=True, help="run or checkpoint directory")
     evaluate.add_argument("--steps", type=_step_list, default=None, help="comma-separated step counts (default: the run's)")
     evaluate.add_argument("--n", type=_positive, default=1000, help="samples per estimate (default 1000)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
+    evaluate.add_argument("--out", default=None, help="directory for eval.json, the metric-vs-steps plot and grids")
 
     bench = command("bench", "training and sampling throughput of a config on this machine",
                     "mcm-fast bench --config tiny-teacher --batch 128")
@@ -116,7 +117,7 @@ def _run(args) -> int:
     elif args.command == "eval":
         from mcm_fast.metrics.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(args.ckpt, steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler)
+        evaluate_checkpoint(args.ckpt, steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler, out=args.out)
     elif args.command == "bench":
         from mcm_fast.train.bench import bench
 

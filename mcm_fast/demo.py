@@ -1,9 +1,9 @@
 """`mcm-fast demo`: the whole method on a CPU in minutes.
 
 Trains the tiny UViT teacher on MNIST at 16x16 (v-loss, class-conditional), distills a 4-step multistep
-consistency model from it (Algorithm 1 with an aDDIM teacher), writes sample grids and prints the Frechet
-distance in pixel space to MNIST's test digits of the student and of the teacher at the same and at a large
-budget. Each stage is an ordinary run directory under `out`, so an interrupted demo resumes where it stopped.
+consistency model from it (Algorithm 1 with an aDDIM teacher), writes sample grids and prints FD-MNIST (the
+Frechet distance in the shipped MNIST classifier's features), precision and recall against MNIST's test
+digits of the student and of the teacher at the same and at a large budget. Each stage is an ordinary run directory under `out`, so an interrupted demo resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mcm_fast.data import load_dataset
-from mcm_fast.metrics.evaluate import reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.train.build import generate, load_model
 from mcm_fast.train.config import load_config
@@ -25,7 +25,8 @@ TEACHER_BUDGETS = (("ddim", STUDENT_STEPS), ("addim", STUDENT_STEPS), ("addim", 
 
 def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student_iters: int | None = None,
         n: int = 1000, seed: int = 0, progress: bool = True, echo=print) -> list[dict]:
-    """Runs the demo; returns the table rows {"model", "sampler", "steps", "fd_pixels", "seconds"}."""
+    """Runs the demo; returns the table rows {"model", "sampler", "steps", "fd_mnist", "precision", "recall",
+    "seconds"}."""
     out = Path(out)
     teacher_dir, student_dir = out / "teacher", out / f"mcm{STUDENT_STEPS}"
     common = {"seed": seed}
@@ -46,6 +47,7 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
     teacher, teacher_config, info = load_model(teacher_dir)
     student, student_config, _ = load_model(student_dir)
     reference = reference_set(student_config, n)
+    name, features = default_features(student_config)
     noise, cond, _ = sample_inputs(info, n, seed + 1)
     candidates = [("teacher", teacher, teacher_config, sampler, steps) for sampler, steps in TEACHER_BUDGETS]
     candidates.insert(0, (f"MCM (S={STUDENT_STEPS})", student, student_config, "ddim", STUDENT_STEPS))
@@ -54,23 +56,26 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
         start = time.perf_counter()
         with torch.no_grad():
             images = generate(model, config, steps, noise, sampler, **cond)
-        rows.append({"model": label, "sampler": sampler, "steps": steps, **score(images, reference),
+        rows.append({"model": label, "sampler": sampler, "steps": steps, **score(images, reference, features, name),
                      "seconds": time.perf_counter() - start})
         save_grid(images[:100], out / f"{label.split()[0].lower()}-{sampler}-{steps}.png", nrow=10, scale=4)
 
-    echo(f"\nFrechet distance in pixel space to {n} MNIST test digits ({n} samples, lower is better; "
-         f"the test digits against {n} training digits score {_data_floor(student_config, n, seed):.2f}):")
-    echo(f"{'model':<12} {'sampler':<8} {'steps':>5} {'FD':>8} {'seconds':>8}")
+    floor = _data_floor(student_config, n, seed)
+    echo(f"\nFD-MNIST (lower is better), precision and recall against {n} MNIST test digits, {n} samples each; "
+         f"{n} training digits score FD {floor['fd_mnist']:.2f}, precision {floor['precision']:.3f}, "
+         f"recall {floor['recall']:.3f}:")
+    echo(f"{'model':<12} {'sampler':<8} {'steps':>5} {'FD':>8} {'precision':>9} {'recall':>7} {'seconds':>8}")
     for row in rows:
-        echo(f"{row['model']:<12} {row['sampler']:<8} {row['steps']:>5} {row['fd_pixels']:>8.2f} {row['seconds']:>8.2f}")
+        echo(f"{row['model']:<12} {row['sampler']:<8} {row['steps']:>5} {row['fd_mnist']:>8.2f} "
+             f"{row['precision']:>9.3f} {row['recall']:>7.3f} {row['seconds']:>8.2f}")
     echo("training time: " + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items()))
     echo(f"sample grids (a column per digit 0-9): {out}/mcm-ddim-{STUDENT_STEPS}.png and {out}/teacher-*.png")
     return rows
 
 
-def _data_floor(config, n: int, seed: int) -> float:
-    """The score of n real training digits against the test digits: what a perfect model would get."""
+def _data_floor(config, n: int, seed: int) -> dict:
+    """The scores of n real training digits against the test digits: what a perfect model would get."""
     train_data = load_dataset("mnist", resolution=config.data.resolution, split="train")
     generator = torch.Generator().manual_seed(seed + 2)
     real = train_data.batch(torch.randperm(len(train_data), generator=generator)[:n])["x"]
-    return score(real, reference_set(config, n))["fd_pixels"]
+    return score(real, reference_set(config, n), *reversed(default_features(config)))

@@ -1,4 +1,5 @@
 """The `mcm-fast` command: help on every subcommand, sample/eval/bench on a tiny checkpoint, one-line errors."""
+import json
 import subprocess
 import sys
 
@@ -46,7 +47,16 @@ def test_sample_writes_a_grid_with_one_column_per_class(run_dir, tmp_path):
 def test_eval_prints_one_row_per_step_count(run_dir, capsys):
     assert main(["eval", "--ckpt", str(run_dir), "--steps", "1,2", "--n", "30"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2].startswith("steps 1  fd_pixels") and lines[-1].startswith("steps 2  fd_pixels")
+    assert lines[-2].startswith("steps 1  fd_mnist") and lines[-1].startswith("steps 2  fd_mnist")
+
+
+def test_eval_out_writes_the_table_plot_and_grids(run_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", "--ckpt", str(run_dir), "--steps", "1,2", "--n", "20", "--out", str(out)]) == 0
+    rows = json.loads((out / "eval.json").read_text())
+    assert [r["steps"] for r in rows] == [1, 2] and all({"fd_mnist", "precision", "recall"} <= set(r) for r in rows)
+    assert Image.open(out / "metric.png").size[0] > 100
+    assert np.asarray(Image.open(out / "samples-2.png")).shape == (2 * 9 + 1, 10 * 9 + 1)
 
 
 def test_bench_reports_train_and_sampling_throughput(capsys):

@@ -49,7 +49,7 @@ def test_teacher_run_writes_checkpoints_log_grid_and_evaluation(teacher_dir):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and r["images_per_s"] > 0 for r in rows if "loss" in r)
     evaluation = [r["eval"] for r in rows if "eval" in r]
-    assert len(evaluation) == 1 and evaluation[0]["fd_pixels"] > 0
+    assert len(evaluation) == 1 and evaluation[0]["fd_mnist"] > 0 and 0 <= evaluation[0]["recall"] <= 1
     assert (teacher_dir / "samples" / "step-000000004.png").is_file()
     state = load_checkpoint(teacher_dir)
     assert state["step"] == 4 and set(state) >= {"model", "ema", "optimizer", "config", "data_info"}

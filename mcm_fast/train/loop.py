@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay, ema_update
 from mcm_fast.data import batch_indices, load_dataset, shard
-from mcm_fast.metrics.evaluate import reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_labels
 from mcm_fast.train import distributed
@@ -286,7 +286,8 @@ class Trainer:
         """Sample quality of the EMA model at its default step count against held-out data (see score)."""
         reference = reference_set(self.config, self.config.eval_samples)
         samples = self.sample(self.config.eval_samples, seed=self.config.seed + 1)
-        return {"steps": default_steps(self.config), **score(samples, reference)}
+        name, features = default_features(self.config)
+        return {"steps": default_steps(self.config), **score(samples, reference, features, name)}
 
     def _log(self, row: dict, writer) -> None:
         if not self.ranks.main:

@@ -1,0 +1,69 @@
+"""Plots (matplotlib, written as PNG without a display): a metric against the number of sampling steps, and
+training curves from the log.jsonl of one or more runs."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, safe on servers and in tests
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series: str | None = None,
+                         title: str | None = None) -> Path:
+    """One line per value of rows[i][series] (one line if None) of rows[i][metric] against rows[i]["steps"],
+    log-scaled steps; rows with "spread" (a standard deviation over seeds) get error bars."""
+    lines = defaultdict(list)
+    for row in rows:
+        if metric not in row or "steps" not in row:
+            raise ValueError(f"rows: expected 'steps' and {metric!r} in every row, got keys {sorted(row)}")
+        lines[row.get(series, metric) if series else metric].append(row)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for label, points in lines.items():
+        points = sorted(points, key=lambda r: r["steps"])
+        ax.errorbar([r["steps"] for r in points], [r[metric] for r in points],
+                    yerr=[r.get("spread", 0.0) for r in points], marker="o", capsize=3, label=str(label))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sampling steps (network calls)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The rows of a run's log.jsonl (a run directory or the file itself)."""
+    path = Path(path)
+    path = path / "log.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log here")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training_curves(runs: dict[str, str | Path], path: str | Path, key: str = "loss") -> Path:
+    """rows[key] against the step for each run {label: run directory or log.jsonl}; log-scaled values."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for label, run in runs.items():
+        rows = [r for r in read_log(run) if key in r]
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

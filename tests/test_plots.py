@@ -1,0 +1,28 @@
+"""Plots: a metric against steps (with spreads over seeds) and training curves from log.jsonl files."""
+import json
+
+import pytest
+from PIL import Image
+
+from mcm_fast.metrics.plots import plot_metric_vs_steps, plot_training_curves, read_log
+
+
+def test_metric_vs_steps_writes_a_png(tmp_path):
+    rows = [{"model": m, "steps": s, "fd": 10 / s + (m == "teacher"), "spread": 0.1} for m in ("mcm", "teacher")
+            for s in (1, 2, 4, 8)]
+    path = plot_metric_vs_steps(rows, tmp_path / "plots" / "fd.png", "fd", series="model", title="FD")
+    assert path.is_file() and Image.open(path).size == (600, 420)
+    with pytest.raises(ValueError, match=r"rows: expected 'steps' and 'fid' in every row"):
+        plot_metric_vs_steps(rows, tmp_path / "x.png", "fid")
+
+
+def test_training_curves_from_logs(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        lines = [{"step": i, "loss": 1.0 / i} for i in range(1, 20)] + [{"step": 19, "eval": {"fd": 1.0}}]
+        (tmp_path / name / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert len(read_log(tmp_path / "a")) == 20
+    path = plot_training_curves({"a": tmp_path / "a", "b": tmp_path / "b" / "log.jsonl"}, tmp_path / "curves.png")
+    assert path.is_file()
+    with pytest.raises(FileNotFoundError, match="no training log here"):
+        read_log(tmp_path / "missing")
