@@ -13,9 +13,9 @@ from functools import cache
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open
+from torch import nn
 
 from mcm_fast._checks import check_float_tensor
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, safe on servers and in tests
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series: str | None = None,

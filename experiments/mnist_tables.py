@@ -1,0 +1,242 @@
+"""The paper's tables at MNIST scale (issue 10), class-conditional, scored in FD-MNIST with precision and recall.
+
+Per seed, one teacher (the tiny UViT, v-loss), then students distilled or trained from it:
+  a. Table 1: the teacher (aDDIM at many steps; DDIM and aDDIM at 1-16) against MCM CD and CT at S = 1-16;
+  b. Table 4: CD with a DDIM teacher integrator against the aDDIM one (the "cd" rows of a);
+  c. Table 2: annealed against fixed teacher steps;
+  d. Direct CM against MCM CD at the same budget: ODE error and FD side by side;
+  e. Song et al.'s consistency distillation at 1 and 2 steps;
+  f. CT from random initialization against CT from the teacher; weighting sqrt(snr+1) against snr+1.
+Every run is an ordinary run directory under --out (checkpointed, so an interrupted run resumes) with its
+scores in scores.json, so rerunning the script continues where it stopped. The tables (mean and standard
+deviation over seeds) go to --out/tables.md and the plots to --out/*.png.
+
+    python experiments/mnist_tables.py --out runs/tables              # every table, 3 seeds
+    python experiments/mnist_tables.py --scale smoke --out /tmp/tables  # the pipeline end to end in minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mcm_fast.metrics.evaluate import (
+    default_features,
+    reference_set,
+    sample_inputs,
+    score,
+)
+from mcm_fast.metrics.ode_error import ode_error
+from mcm_fast.metrics.plots import plot_metric_vs_steps, plot_training_curves
+from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.config import load_config
+from mcm_fast.train.loop import train
+
+
+@dataclass(frozen=True)
+class Scale:
+    resolution: int
+    teacher_iters: int
+    student_iters: int
+    eval_n: int
+    seeds: tuple
+    student_steps: tuple = (1, 2, 4, 8, 16)
+    teacher_steps: tuple = (32, 128)  # annealed from start to end over the student's iterations
+    teacher_budget: int = 256  # aDDIM steps of the teacher's reference row
+    ode_n: int = 200  # noises for the ODE error
+    ode_teacher_steps: int = 512
+    direct_steps: tuple = (8,)  # S of the Direct CM runs: its target solves n_seg teacher steps per example
+    extra: dict = field(default_factory=dict)
+
+
+SCALES = {
+    "full": Scale(resolution=16, teacher_iters=1200, student_iters=300, eval_n=1000, seeds=(0, 1, 2)),
+    "smoke": Scale(resolution=8, teacher_iters=2, student_iters=2, eval_n=20, seeds=(0,), student_steps=(1, 2),
+                   teacher_steps=(2, 4), teacher_budget=4, ode_n=4, ode_teacher_steps=4, direct_steps=(2,)),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    table: str  # which tables read it
+    name: str
+    kind: str
+    steps: int  # the student's S (sampling steps)
+    options: dict = field(default_factory=dict)  # config overrides
+
+
+def plan(scale: Scale) -> list[Run]:
+    """Every student run of one seed."""
+    runs = []
+    for s in scale.student_steps:
+        runs += [Run("a b c", f"cd-S{s}", "cd", s), Run("a", f"ct-S{s}", "ct", s),
+                 Run("b", f"cd-ddim-S{s}", "cd", s, {"objective": {"teacher_solver": "ddim"}})]
+    for s in scale.student_steps[1:4]:
+        runs.append(Run("c", f"cd-fixed-S{s}", "cd", s, {"objective": {"teacher_steps": scale.teacher_steps[1]}}))
+    for s in scale.direct_steps:
+        runs.append(Run("d", f"direct-S{s}", "direct", s))
+    runs.append(Run("e", "song-cd", "cm", 2, {"init": "teacher"}))
+    mid = scale.student_steps[min(2, len(scale.student_steps) - 1)]
+    runs += [Run("f", f"ct-random-S{mid}", "ct", mid, {"init": "random"}),
+             Run("f", f"cd-sqrt-S{mid}", "cd", mid, {"objective": {"weighting": "sqrt(snr+1)"}})]
+    return runs
+
+
+def teacher_config(scale: Scale, seed: int):
+    return load_config("tiny-teacher", {"seed": seed, "steps": scale.teacher_iters, "data": {"resolution": scale.resolution},
+                                        "eval_samples": min(200, scale.eval_n)})
+
+
+def student_config(scale: Scale, seed: int, run: Run, teacher_dir: Path):
+    objective = {"student_steps": run.steps,
+                 "teacher_steps": [*scale.teacher_steps, scale.student_iters]}
+    options = {"seed": seed, "kind": run.kind, "teacher": str(teacher_dir), "steps": scale.student_iters,
+               "data": {"resolution": scale.resolution}, "eval_samples": min(200, scale.eval_n), "objective": objective,
+               "sample_steps": run.steps}
+    for key, value in run.options.items():
+        options[key] = {**options.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_config("tiny-cd", options)
+
+
+def scores_of(directory: Path, compute) -> list[dict]:
+    """The rows in directory/scores.json, computed (and written) the first time."""
+    path = directory / "scores.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = compute()
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def evaluate(directory: Path, steps_and_samplers, scale: Scale, seed: int, ode_teacher: Path | None = None) -> list[dict]:
+    """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler); with ode_teacher, the ODE error."""
+    model, config, info = load_model(directory)
+    reference = reference_set(config, scale.eval_n)
+    name, features = default_features(config)
+    rows = []
+    for steps, sampler in steps_and_samplers:
+        noise, cond, generator = sample_inputs(info, scale.eval_n, seed + 1000)
+        start = time.perf_counter()
+        with torch.no_grad():
+            images = generate(model, config, steps, noise, sampler, generator=generator, **cond)
+        row = {"steps": steps, "sampler": sampler, **score(images, reference, features, name),
+               "seconds": time.perf_counter() - start}
+        if ode_teacher is not None:
+            teacher, _, _ = load_model(ode_teacher)
+            noise, cond, _ = sample_inputs(info, scale.ode_n, seed + 2000)
+            with torch.no_grad():
+                row["ode_error"] = ode_error(model, teacher, noise, steps, teacher_steps=scale.ode_teacher_steps, **cond)
+        rows.append(row)
+    return rows
+
+
+def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> dict[str, list[dict]]:
+    """Trains and scores the teacher and every student of one seed; returns {run name: score rows}."""
+    root = out / f"seed{seed}"
+    teacher_dir = root / "teacher"
+    echo(f"== seed {seed}: teacher -> {teacher_dir}")
+    train(teacher_config(scale, seed), teacher_dir, progress=False)
+    budgets = [(s, sampler) for sampler in ("ddim", "addim") for s in scale.student_steps]
+    budgets.append((scale.teacher_budget, "addim"))
+    results = {"teacher": scores_of(teacher_dir, lambda: evaluate(teacher_dir, budgets, scale, seed))}
+    for run in plan(scale):
+        directory = root / run.name
+        echo(f"== seed {seed}: {run.name} ({run.kind}, S = {run.steps}) -> {directory}")
+        train(student_config(scale, seed, run, teacher_dir), directory, progress=False)
+        steps = [(1, "mcm"), (2, "mcm")] if run.kind == "cm" else [(run.steps, "mcm")]
+        ode = teacher_dir if run.table == "d" or run.name == f"cd-S{scale.direct_steps[0]}" else None
+        results[run.name] = scores_of(directory, lambda d=directory, st=steps, o=ode: evaluate(d, st, scale, seed, o))
+    return results
+
+
+def summarize(per_seed: list[dict[str, list[dict]]], key: str) -> dict[tuple[str, int, str], tuple[float, float]]:
+    """{(run, steps, sampler): (mean, standard deviation over seeds)} of one score."""
+    values = {}
+    for results in per_seed:
+        for run, rows in results.items():
+            for row in rows:
+                if key in row:
+                    values.setdefault((run, row["steps"], row["sampler"]), []).append(row[key])
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in values.items()}
+
+
+def _cell(stats, key, digits: int = 1) -> str:
+    if key not in stats:
+        return "-"
+    mean, spread = stats[key]
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def tables(per_seed, scale: Scale) -> str:
+    """Tables a-f as markdown: FD-MNIST mean ± standard deviation over seeds (and ODE error, precision, recall)."""
+    fd, precision, recall = (summarize(per_seed, k) for k in ("fd_mnist", "precision", "recall"))
+    ode = summarize(per_seed, "ode_error")
+    ss = scale.student_steps
+    head = "| | " + " | ".join(f"S = {s}" for s in ss) + " |\n|---|" + "---|" * len(ss) + "\n"
+    title = (f"### a. Teacher against MCM (FD-MNIST; the teacher with {scale.teacher_budget} aDDIM steps: "
+             f"{_cell(fd, ('teacher', scale.teacher_budget, 'addim'))})\n")
+    lines = [title, head]
+    rows = [("teacher, DDIM", lambda s: ("teacher", s, "ddim")), ("teacher, aDDIM", lambda s: ("teacher", s, "addim")),
+            ("MCM CD", lambda s: (f"cd-S{s}", s, "mcm")), ("MCM CT", lambda s: (f"ct-S{s}", s, "mcm"))]
+    lines += [f"| {label} | " + " | ".join(_cell(fd, key(s)) for s in ss) + " |\n" for label, key in rows]
+    lines += ["\n### b. The teacher's integrator in CD (FD-MNIST)\n", head]
+    for label, prefix in (("DDIM teacher", "cd-ddim"), ("aDDIM teacher", "cd")):
+        lines.append(f"| {label} | " + " | ".join(_cell(fd, (f"{prefix}-S{s}", s, "mcm")) for s in ss) + " |\n")
+    lines += ["\n### c. Annealed against fixed teacher steps (FD-MNIST)\n", head]
+    for label, prefix in ((f"annealed {scale.teacher_steps[0]} -> {scale.teacher_steps[1]}", "cd"),
+                          (f"fixed {scale.teacher_steps[1]}", "cd-fixed")):
+        lines.append(f"| {label} | " + " | ".join(_cell(fd, (f"{prefix}-S{s}", s, "mcm")) for s in ss) + " |\n")
+    lines += ["\n### d. Direct CM against MCM at the same budget\n",
+              "| S | method | ODE error | FD-MNIST | precision | recall |\n|---|---|---|---|---|---|\n"]
+    for s in scale.direct_steps:
+        for label, run in (("Direct CM", f"direct-S{s}"), ("MCM CD", f"cd-S{s}")):
+            key = (run, s, "mcm")
+            lines.append(f"| {s} | {label} | {_cell(ode, key, 3)} | {_cell(fd, key)} | "
+                         f"{_cell(precision, key, 3)} | {_cell(recall, key, 3)} |\n")
+    lines += ["\n### e. Song et al.'s consistency distillation (FD-MNIST)\n", "| steps | FD-MNIST |\n|---|---|\n"]
+    lines += [f"| {s} | {_cell(fd, ('song-cd', s, 'mcm'))} |\n" for s in (1, 2)]
+    mid = ss[min(2, len(ss) - 1)]
+    lines += [f"\n### f. Open questions at S = {mid} (FD-MNIST)\n", "| variant | FD-MNIST |\n|---|---|\n"]
+    for label, run in (("CT from the teacher", f"ct-S{mid}"), ("CT from random init", f"ct-random-S{mid}"),
+                       ("CD, weighting snr+1", f"cd-S{mid}"), ("CD, weighting sqrt(snr+1)", f"cd-sqrt-S{mid}")):
+        lines.append(f"| {label} | {_cell(fd, (run, mid, 'mcm'))} |\n")
+    return "".join(lines)
+
+
+def plots(per_seed, scale: Scale, out: Path) -> None:
+    fd = summarize(per_seed, "fd_mnist")
+    rows = []
+    for label, key in (("teacher, DDIM", lambda s: ("teacher", s, "ddim")),
+                       ("teacher, aDDIM", lambda s: ("teacher", s, "addim")),
+                       ("MCM CD", lambda s: (f"cd-S{s}", s, "mcm")), ("MCM CT", lambda s: (f"ct-S{s}", s, "mcm"))):
+        rows += [{"series": label, "steps": s, "fd_mnist": fd[key(s)][0], "spread": fd[key(s)][1]}
+                 for s in scale.student_steps if key(s) in fd]
+    plot_metric_vs_steps(rows, out / "fd-vs-steps.png", "fd_mnist", series="series", title="MNIST: FD-MNIST against steps")
+    seed = out / f"seed{scale.seeds[0]}"
+    plot_training_curves({name: seed / name for name in ("teacher", f"cd-S{scale.student_steps[-1]}")
+                          if (seed / name / "log.jsonl").is_file()}, out / "training-curves.png")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/tables")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    args = parser.parse_args(argv)
+    scale, out = SCALES[args.scale], Path(args.out)
+    start = time.perf_counter()
+    per_seed = [run_seed(scale, seed, out) for seed in scale.seeds]
+    text = tables(per_seed, scale)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(text)
+    plots(per_seed, scale, out)
+    print(text)
+    print(f"{len(scale.seeds)} seed(s) in {(time.perf_counter() - start) / 60:.1f} min; tables in {out}/tables.md")
+
+
+if __name__ == "__main__":
+    main()
