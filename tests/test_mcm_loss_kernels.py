@@ -226,24 +226,24 @@ LOGSNRS = [torch.tensor(v, dtype=torch.float64) for v in ([-2.0, 0.0, 3.0], [1.0
 
 
 def op_params():
+    """(op, backend suffix, save_diff) for every registered op; save_diff only where the op takes it."""
     params = []
     for op in OP_ARGS:
-        marks = [pytest.mark.skipif(not native_keys(op), reason=f"mcm_fast._C lacks {op}_native: {NATIVE_ERROR}")]
-        params.append(pytest.param(op, "native", marks=marks, id=f"{op}-native"))
-        marks = [pytest.mark.skipif(TRITON_ERROR is not None, reason=f"triton is missing: {TRITON_ERROR}")]
-        params.append(pytest.param(op, "triton", marks=marks, id=f"{op}-triton"))
+        for save_diff in (True, False) if "sqdist" in op and "backward" not in op else (None,):
+            tag = "" if save_diff is None else f"-save{int(save_diff)}"
+            marks = [pytest.mark.skipif(not native_keys(op), reason=f"mcm_fast._C lacks {op}_native: {NATIVE_ERROR}")]
+            params.append(pytest.param(op, "native", save_diff, marks=marks, id=f"{op}-native{tag}"))
+            marks = [pytest.mark.skipif(TRITON_ERROR is not None, reason=f"triton is missing: {TRITON_ERROR}")]
+            params.append(pytest.param(op, "triton", save_diff, marks=marks, id=f"{op}-triton{tag}"))
     return params
 
 
-@pytest.mark.parametrize("op,suffix", op_params())
-@pytest.mark.parametrize("save_diff", [True, False])
+@pytest.mark.parametrize("op,suffix,save_diff", op_params())
 def test_opcheck(op, suffix, save_diff, gen):
-    if op in ("mcm_target", "mcm_sqdist_backward") and not save_diff:
-        pytest.skip("no save_diff argument")
     args = OP_ARGS[op](gen)
     if op in ("mcm_target", "mcm_target_sqdist"):
         args += LOGSNRS
-    if op in ("mcm_sqdist", "mcm_target_sqdist"):
+    if save_diff is not None:
         args.append(save_diff)
     device = "cuda" if suffix == "triton" and torch.cuda.is_available() else "cpu"
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
