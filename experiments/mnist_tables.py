@@ -109,7 +109,9 @@ def scores_of(directory: Path, compute) -> list[dict]:
     if path.is_file():
         return json.loads(path.read_text())
     rows = compute()
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(rows, indent=1) + "\n")
+    partial.replace(path)  # atomic: a run killed while writing leaves no half-written scores
     return rows
 
 
