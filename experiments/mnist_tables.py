@@ -6,7 +6,8 @@ Per seed, one teacher (the tiny UViT, v-loss), then students distilled or traine
   c. Table 2: annealed against fixed teacher steps;
   d. Direct CM against MCM CD at the same budget: ODE error and FD side by side;
   e. Song et al.'s consistency distillation at 1 and 2 steps;
-  f. CT from random initialization against CT from the teacher; weighting sqrt(snr+1) against snr+1.
+  f. CT from random initialization against CT from the teacher; segment edges uniform in logSNR against
+     uniform in t; weighting sqrt(snr+1) against snr+1.
 Every run is an ordinary run directory under --out (checkpointed, so an interrupted run resumes) with its
 scores in scores.json, so rerunning the script continues where it stopped. The tables (mean and standard
 deviation over seeds) go to --out/tables.md and the plots to --out/*.png.
@@ -83,6 +84,7 @@ def plan(scale: Scale) -> list[Run]:
     runs.append(Run("e", "song-cd", "cm", 2, {"init": "teacher"}))
     mid = scale.student_steps[min(2, len(scale.student_steps) - 1)]
     runs += [Run("f", f"ct-random-S{mid}", "ct", mid, {"init": "random"}),
+             Run("f", f"cd-logsnr-S{mid}", "cd", mid, {"objective": {"boundaries": "logsnr"}}),
              Run("f", f"cd-sqrt-S{mid}", "cd", mid, {"objective": {"weighting": "sqrt(snr+1)"}})]
     return runs
 
@@ -205,6 +207,7 @@ def tables(per_seed, scale: Scale) -> str:
     mid = ss[min(2, len(ss) - 1)]
     lines += [f"\n### f. Open questions at S = {mid} (FD-MNIST)\n", "| variant | FD-MNIST |\n|---|---|\n"]
     for label, run in (("CT from the teacher", f"ct-S{mid}"), ("CT from random init", f"ct-random-S{mid}"),
+                       ("CD, segments uniform in t", f"cd-S{mid}"), ("CD, segments uniform in logSNR", f"cd-logsnr-S{mid}"),
                        ("CD, weighting snr+1", f"cd-S{mid}"), ("CD, weighting sqrt(snr+1)", f"cd-sqrt-S{mid}")):
         lines.append(f"| {label} | {_cell(fd, (run, mid, 'mcm'))} |\n")
     return "".join(lines)

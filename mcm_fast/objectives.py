@@ -18,7 +18,7 @@ from mcm_fast.losses import (
     robust_loss,
     squared_error,
 )
-from mcm_fast.schedules import CosineSchedule, alpha_sigma
+from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
 from mcm_fast.solvers import (
     addim_step,
     analytic_x_var,
@@ -99,14 +99,15 @@ class MCMObjective:
     loss and huber_eps; weighting; target "mcm" or "direct" (regress onto the teacher's many-step solve to
     t_step); reference "online" (the student under stop-gradient, the paper) or "ema" (a model passed at each
     call); label_dropout with null_label for classifier-free guidance (cond[label_key] is dropped per sample);
-    multiscale, the number of 2x2 poolings in simple diffusion's multiscale loss (see squared_error).
+    multiscale, the number of 2x2 poolings in simple diffusion's multiscale loss (see squared_error);
+    boundaries, the segment edges uniform in "t" (the paper) or in "logsnr" (sample with the same).
     """
 
     def __init__(self, schedule: CosineSchedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
                  weighting: str = "snr+1", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
                  null_label: int | None = None, label_key: str = "label", multiscale: int = 0,
-                 backend: str | None = None):
+                 boundaries: str = "t", backend: str | None = None):
         if not isinstance(schedule, CosineSchedule):
             raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
         if isinstance(student_steps, bool) or not isinstance(student_steps, Integral) or student_steps < 1:
@@ -140,6 +141,7 @@ class MCMObjective:
         self.null_label = null_label
         self.label_key = label_key
         self.multiscale = check_multiscale(multiscale)
+        self.boundaries = _choice("boundaries", boundaries, SPACINGS)
         self.backend = backend
 
     def segment_steps(self, step: int) -> int:
@@ -162,15 +164,13 @@ class MCMObjective:
         reference = student if reference_model is None else reference_model
         batch, device = x.shape[0], x.device
 
-        # Algorithm 1, steps 1-2: a segment and a position in it per example, on the exact grid k / T
+        # Algorithm 1, steps 1-2: a segment and a position in it per example, on the segment's teacher grid
         n_seg = self.segment_steps(step)
-        total = n_seg * self.student_steps
         segment = torch.randint(0, self.student_steps, (batch,), generator=generator, device=device)
         n_rel = torch.randint(1, n_seg + 1, (batch,), generator=generator, device=device)
-        start = segment * n_seg
-        t_step = start.double() / total
-        t = (start + n_rel).double() / total
-        s = (start + n_rel - 1).double() / total
+        t_step = self._grid_time(segment, torch.zeros_like(n_rel), n_seg)
+        t = self._grid_time(segment, n_rel, n_seg)
+        s = self._grid_time(segment, n_rel - 1, n_seg)
 
         # step 3
         eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
@@ -187,7 +187,7 @@ class MCMObjective:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     x_ref = reference(z_s, s, **cond)
             else:  # Direct CM: the teacher's solve lands on t_step itself, so the jump from s = t_step is the identity
-                z_s = self._teacher_solve(teacher, x, z_t, start, n_rel, total, cond)
+                z_s = self._teacher_solve(teacher, x, z_t, segment, n_rel, n_seg, cond)
                 x_ref, s = z_s, t_step  # x_ref is not read where s = t_step
         x_hat = student(z_t, t, **cond)
 
@@ -208,6 +208,15 @@ class MCMObjective:
             return loss, {"t": t, "segment": segment, "loss": per_sample.detach()}
         return loss
 
+    def _grid_time(self, segment: torch.Tensor, position: torch.Tensor, n_seg: int) -> torch.Tensor:
+        """The time (float64) of point `position` of n_seg teacher steps uniform in t over each segment: exactly
+        (segment n_seg + position) / (n_seg S) when the segment edges are uniform in t."""
+        if self.boundaries == "t":
+            return (segment * n_seg + position).double() / (n_seg * self.student_steps)
+        edges = self.schedule.segment_edges(self.student_steps, self.boundaries).to(segment.device)
+        lo, hi = edges[segment], edges[segment + 1]
+        return lo + (hi - lo) * (position.double() / n_seg)
+
     def _x_var(self, x_teacher, x, t):
         """Per-sample x_var for aDDIM: xvar_frac ||x_teacher - x||^2 / d, or the analytic value (math.md §3-4)."""
         if self.xvar_frac == "analytic":
@@ -225,13 +234,13 @@ class MCMObjective:
             return euler_step(x_teacher, z_t, t, s, self.schedule)
         return heun_step(teacher, z_t, t, s, self.schedule, x_hat=x_teacher, **cond)
 
-    def _teacher_solve(self, teacher, x, z_t, start, n_rel, total, cond):
+    def _teacher_solve(self, teacher, x, z_t, segment, n_rel, n_seg, cond):
         """Direct CM: the teacher's integrator over every grid step from t down to t_step (n_rel per sample)."""
         z = z_t
         for k in range(int(n_rel.max())):
             left = (n_rel - k).clamp(min=0)  # grid steps still to go; 0 = arrived (the step is the identity)
-            t_k = (start + left).double() / total
-            s_k = (start + (left - 1).clamp(min=0)).double() / total
+            t_k = self._grid_time(segment, left, n_seg)
+            s_k = self._grid_time(segment, (left - 1).clamp(min=0), n_seg)
             x_teacher = x if teacher is None else teacher(z, t_k, **cond)
             z = self._teacher_step(teacher, x_teacher, x, z, t_k, s_k, cond)
         return z

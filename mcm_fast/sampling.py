@@ -70,11 +70,12 @@ def _times(z: torch.Tensor, t: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, generator=None, sampler: str = "mcm",
-           guidance: float = 0.0, null_cond: dict | None = None, compile: bool = False, cuda_graph: bool = False,
-           **cond) -> torch.Tensor:
+           guidance: float = 0.0, null_cond: dict | None = None, boundaries: str = "t", compile: bool = False,
+           cuda_graph: bool = False, **cond) -> torch.Tensor:
     """Algorithm 2: exactly n_steps model calls from z_1 = noise; returns the last x_hat (math.md §5).
 
-    sampler "mcm" jumps between segment starts k / S with DDIM; "cm" (Song et al. 2023) re-noises each
+    sampler "mcm" jumps between segment starts (k / S, or uniform in logSNR with boundaries="logsnr", as the
+    model was trained) with DDIM; "cm" (Song et al. 2023) re-noises each
     x_hat afresh to the next time instead. guidance w > 0 needs null_cond (e.g. {"label": null_class}).
     compile=True runs the network through torch.compile; cuda_graph=True on a CPU tensor warns and runs
     eagerly (the CUDA capture is not built yet and raises NotImplementedError).
@@ -88,7 +89,7 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
         raise NotImplementedError("cuda_graph: capturing the sampling loop in a CUDA graph is not built yet; use False")
     if compile:
         model = torch.compile(model)
-    times = [k / n_steps for k in range(n_steps, -1, -1)]
+    times = schedule.segment_edges(n_steps, boundaries).flip(0).tolist()
     if sampler == "mcm":
         return consistency_jumps(model, z, times, schedule, **cond)
     x_hat = None

@@ -13,6 +13,8 @@ import torch
 
 from mcm_fast._checks import check_range
 
+SPACINGS = ("t", "logsnr")
+
 
 def alpha_sigma(logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha = sqrt(sigmoid(lambda)), sigma = sqrt(sigmoid(-lambda)) (math.md §1)."""
@@ -119,6 +121,20 @@ class CosineSchedule:
             above = self.logsnr_unchecked(mid) > logsnr
             left, right = torch.where(above, mid, left), torch.where(above, right, mid)
         return (left + right) / 2
+
+    def segment_edges(self, n: int, spacing: str = "t") -> torch.Tensor:
+        """The n + 1 boundaries 0 = t_0 < ... < t_n = 1 (float64) of n segments, uniform in t (exactly k / n)
+        or uniform in logSNR (between lambda(0) and lambda(1))."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing: expected one of {SPACINGS}, got {spacing!r}")
+        if spacing == "t":
+            return torch.arange(n + 1, dtype=torch.float64) / n
+        lam = torch.linspace(self.logsnr(0.0).item(), self.logsnr(1.0).item(), n + 1, dtype=torch.float64)
+        edges = self.t_of_logsnr(lam)
+        edges[0], edges[-1] = 0.0, 1.0  # exact ends, whatever the inverse's rounding
+        return edges
 
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) for t a float or a tensor in [0, 1]."""

@@ -55,17 +55,28 @@ def inv_ddim(z_s, z_t, t, s, shift=1.0):
     return (z_s - ratio * z_t) / (per_sample(alpha_s, z_t) - per_sample(alpha_t, z_t) * ratio)
 
 
-def segment_start(t, steps):
-    """t_step = (ceil(t S) - 1) / S: the start of the segment (t_step, t_step + 1/S] holding t."""
+def segment_start(t, steps, edges=None):
+    """t_step = (ceil(t S) - 1) / S: the start of the segment (t_step, t_step + 1/S] holding t; with edges
+    (ascending, 0 to 1), the largest edge below t. -1/S (or -1) at t = 0, which lies in no segment."""
     t = torch.as_tensor(t, dtype=torch.float64)
-    return (torch.ceil(t * steps - 1e-9) - 1) / steps
+    if edges is None:
+        return (torch.ceil(t * steps - 1e-9) - 1) / steps
+    index = torch.searchsorted(edges, t - 1e-12) - 1
+    return torch.where(index < 0, -1.0, edges[index.clamp(min=0)])
 
 
-def consistency_function(steps, shift=1.0):
-    """The exact multistep consistency function f*(z_t, t) = invDDIM_{t->t_step}(z_t sqrt(v_{t_step} / v_t), z_t)."""
+def logsnr_edges(steps):
+    """The S + 1 segment edges uniform in logSNR from +15 to -15, through the cosine's inverse by hand."""
+    lam = torch.linspace(15.0, -15.0, steps + 1, dtype=torch.float64)
+    return (torch.atan(torch.exp(-lam / 2)) * 2 / math.pi - T_MIN) / (1 - 2 * T_MIN)
+
+
+def consistency_function(steps, shift=1.0, edges=None):
+    """The exact multistep consistency function f*(z_t, t) = invDDIM_{t->t_step}(z_t sqrt(v_{t_step} / v_t), z_t),
+    for segments k / S or between the given edges."""
 
     def f_star(z, t, **cond):
-        t_step = segment_start(t, steps)
+        t_step = segment_start(t, steps, edges)
         at_zero = per_sample(t_step < 0, z)  # t = 0 holds no segment: f(z, 0) = E[x | z_0] (the boundary)
         t_step = t_step.clamp(min=0)  # (where t = 0 the jump below is 0 / 0 and not selected)
         jump = inv_ddim(exact_flow(z.double(), t, t_step, shift), z.double(), t, t_step, shift)

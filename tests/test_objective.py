@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from closed_form import C, alpha_sigma, consistency_function, exact_denoiser, exact_flow, inv_ddim, logsnr, segment_start
+from closed_form import C, alpha_sigma, consistency_function, exact_denoiser, exact_flow, inv_ddim, logsnr, logsnr_edges
+from closed_form import segment_start
 from mcm_fast.data.toy import GaussianMixture
 from mcm_fast.objectives import TeacherSteps
 
@@ -36,6 +37,32 @@ def test_cd_loss_of_the_exact_function_vanishes_as_the_teacher_grid_is_refined()
     exact = [losses[n, 1.0] for n in (16, 64, 256, 1024)]
     assert all(a > b for a, b in zip(exact, exact[1:])), exact
     assert exact[-1] < 1e-2 * min(losses[n, 1.05] for n in (256, 1024)), losses
+
+
+@pytest.mark.parametrize("steps", [3, 4])  # (at S = 2 both spacings put the edge at t = 1/2, logSNR 0)
+def test_logsnr_boundaries_distill_and_sample_the_exact_function(steps):
+    """Segment edges uniform in logSNR: the exact consistency function for those edges samples the data
+    with boundaries="logsnr", its CD loss vanishes as the grid is refined, and every training time lies on
+    n_seg uniform steps inside its segment; the function for edges k / S is no minimizer there."""
+    edges = logsnr_edges(steps)
+    f_star = consistency_function(steps, edges=edges)
+    z1 = torch.randn(256, 512, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = mf.sample(f_star, steps, schedule=SCHED, noise=z1, boundaries="logsnr")
+    assert x.var().item() == pytest.approx(C**2, rel=0.015)
+    assert ((x - exact_flow(z1, 1.0, 0.0)).norm() / x.norm()).item() < 2e-3
+    data, n_seg = gaussian_data(), 1024
+    obj = mf.MCMObjective(SCHED, student_steps=steps, teacher_steps=n_seg * steps, teacher_solver="ddim",
+                          boundaries="logsnr")
+    losses = {}
+    for name, student in (("logsnr", f_star), ("uniform", consistency_function(steps))):
+        loss, diag = obj(student, data, teacher=exact_denoiser, generator=torch.Generator().manual_seed(2),
+                         diagnostics=True)
+        losses[name] = loss.item()
+    lo, hi = edges[diag["segment"]], edges[diag["segment"] + 1]
+    position = (diag["t"] - lo) / (hi - lo) * n_seg
+    torch.testing.assert_close(position, position.round(), rtol=0, atol=1e-6)
+    assert position.min() >= 1 - 1e-6 and position.max() <= n_seg + 1e-6
+    assert losses["logsnr"] < 1e-2 * losses["uniform"], losses
 
 
 def recording(model):
@@ -209,6 +236,7 @@ BAD_OPTIONS = [
     ("reference", dict(reference="target"), ValueError),
     ("label_dropout", dict(label_dropout=1.5), ValueError),
     ("null_label", dict(label_dropout=0.1), ValueError),
+    ("boundaries", dict(boundaries="log"), ValueError),
 ]
 
 

@@ -42,6 +42,31 @@ def test_against_hand_computed_values(t):
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_segment_edges(name, n):
+    """Uniform in t: exactly k / n. Uniform in logSNR: exact ends, equal logSNR gaps, by the schedule's own
+    logsnr (the inverse is checked against hand-computed values for the plain cosine)."""
+    sched = SCHEDULES[name]
+    assert sched.segment_edges(n).tolist() == [k / n for k in range(n + 1)]
+    edges = sched.segment_edges(n, "logsnr")
+    assert edges[0].item() == 0.0 and edges[-1].item() == 1.0 and bool((edges[1:] > edges[:-1]).all())
+    lam = sched.logsnr(edges)
+    gaps = lam[:-1] - lam[1:]
+    torch.testing.assert_close(gaps, torch.full_like(gaps, (lam[0] - lam[-1]).item() / n), rtol=1e-9, atol=1e-9)
+    if name == "cosine":
+        for k, t in enumerate(edges.tolist()):
+            assert cosine_by_hand(t) == pytest.approx(15.0 - 30.0 * k / n, abs=1e-9)
+
+
+@pytest.mark.parametrize("kwargs,error", [(dict(n=0), ValueError), (dict(n=2.0), ValueError),
+                                          (dict(n=2, spacing="snr"), ValueError)])
+def test_segment_edges_validation(kwargs, error):
+    name = next(iter(kwargs if "spacing" not in kwargs else ["spacing"]))
+    with pytest.raises(error, match=f"^{name}: "):
+        mf.CosineSchedule().segment_edges(**kwargs)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_finite_monotone_and_normalized_on_the_closed_interval(name, dtype):
     sched = SCHEDULES[name]

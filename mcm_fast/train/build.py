@@ -55,7 +55,7 @@ def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teac
     if config.kind == "cm":
         sigmas = KarrasGrid().sigmas(n_steps + 1).flip(0)[:n_steps]  # n_steps levels from sigma_max down
         return cm_sample(model, sigmas.tolist(), noise, generator=generator, **cond)
-    return sample(model, n_steps, noise=noise, generator=generator, **cond)
+    return sample(model, n_steps, noise=noise, generator=generator, boundaries=config.objective.boundaries, **cond)
 
 
 def default_steps(config: TrainConfig) -> int:

@@ -48,6 +48,7 @@ class ObjectiveConfig:
     weighting: str = "snr+1"
     label_dropout: float = 0.1  # classifier-free guidance: labels become the null class this often
     multiscale: int = 0  # 2x2 poolings added to the loss (simple diffusion's multiscale loss)
+    boundaries: str = "t"  # segment edges uniform in t (the paper) or in logsnr; sampling follows
 
 
 @dataclass

@@ -142,7 +142,7 @@ class Trainer:
                                  huber_eps=obj.huber_eps, weighting=obj.weighting,
                                  target="direct" if config.kind == "direct" else "mcm",
                                  label_dropout=obj.label_dropout if null else 0.0, null_label=null,
-                                 multiscale=obj.multiscale)
+                                 multiscale=obj.multiscale, boundaries=obj.boundaries)
         teacher = self.teacher if config.kind in ("cd", "direct") else None
         return lambda cond, x, step: objective(self.model, x, teacher=teacher, step=step, **cond)
 
