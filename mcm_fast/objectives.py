@@ -2,6 +2,7 @@
 objective of Algorithm 1 (math.md §4), with the Direct CM target of Vouitsis et al. 2024 (math.md §6)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -18,6 +19,7 @@ from mcm_fast.losses import (
     robust_loss,
     squared_error,
 )
+from mcm_fast.models.dropout import MaskTape, foreign_dropout
 from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
 from mcm_fast.solvers import (
     addim_step,
@@ -150,7 +152,14 @@ class MCMObjective:
 
     def __call__(self, student, x: torch.Tensor, teacher=None, step: int = 0, generator: torch.Generator | None = None,
                  reference_model=None, diagnostics: bool = False, **cond):
-        """The mean loss over the batch; with diagnostics=True also {"t", "segment", "loss"} per sample."""
+        """The mean loss over the batch at training iteration `step`; with diagnostics=True also {"t", "segment",
+        "loss"} per sample."""
+        return self.loss_at(student, x, self.segment_steps(step), teacher, generator, reference_model, diagnostics, **cond)
+
+    def loss_at(self, student, x: torch.Tensor, n_seg: int, teacher=None, generator: torch.Generator | None = None,
+             reference_model=None, diagnostics: bool = False, **cond):
+        """The loss with n_seg teacher steps per segment: the part of a training step that torch.compile takes
+        as one graph (n_seg is an input, so the annealed schedule does not recompile at every change)."""
         check_float_tensor("x", x)
         check_multiscale(self.multiscale, x)
         for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
@@ -162,10 +171,12 @@ class MCMObjective:
             raise ValueError(f"reference_model: expected a model exactly when reference='ema', got reference="
                              f"{self.reference!r} and reference_model={type(reference_model).__name__}")
         reference = student if reference_model is None else reference_model
+        if torch.compiler.is_compiling() and self.target == "mcm" and foreign_dropout(reference):
+            raise TypeError(f"reference: compiled, only mcm_fast.models.Dropout layers share their masks with the student; "
+                            f"replace the torch.nn dropout layers {foreign_dropout(reference)}")
         batch, device = x.shape[0], x.device
 
         # Algorithm 1, steps 1-2: a segment and a position in it per example, on the segment's teacher grid
-        n_seg = self.segment_steps(step)
         segment = torch.randint(0, self.student_steps, (batch,), generator=generator, device=device)
         n_rel = torch.randint(1, n_seg + 1, (batch,), generator=generator, device=device)
         t_step = self._grid_time(segment, torch.zeros_like(n_rel), n_seg)
@@ -183,13 +194,21 @@ class MCMObjective:
             if self.target == "mcm":
                 x_teacher = x if teacher is None else teacher(z_t, t, **cond)  # step 4
                 z_s = self._teacher_step(teacher, x_teacher, x, z_t, t, s, cond)  # step 5
-                # step 6: the reference sees the same dropout masks as the student call below
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    x_ref = reference(z_s, s, **cond)
             else:  # Direct CM: the teacher's solve lands on t_step itself, so the jump from s = t_step is the identity
                 z_s = self._teacher_solve(teacher, x, z_t, segment, n_rel, n_seg, cond)
-                x_ref, s = z_s, t_step  # x_ref is not read where s = t_step
-        x_hat = student(z_t, t, **cond)
+        if self.target == "mcm":
+            # step 6: the reference sees the student's dropout masks (replayed from a tape; a forked RNG state
+            # covers other random layers in eager mode)
+            fork = contextlib.nullcontext() if torch.compiler.is_compiling() else torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else [])
+            with MaskTape() as tape:
+                with torch.no_grad(), fork:
+                    x_ref = reference(z_s, s, **cond)
+                tape.replay()
+                x_hat = student(z_t, t, **cond)
+        else:
+            x_ref, s = z_s, t_step  # x_ref is not read where s = t_step
+            x_hat = student(z_t, t, **cond)
 
         # steps 6-8: x_ref's DDIM jump to t_step (the identity where n_rel = 1: x_ref unused, even if not finite),
         # invDDIM against z_t, and the weighted pseudo-Huber distance, fused unless the loss is multiscale
@@ -235,9 +254,10 @@ class MCMObjective:
         return heun_step(teacher, z_t, t, s, self.schedule, x_hat=x_teacher, **cond)
 
     def _teacher_solve(self, teacher, x, z_t, segment, n_rel, n_seg, cond):
-        """Direct CM: the teacher's integrator over every grid step from t down to t_step (n_rel per sample)."""
+        """Direct CM: the teacher's integrator over every grid step from t down to t_step (n_rel per sample; n_seg
+        rounds for the batch, so that no value is read back from the device)."""
         z = z_t
-        for k in range(int(n_rel.max())):
+        for k in range(n_seg):
             left = (n_rel - k).clamp(min=0)  # grid steps still to go; 0 = arrived (the step is the identity)
             t_k = self._grid_time(segment, left, n_seg)
             s_k = self._grid_time(segment, (left - 1).clamp(min=0), n_seg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from numbers import Integral, Real
 
 import torch
@@ -75,31 +76,93 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     """Algorithm 2: exactly n_steps model calls from z_1 = noise; returns the last x_hat (math.md §5).
 
     sampler "mcm" jumps between segment starts (k / S, or uniform in logSNR with boundaries="logsnr", as the
-    model was trained) with DDIM; "cm" (Song et al. 2023) re-noises each
-    x_hat afresh to the next time instead. guidance w > 0 needs null_cond (e.g. {"label": null_class}).
-    compile=True runs the network through torch.compile; cuda_graph=True on a CPU tensor warns and runs
-    eagerly (the CUDA capture is not built yet and raises NotImplementedError).
+    model was trained) with DDIM; "cm" (Song et al. 2023) re-noises each x_hat afresh to the next time instead.
+    guidance w > 0 needs null_cond (e.g. {"label": null_class}). compile=True runs the network through
+    torch.compile. cuda_graph=True (CUDA tensors) captures the whole loop, network calls, DDIM steps and
+    guidance, in one CUDA graph per model and call signature, cached and replayed with the weights in place
+    (updates in place are seen; replaced parameter tensors are not). On a CPU it warns once and runs the loop.
     """
     if sampler not in CONSISTENCY_SAMPLERS:
         raise ValueError(f"sampler: expected one of {CONSISTENCY_SAMPLERS}, got {sampler!r}")
-    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
-    if cuda_graph and z.device.type != "cuda":
-        warnings.warn("cuda_graph=True needs CUDA tensors; sampling eagerly on " + z.device.type, stacklevel=2)
-    elif cuda_graph:
-        raise NotImplementedError("cuda_graph: capturing the sampling loop in a CUDA graph is not built yet; use False")
-    if compile:
-        model = torch.compile(model)
+    network = torch.compile(model) if compile else model  # dynamo's cache is per module: compiled once
+    guided_model, schedule, z = _setup(network, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
     times = schedule.segment_edges(n_steps, boundaries).flip(0).tolist()
+    fresh = [torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+             for _ in range(n_steps - 1)] if sampler == "cm" else []  # drawn in the eager loop's order
+
+    def loop(z, fresh, cond):
+        return _sampling_loop(guided_model, z, times, schedule, sampler, fresh, cond)
+
+    if cuda_graph and z.device.type == "cuda":
+        key = (n_steps, sampler, float(guidance), repr(null_cond), boundaries, compile, schedule, _signature(z),
+               tuple(sorted((k, _signature(v)) for k, v in cond.items())))
+        return _captured(model, key, loop, z, fresh, cond)
+    if cuda_graph:
+        warnings.warn(f"cuda_graph=True needs CUDA tensors; sampling on {z.device.type} without a graph", stacklevel=2)
+    return loop(z, fresh, cond)
+
+
+def _sampling_loop(model, z, times, schedule, sampler, fresh, cond):
+    """Algorithm 2 along times ("mcm"), or Song et al.'s sampling re-noising with the given fresh noises ("cm")."""
     if sampler == "mcm":
         return consistency_jumps(model, z, times, schedule, **cond)
     x_hat = None
-    for t, s in zip(times[:-1], times[1:]):
+    for k, (t, s) in enumerate(zip(times[:-1], times[1:])):
         x_hat = model(z, _times(z, t), **cond)
-        if s > 0:  # Song et al.: re-noise the estimate to the next time with fresh noise
+        if s > 0:
             alpha_s, sigma_s = alpha_sigma(schedule.logsnr(s))
-            fresh = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = (alpha_s * x_hat + sigma_s * fresh).to(z.dtype)
+            z = (alpha_s * x_hat + sigma_s * fresh[k]).to(z.dtype)
     return x_hat
+
+
+def _signature(value):
+    """What a captured graph depends on in an input: a tensor's shape, dtype and device, or a plain value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, str(value.device))
+    return ("value", repr(value))
+
+
+class CapturedLoop:
+    """One sampling loop captured in a CUDA graph over static input buffers (noise, fresh noises, tensor
+    conditioning): a call copies its inputs in, replays the graph and returns a copy of the output."""
+
+    def __init__(self, loop, z: torch.Tensor, fresh: list, cond: dict):
+        self.z, self.fresh = z.clone(), [f.clone() for f in fresh]
+        self.cond = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+        side = torch.cuda.Stream(z.device)
+        side.wait_stream(torch.cuda.current_stream(z.device))
+        with torch.cuda.stream(side):  # warm-up off the capture: compilation, autotuning, lazy initialization
+            for _ in range(2):
+                loop(self.z, self.fresh, self.cond)
+        torch.cuda.current_stream(z.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = loop(self.z, self.fresh, self.cond)
+
+    def __call__(self, z: torch.Tensor, fresh: list, cond: dict) -> torch.Tensor:
+        self.z.copy_(z)
+        for static, value in zip(self.fresh, fresh):
+            static.copy_(value)
+        for key, value in cond.items():
+            if isinstance(value, torch.Tensor):
+                self.cond[key].copy_(value)
+        self.graph.replay()
+        return self.output.clone()
+
+
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {call signature: CapturedLoop}
+
+
+def _captured(model, key, loop, z, fresh, cond) -> torch.Tensor:
+    """Replays the graph of (model, key), capturing it on first use; graphs go when the model does."""
+    try:
+        graphs = _GRAPHS.setdefault(model, {})
+    except TypeError:
+        raise TypeError(f"model: cuda_graph=True keeps graphs per model and needs one that can be weakly referenced "
+                        f"(an nn.Module or a function), got {type(model).__name__}") from None
+    if key not in graphs:
+        graphs[key] = CapturedLoop(loop, z, fresh, cond)
+    return graphs[key](z, fresh, cond)
 
 
 def consistency_jumps(model, z: torch.Tensor, times, schedule: CosineSchedule, project=None, **cond) -> torch.Tensor:

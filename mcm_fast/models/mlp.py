@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from mcm_fast.models.dropout import Dropout
+
 
 class FourierEmbedding(nn.Module):
     """[sin, cos](2 pi f_k lambda / 30) for fixed log-spaced frequencies: smooth in the logSNR over [-15, 15]."""
@@ -29,7 +31,7 @@ class MLPNet(nn.Module):
         self.embed_class = nn.Embedding(classes + 1, hidden) if classes else None  # the extra class is "null"
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.Dropout(dropout)) for _ in range(depth)
+            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), Dropout(dropout)) for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 

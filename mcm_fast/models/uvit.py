@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcm_fast._checks import can_read_values, check_float_tensor
+from mcm_fast.models.dropout import Dropout
 from mcm_fast.models.mlp import FourierEmbedding
 from mcm_fast.ops.attention import attention
 from mcm_fast.ops.registry import BACKENDS
@@ -128,7 +129,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.film = nn.Linear(emb_channels, 2 * channels)
         self.norm2 = group_norm(channels, affine=False)  # the FiLM is its affine map
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(channels, elementwise_affine=False)
         self.fc1 = nn.Linear(channels, mlp_ratio * channels)
         self.fc2 = nn.Linear(mlp_ratio * channels, channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape

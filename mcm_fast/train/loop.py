@@ -86,8 +86,7 @@ class Trainer:
             self.ema = distributed.parallel(self.ema, "fsdp", self.ranks)
             if self.target is not None:
                 self.target = distributed.parallel(self.target, "fsdp", self.ranks)
-        compiled = torch.compile(self.net) if config.compile else self.net
-        self.model = wrap(compiled, config, self.schedule)
+        self.model = wrap(self.net, config, self.schedule)
         self.loss_fn = self._make_loss()
         fused = self.ranks.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
@@ -121,13 +120,17 @@ class Trainer:
         return model, model.net
 
     def _make_loss(self):
-        """loss(batch, step) -> the mean loss over the micro-batch, for this run's kind."""
+        """loss(batch, step) -> the mean loss over the micro-batch, for this run's kind; with config.compile the
+        whole loss (every forward, the target and the loss; so its backward too) is one compiled graph."""
         config, obj = self.config, self.config.objective
         null = self.info["num_classes"] or None
+        compiled = torch.compile if config.compile else (lambda fn: fn)
         if config.kind == "teacher":
+            v_loss = compiled(diffusion_loss)
+
             def teacher_loss(cond, x, step):
                 cond = drop_labels(cond, obj.label_dropout if null else 0.0, null)
-                return diffusion_loss(self.model, x, multiscale=obj.multiscale, **cond)
+                return v_loss(self.model, x, multiscale=obj.multiscale, **cond)
             return teacher_loss
         if config.kind == "cm":
             song = config.song
@@ -135,7 +138,8 @@ class Trainer:
                                    total_steps=config.steps)
             teacher = VEDenoiser(self.teacher, self.schedule) if self.teacher is not None else None
             target = wrap(self.target, config, self.schedule)
-            return lambda cond, x, step: loss(self.model, target, x, step=step, teacher=teacher, **cond)
+            song_loss = compiled(loss)
+            return lambda cond, x, step: song_loss(self.model, target, x, step=step, teacher=teacher, **cond)
         teacher_steps = obj.teacher_steps if isinstance(obj.teacher_steps, int) else tuple(obj.teacher_steps)
         objective = MCMObjective(self.schedule, student_steps=obj.student_steps, teacher_steps=teacher_steps,
                                  teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss,
@@ -144,7 +148,8 @@ class Trainer:
                                  label_dropout=obj.label_dropout if null else 0.0, null_label=null,
                                  multiscale=obj.multiscale, boundaries=obj.boundaries)
         teacher = self.teacher if config.kind in ("cd", "direct") else None
-        return lambda cond, x, step: objective(self.model, x, teacher=teacher, step=step, **cond)
+        loss_at = compiled(objective.loss_at)
+        return lambda cond, x, step: loss_at(self.model, x, objective.segment_steps(step), teacher=teacher, **cond)
 
     def _resume(self):
         path = latest_checkpoint(self.out)
