@@ -27,13 +27,6 @@ SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN
 IMPLS = list(SDPA) + (["triton"] if _runs_on("triton", DEVICE) and "triton" in mf.available_backends("attention") else [])
 
 
-def test_matmul_peak(measure):
-    """The bf16 (CPU: float32) matmul rate the attention rows are a fraction of."""
-    n = 8192 if CUDA else 1024
-    a, b = (torch.randn(n, n, device=DEVICE, dtype=DTYPE) for _ in range(2))
-    measure(lambda: a @ b, group="matmul-peak", impl="matmul", flops=2 * n**3)
-
-
 def attention_fn(impl):
     if impl == "triton":
         return lambda q, k, v: mf.attention(q, k, v, backend="triton")

@@ -178,7 +178,10 @@ class MCMObjective:
 
         # Algorithm 1, steps 1-2: a segment and a position in it per example, on the segment's teacher grid
         segment = torch.randint(0, self.student_steps, (batch,), generator=generator, device=device)
-        n_rel = torch.randint(1, n_seg + 1, (batch,), generator=generator, device=device)
+        # n_rel uniform on 1..n_seg, drawn so that a compiled graph does not specialize on n_seg (as randint's
+        # bound would); float64 keeps u * n_seg below n_seg for every u < 1
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        n_rel = (u * n_seg).long() + 1
         t_step = self._grid_time(segment, torch.zeros_like(n_rel), n_seg)
         t = self._grid_time(segment, n_rel, n_seg)
         s = self._grid_time(segment, n_rel - 1, n_seg)

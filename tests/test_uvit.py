@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mcm_fast as mf
+from parity import backend_device
 from mcm_fast.models import UVIT_PRESETS, UViT, UViTConfig, count_parameters, uvit
 
 PAPER = {"in64-small": 394e6, "in64-large": 1.23e9}
@@ -114,12 +115,13 @@ def test_attention_backends_agree(dtype):
     reference, within the dtype's tolerance."""
     results = {}
     for backend in mf.available_backends("attention"):
+        device = backend_device(backend)  # each backend on its device: Triton on a GPU where there is one
         net = perturbed("tiny", levels=(("resnet", 16, 1), ("transformer", 32, 1)), head_dim=32,
-                        attention_backend=backend).to(dtype)
-        z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(4)).to(dtype)
-        out = net(z, torch.tensor([-3.0, 3.0]), torch.tensor([0, 9]))
+                        attention_backend=backend).to(device, dtype)
+        z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(4)).to(device, dtype)
+        out = net(z, torch.tensor([-3.0, 3.0], device=device), torch.tensor([0, 9], device=device))
         out.float().square().sum().backward()
-        results[backend] = [out] + [p.grad for p in net.parameters()]
+        results[backend] = [out.cpu()] + [p.grad.cpu() for p in net.parameters()]
     rel = 1e-4 if dtype == torch.float32 else 5e-2  # of each tensor's largest value
     for backend, values in results.items():
         for i, (got, want) in enumerate(zip(values, results["reference"])):
