@@ -158,6 +158,14 @@ def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> dict[str, list[d
     return results
 
 
+def scored(scale: Scale, seed: int, out: Path) -> dict[str, list[dict]]:
+    """{run name: score rows} of the runs of a seed scored so far (another process may still be running it)."""
+    root = out / f"seed{seed}"
+    names = ["teacher"] + [run.name for run in plan(scale)]
+    return {name: json.loads((root / name / "scores.json").read_text()) for name in names
+            if (root / name / "scores.json").is_file()}
+
+
 def summarize(per_seed: list[dict[str, list[dict]]], key: str) -> dict[tuple[str, int, str], tuple[float, float]]:
     """{(run, steps, sampler): (mean, standard deviation over seeds)} of one score."""
     values = {}
@@ -231,16 +239,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/tables")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the tables read every seed "
+                        "already run); e.g. one process per seed, each with --threads 1")
+    parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
     args = parser.parse_args(argv)
     scale, out = SCALES[args.scale], Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    per_seed = [run_seed(scale, seed, out) for seed in scale.seeds]
+    for seed in args.seeds or scale.seeds:
+        run_seed(scale, seed, out)
+    per_seed = [results for results in (scored(scale, seed, out) for seed in scale.seeds) if results]
     text = tables(per_seed, scale)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(text)
     plots(per_seed, scale, out)
     print(text)
-    print(f"{len(scale.seeds)} seed(s) in {(time.perf_counter() - start) / 60:.1f} min; tables in {out}/tables.md")
+    print(f"tables of {len(per_seed)} seed(s) in {out}/tables.md; this process ran {(time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":
