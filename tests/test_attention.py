@@ -46,7 +46,9 @@ def forward_backward(fn, q, k, v, dout):
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_float64_softmax(backend, shape, dtype):
-    """Output and gradients within 2x the error of the formula computed in the dtype (plus one ulp of scale)."""
+    """Output and gradients within 2x the error of the formula computed in the dtype, plus 4 ulps of scale: the
+    kernel's exp2 of log2(e)-scaled scores rounds its arguments (|score| up to a few units) where the formula's
+    exp does not."""
     q, k, v = inputs(shape, dtype, seed=sum(shape) + len(str(dtype)))
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
     exact = forward_backward(softmax_attention, *(x.double() for x in (q, k, v, dout)))
@@ -54,7 +56,7 @@ def test_matches_float64_softmax(backend, shape, dtype):
     got = forward_backward(lambda *a: mf.attention(*a, backend=backend), q, k, v, dout)
     assert got[0].dtype == dtype and got[0].shape == q.shape, f"o: {got[0].dtype} {tuple(got[0].shape)}"
     for name, x, base, ref in zip(("o", "dq", "dk", "dv"), got, in_dtype, exact):
-        tol = 2 * max_err(base, ref) + torch.finfo(dtype).eps * ref.abs().max().item()
+        tol = 2 * max_err(base, ref) + 4 * torch.finfo(dtype).eps * ref.abs().max().item()
         err = max_err(x, ref)
         assert err <= tol, f"{name} ({backend}, {dtype}): max error {err:.3g} > {tol:.3g}"
 
