@@ -166,22 +166,26 @@ def scored(scale: Scale, seed: int, out: Path) -> dict[str, list[dict]]:
             if (root / name / "scores.json").is_file()}
 
 
-def summarize(per_seed: list[dict[str, list[dict]]], key: str) -> dict[tuple[str, int, str], tuple[float, float]]:
-    """{(run, steps, sampler): (mean, standard deviation over seeds)} of one score."""
+def summarize(per_seed: list[dict[str, list[dict]]], key: str) -> dict[tuple[str, int, str], tuple[float, float, int]]:
+    """{(run, steps, sampler): (mean, standard deviation, number of seeds)} of one score."""
     values = {}
     for results in per_seed:
         for run, rows in results.items():
             for row in rows:
                 if key in row:
                     values.setdefault((run, row["steps"], row["sampler"]), []).append(row[key])
-    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in values.items()}
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in values.items()}
 
 
 def _cell(stats, key, digits: int = 1) -> str:
+    """mean ± standard deviation over seeds; "(1 seed)" and the like where fewer seeds than the table's have it."""
     if key not in stats:
         return "-"
-    mean, spread = stats[key]
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+    mean, spread, count = stats[key]
+    seeds = max(n for _, _, n in stats.values())
+    if count == 1:
+        return f"{mean:.{digits}f}" + (" (1 seed)" if seeds > 1 else "")
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" + (f" ({count} seeds)" if count < seeds else "")
 
 
 def tables(per_seed, scale: Scale) -> str:
@@ -242,12 +246,14 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the tables read every seed "
                         "already run); e.g. one process per seed, each with --threads 1")
     parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
+    parser.add_argument("--report", action="store_true", help="train nothing: write the tables and plots of the "
+                        "runs scored so far")
     args = parser.parse_args(argv)
     scale, out = SCALES[args.scale], Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    for seed in args.seeds or scale.seeds:
+    for seed in [] if args.report else args.seeds or scale.seeds:
         run_seed(scale, seed, out)
     per_seed = [results for results in (scored(scale, seed, out) for seed in scale.seeds) if results]
     text = tables(per_seed, scale)
