@@ -233,7 +233,8 @@ def plots(per_seed, scale: Scale, out: Path) -> None:
                        ("MCM CD", lambda s: (f"cd-S{s}", s, "mcm")), ("MCM CT", lambda s: (f"ct-S{s}", s, "mcm"))):
         rows += [{"series": label, "steps": s, "fd_mnist": fd[key(s)][0], "spread": fd[key(s)][1]}
                  for s in scale.student_steps if key(s) in fd]
-    plot_metric_vs_steps(rows, out / "fd-vs-steps.png", "fd_mnist", series="series", title="MNIST: FD-MNIST against steps")
+    plot_metric_vs_steps(rows, out / "fd-vs-steps.png", "fd_mnist", series="series", title="MNIST: FD-MNIST against steps",
+                         log_metric=True)
     seed = out / f"seed{scale.seeds[0]}"
     plot_training_curves({name: seed / name for name in ("teacher", f"cd-S{scale.student_steps[-1]}")
                           if (seed / name / "log.jsonl").is_file()}, out / "training-curves.png")

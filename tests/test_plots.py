@@ -12,6 +12,8 @@ def test_metric_vs_steps_writes_a_png(tmp_path):
             for s in (1, 2, 4, 8)]
     path = plot_metric_vs_steps(rows, tmp_path / "plots" / "fd.png", "fd", series="model", title="FD")
     assert path.is_file() and Image.open(path).size == (600, 420)
+    log_path = plot_metric_vs_steps(rows, tmp_path / "fd-log.png", "fd", series="model", log_metric=True)
+    assert Image.open(log_path).size == (600, 420) and log_path.read_bytes() != path.read_bytes()
     with pytest.raises(ValueError, match=r"rows: expected 'steps' and 'fid' in every row"):
         plot_metric_vs_steps(rows, tmp_path / "x.png", "fid")
 

@@ -13,9 +13,10 @@ import matplotlib.pyplot as plt
 
 
 def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series: str | None = None,
-                         title: str | None = None) -> Path:
+                         title: str | None = None, log_metric: bool = False) -> Path:
     """One line per value of rows[i][series] (one line if None) of rows[i][metric] against rows[i]["steps"],
-    log-scaled steps; rows with "spread" (a standard deviation over seeds) get error bars."""
+    log-scaled steps (and metric, with log_metric); rows with "spread" (a standard deviation over seeds) get
+    error bars."""
     lines = defaultdict(list)
     for row in rows:
         if metric not in row or "steps" not in row:
@@ -27,6 +28,8 @@ def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series
         ax.errorbar([r["steps"] for r in points], [r[metric] for r in points],
                     yerr=[r.get("spread", 0.0) for r in points], marker="o", capsize=3, label=str(label))
     ax.set_xscale("log", base=2)
+    if log_metric:
+        ax.set_yscale("log")
     ax.set_xlabel("sampling steps (network calls)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
