@@ -29,13 +29,20 @@ def guided(model, scale: float, null_cond: dict):
 
     def guided_model(z, t, **cond):
         batch = z.shape[0]
-        both = {k: torch.cat([v, torch.as_tensor(null_cond.get(k), device=v.device).expand_as(v)])
-                if k in null_cond else v for k, v in cond.items()}
+        both = {k: torch.cat([v, _null_like(null_cond[k], v)]) if k in null_cond else v for k, v in cond.items()}
         t2 = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() == 1 else t
         x_cond, x_null = model(torch.cat([z, z]), t2, **both).split(batch)
         return (1 + scale) * x_cond - scale * x_null
 
     return guided_model
+
+
+def _null_like(value, like: torch.Tensor) -> torch.Tensor:
+    """A null-condition value broadcast like a conditioning tensor: a fill for a number (no host-to-device copy,
+    so that a CUDA graph can capture it), else the tensor moved and expanded."""
+    if isinstance(value, torch.Tensor):
+        return value.to(like.device, like.dtype).expand_as(like)
+    return torch.full_like(like, value)
 
 
 def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond, device=None,
