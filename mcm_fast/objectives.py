@@ -144,6 +144,7 @@ class MCMObjective:
         self.label_key = label_key
         self.multiscale = check_multiscale(multiscale)
         self.boundaries = _choice("boundaries", boundaries, SPACINGS)
+        self.edges = schedule.segment_edges(self.student_steps, self.boundaries)  # [S + 1], float64, on the CPU
         self.backend = backend
 
     def segment_steps(self, step: int) -> int:
@@ -171,9 +172,10 @@ class MCMObjective:
             raise ValueError(f"reference_model: expected a model exactly when reference='ema', got reference="
                              f"{self.reference!r} and reference_model={type(reference_model).__name__}")
         reference = student if reference_model is None else reference_model
-        if torch.compiler.is_compiling() and self.target == "mcm" and foreign_dropout(reference):
+        unshared = foreign_dropout(reference) if torch.compiler.is_compiling() and self.target == "mcm" else []
+        if unshared:
             raise TypeError(f"reference: compiled, only mcm_fast.models.Dropout layers share their masks with the student; "
-                            f"replace the torch.nn dropout layers {foreign_dropout(reference)}")
+                            f"replace the torch.nn dropout layers {unshared}")
         batch, device = x.shape[0], x.device
 
         # Algorithm 1, steps 1-2: a segment and a position in it per example, on the segment's teacher grid
@@ -235,7 +237,7 @@ class MCMObjective:
         (segment n_seg + position) / (n_seg S) when the segment edges are uniform in t."""
         if self.boundaries == "t":
             return (segment * n_seg + position).double() / (n_seg * self.student_steps)
-        edges = self.schedule.segment_edges(self.student_steps, self.boundaries).to(segment.device)
+        edges = self.edges.to(segment.device)
         lo, hi = edges[segment], edges[segment + 1]
         return lo + (hi - lo) * (position.double() / n_seg)
 
