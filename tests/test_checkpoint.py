@@ -68,7 +68,7 @@ def test_round_trip_of_model_ema_optimizer_rng_config_and_scalars(tmp_path):
                                         "optimizer.safetensors", "rng.safetensors"]
     assert len({(path / name).stat().st_mode for name in os.listdir(path)}) == 1  # all as readable as the JSON
     manifest = json.loads((path / "checkpoint.json").read_text())
-    assert manifest["format"] == "mcm_fast.checkpoint" and manifest["version"] == 1 and manifest["step"] == 3
+    assert manifest["format"] == "mcm_fast.checkpoint" and manifest["version"] == 2 and manifest["step"] == 3
     assert manifest["entries"] == {"model": "module", "ema": "module", "optimizer": "optimizer", "rng": "tensors",
                                    "noise": "tensor", "config": "json", "loss": "json", "tags": "json"}
 
@@ -159,24 +159,24 @@ def test_keep_replace_and_what_latest_ignores(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["step-000000002", "step-000000006", "step-000000008", "step-000000009"]
 
 
-@pytest.mark.parametrize("crash_in", ["save_file", "rename"])
+@pytest.mark.parametrize("crash_in", ["write", "rename"])
 def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, crash_in):
     model = nn.Linear(3, 3)
     save_checkpoint(tmp_path, model, step=1)
     written = []
 
-    def save_file_then_crash(tensors, filename):
+    def write_then_crash(file, data):
         if written:
             raise KeyboardInterrupt("killed")
-        written.append(filename)
-        real_save_file(tensors, filename)
+        written.append(file)
+        real_write(file, data)
 
     def crash(*args):
         raise KeyboardInterrupt("killed")
 
-    real_save_file = ckpt.save_file
-    if crash_in == "save_file":
-        monkeypatch.setattr(ckpt, "save_file", save_file_then_crash)
+    real_write = ckpt._write
+    if crash_in == "write":
+        monkeypatch.setattr(ckpt, "_write", write_then_crash)
     else:
         monkeypatch.setattr(ckpt.os, "rename", crash)
     with pytest.raises(KeyboardInterrupt):
@@ -214,7 +214,7 @@ def corrupt(run, how):
     if how == "wrong format":
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": "other"}))
     elif how == "wrong version":
-        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 2}))
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 3}))
     elif how == "malformed json":
         manifest.write_text(manifest.read_text()[:-10])
     elif how == "missing json":
@@ -231,7 +231,7 @@ def corrupt(run, how):
 @pytest.mark.parametrize("how, message", [
     ("pickle only", r"no checkpoint; expected step-\*/checkpoint.json .*found model.pt, which is never unpickled"),
     ("wrong format", "expected format 'mcm_fast.checkpoint', got 'other'"),
-    ("wrong version", "expected version 1, got 2"),
+    ("wrong version", "expected version 2, got 3"),
     ("malformed json", "malformed JSON"),
     ("missing json", "missing; expected the manifest"),
     ("truncated safetensors", "corrupt .*expected a complete safetensors file"),

@@ -11,7 +11,7 @@ from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import MLPNet, uvit
 from mcm_fast.sampling import sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule
-from mcm_fast.train.checkpoint import load_checkpoint
+from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
 
 TEACHER_SAMPLERS = ("addim", "ddim")
@@ -71,13 +71,29 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     """(model, config, info) from a run or checkpoint directory: the EMA weights (or the online ones), in
     eval mode; info holds the data's shape and classes."""
     checkpoint = load_checkpoint(path, device=str(device))
-    for key in ("config", "data_info"):
-        if key not in checkpoint:
-            raise ValueError(f"{path}: not a training checkpoint of mcm_fast (no {key!r} in checkpoint.json)")
-    config = load_config(checkpoint["config"])
-    info = checkpoint["data_info"]
+    config, info = _training_record(checkpoint)
     net = make_net(config, tuple(info["shape"]), info["num_classes"])
-    net.load_state_dict(checkpoint["ema" if ema and "ema" in checkpoint else "model"])
+    entry = "ema" if ema and "ema" in checkpoint else "model"
+    check_state_dict(f"{checkpoint['path'] / entry}.safetensors", checkpoint[entry], net)
+    net.load_state_dict(checkpoint[entry])
     model = wrap(net.to(device).eval().requires_grad_(False), config, make_schedule(config))
     return model, config, info
 
+
+
+def _training_record(checkpoint: dict) -> tuple[TrainConfig, dict]:
+    """(config, data info) of a loaded training checkpoint, each checked; errors name its checkpoint.json."""
+    file = checkpoint["path"] / MANIFEST
+    config, info = checkpoint.get("config"), checkpoint.get("data_info")
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected 'config' a mapping (a checkpoint of mcm-fast train), got {config!r:.60}")
+    shape = info.get("shape") if isinstance(info, dict) else None
+    classes = info.get("num_classes") if isinstance(info, dict) else None
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 3 and all(type(n) is int and n >= 1 for n in shape)
+            and type(classes) is int and classes >= 0):
+        raise ValueError(f"{file}: expected 'data_info' {{'shape': [C, H, W] or [d], 'num_classes': int >= 0}}, "
+                         f"got {info!r:.80}")
+    try:
+        return load_config(config), info
+    except ConfigError as error:
+        raise ValueError(f"{file}: its config is invalid: {error}") from None

@@ -4,43 +4,55 @@ and loaded without unpickling anything (a checkpoint from elsewhere runs no code
 A run directory holds one subdirectory per checkpoint:
 
     step-000001000/
-        checkpoint.json      {"format": "mcm_fast.checkpoint", "version": 1, "step": 1000,
+        checkpoint.json      {"format": "mcm_fast.checkpoint", "version": 2, "step": 1000,
                               "entries": {"model": "module", "ema": "module", "optimizer": "optimizer", ...},
-                              "optimizer": <its param_groups and non-tensor state>, "config": {...}, ...}
+                              "optimizer": <its param_groups and non-tensor state>, "config": {...}, ...,
+                              "sha256": {"model.safetensors": <hex>, ...}, "checksum": <sha256 of the rest>}
         model.safetensors    one file per module, optimizer, tensor dict or tensor entry
         ema.safetensors, optimizer.safetensors, ...
 
 A save writes a .tmp-* directory, fsyncs it and renames it to step-*: a crash at any moment leaves the earlier
 checkpoints intact and at most a stray .tmp-* directory, which loading ignores and the next save removes.
+Loading verifies every checksum and refuses files that are symlinks leading out of the run directory; a run
+directory loads its newest checkpoint that verifies, warning about (and never touching) damaged newer ones.
+Version 1 checkpoints (written before checksums) still load, unverified.
 One process (rank 0) writes to a run directory at a time.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from numbers import Integral
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from mcm_fast.train.distributed import unwrap
 
 FORMAT = "mcm_fast.checkpoint"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # readable; version 1 has no checksums
 MANIFEST = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
 STEP_DIR = re.compile(r"step-(\d+)")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RESERVED = ("format", "version", "step", "entries")
+RESERVED = ("format", "version", "step", "entries", "sha256", "checksum", "path")
 KINDS = ("module", "tensors", "optimizer", "tensor", "json")
 JSON_SCALARS = (type(None), bool, int, float, str)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
+WEIGHT_KINDS = ("module", "optimizer")  # entries that must be finite to be saved
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint of a run directory failed to load or verify and was skipped (and left as it is)."""
 
 
 def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **state) -> Path:
@@ -69,27 +81,28 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
         if value is not None:
             manifest[name] = value
 
+    for name, tensors in files.items():
+        if manifest["entries"][name] in WEIGHT_KINDS:
+            _check_finite(step, name, tensors)
+    blobs = {f"{name}.safetensors": save(tensors) for name, tensors in files.items()}
+    manifest["sha256"] = {file: hashlib.sha256(blob).hexdigest() for file, blob in blobs.items()}
+    manifest["checksum"] = _checksum(manifest)
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stray in directory.glob(TMP_PREFIX + "*"):  # left by a save that crashed
-        if stray.is_dir():
+        if stray.is_dir() and not stray.is_symlink():
             shutil.rmtree(stray)
     target = directory / f"step-{step:09d}"
     tmp = directory / f"{TMP_PREFIX}{target.name}"
     tmp.mkdir()
-    mode = tmp.stat().st_mode & 0o666  # the umask's file mode: safetensors itself writes owner-only files
-    for name, tensors in files.items():
-        save_file(tensors, tmp / f"{name}.safetensors")
-        os.chmod(tmp / f"{name}.safetensors", mode)
-        _fsync(tmp / f"{name}.safetensors")
-    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    for file, blob in blobs.items():
+        _write(tmp / file, blob)
+    _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync(tmp)
     aside = directory / f"{TMP_PREFIX}old-{target.name}"
-    if target.exists():  # a rerun of this step: the old copy goes only once the new one is in place
-        os.rename(target, aside)
+    if target.exists() or target.is_symlink():
+        _set_aside(target, aside, directory)
     os.rename(tmp, target)
     _fsync(directory)
     if aside.exists():
@@ -110,39 +123,57 @@ def latest_checkpoint(directory) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def load_checkpoint(path, device: str | torch.device = "cpu") -> dict:
-    """{"step": int, "model": state dict, and each saved entry} of a step-* directory or a run's latest one.
+def has_checkpoints(directory) -> bool:
+    """Whether a run directory holds any step-* directory, complete or damaged: a run that must resume, not restart."""
+    return bool(_step_dirs(Path(directory)))
 
-    Tensors load with safetensors onto device; optimizer state dicts as load_state_dict expects them.
+
+def load_checkpoint(path, device: str | torch.device = "cpu") -> dict:
+    """{"step": int, "path": its directory, "model": state dict, and each saved entry} of a step-* directory,
+    or of a run directory's newest checkpoint that loads and verifies.
+
+    Damaged newer checkpoints of a run directory are skipped with a DamagedCheckpointWarning naming them and
+    left as they are; when none verifies, the error names the newest. Tensors load onto device; optimizer
+    state dicts as load_state_dict expects them.
     """
-    path = _resolve(Path(path))
-    manifest = _read_manifest(path)
-    file = path / MANIFEST
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"{file}: expected version {VERSION}, got {manifest.get('version')!r}")
-    step, entries = manifest.get("step"), manifest.get("entries")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"{file}: expected 'step' an integer >= 0, got {step!r}")
-    if not (isinstance(entries, dict) and "model" in entries and all(
-            isinstance(n, str) and NAME.fullmatch(n) and k in KINDS for n, k in entries.items())):
-        raise ValueError(f"{file}: expected 'entries' mapping 'model' and other names to one of {KINDS}, "
-                         f"got {entries!r}")
-    out = {"step": step}
-    for name, kind in entries.items():
-        if kind in ("json", "optimizer") and name not in manifest:
-            raise ValueError(f"{file}: expected a value for entry {name!r}, found none")
-        if kind == "json":
-            out[name] = manifest[name]
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: expected a run directory or a step-* checkpoint directory, found none")
+    if (path / MANIFEST).exists() or STEP_DIR.fullmatch(path.name):
+        return _load(path, path.parent, device)
+    found = [p for _, p in _step_dirs(path)]
+    if not found:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = f"; found {', '.join(pickles)}, which is never unpickled" if pickles else ""
+        raise FileNotFoundError(f"{path}: no checkpoint; expected step-*/{MANIFEST} with .safetensors files{hint}")
+    damaged = []
+    for checkpoint in reversed(found):
+        try:
+            state = _load(checkpoint, path, device)
+        except (OSError, ValueError) as error:
+            damaged.append(error)
             continue
-        tensor_file = path / f"{name}.safetensors"
-        tensors = _load_tensors(tensor_file, device)
-        if kind == "optimizer":
-            out[name] = _decode(manifest[name], tensors, file, tensor_file)
-        elif kind == "tensor":
-            out[name] = _pick(tensors, name, tensor_file)
-        else:
-            out[name] = tensors
-    return out
+        for error in damaged:
+            warnings.warn(f"{error} (skipped; loading {checkpoint.name})", DamagedCheckpointWarning, stacklevel=2)
+        return state
+    raise ValueError(f"{damaged[0]} (and no older checkpoint of {path} verifies: {len(found)} tried)")
+
+
+def check_state_dict(where: str, state: Mapping, module: nn.Module) -> None:
+    """state must hold exactly module's tensors with their shapes and dtypes (where: the file, for messages).
+
+    Checked before load_state_dict, which would fail midway with a long message or silently cast dtypes.
+    """
+    expected = unwrap(module).state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{where}: expected the tensors of the model; missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]} ({len(missing)} and {len(unexpected)} in all)")
+    for key, value in expected.items():
+        got = state[key]
+        if got.shape != value.shape or got.dtype != value.dtype:
+            raise ValueError(f"{where}: tensor {key!r}: expected {value.dtype} {tuple(value.shape)}, "
+                             f"got {got.dtype} {tuple(got.shape)}")
 
 
 # ----------------------------------------------------------------- saving
@@ -225,6 +256,43 @@ def _check_json(where: str, value, path: str) -> None:
                         f"str -> Tensor or a JSON value, got {type(value).__name__} at {path}")
 
 
+def _check_finite(step: int, name: str, tensors: Mapping) -> None:
+    """Weights must be finite: a checkpoint of NaN or inf weights would resume into a broken run."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"step {step}: {name}[{key!r}] holds non-finite values; no checkpoint written")
+
+
+def _checksum(manifest: dict) -> str:
+    """sha256 of the manifest without its "checksum" key, in a canonical JSON form."""
+    rest = {key: value for key, value in manifest.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _write(file: Path, data: bytes) -> None:
+    """Writes data to a new file and fsyncs it, so a rename never publishes unwritten data."""
+    with open(file, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _set_aside(target: Path, aside: Path, directory: Path) -> None:
+    """Moves an existing copy of the step being saved out of the way: one that verifies to `aside` (deleted once
+    the new one is in place), a damaged one to a kept step-*.damaged name, with a warning."""
+    try:
+        _load(target, directory, "cpu")
+    except (OSError, ValueError) as error:
+        kept, n = target.with_name(f"{target.name}.damaged"), 1
+        while kept.exists() or kept.is_symlink():
+            n += 1
+            kept = target.with_name(f"{target.name}.damaged-{n}")
+        os.rename(target, kept)
+        warnings.warn(f"{error} (kept as {kept.name})", DamagedCheckpointWarning, stacklevel=3)
+        return
+    os.rename(target, aside)
+
+
 def _fsync(path: Path) -> None:
     """Flushes a file's or a directory's entries to disk, so a rename never publishes unwritten data."""
     fd = os.open(path, os.O_RDONLY)
@@ -242,17 +310,20 @@ def _remove(checkpoint: Path) -> None:
 
 
 # ----------------------------------------------------------------- loading
-def _checkpoints(directory: Path, first_only: bool = False) -> list[tuple[int, Path]]:
-    """(step, path) of the valid checkpoints in a run directory, by increasing step; with first_only, only
-    the newest (the manifests of older ones are not read)."""
+def _step_dirs(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step-* directory of a run directory (valid or not), by increasing step."""
     if not directory.is_dir():
         return []
-    found = sorted(((int(m.group(1)), p) for p in directory.iterdir()
-                    if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()), reverse=True)
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir())
+
+
+def _checkpoints(directory: Path, first_only: bool = False) -> list[tuple[int, Path]]:
+    """(step, path) of the step-* directories with a readable manifest, by increasing step; with first_only,
+    only the newest (the manifests of older ones are not read)."""
     valid = []
-    for step, path in found:
+    for step, path in reversed(_step_dirs(directory)):
         try:
-            _read_manifest(path)
+            _read_manifest(path, directory)
         except (OSError, ValueError):
             continue
         valid.append((step, path))
@@ -261,43 +332,79 @@ def _checkpoints(directory: Path, first_only: bool = False) -> list[tuple[int, P
     return valid[::-1]
 
 
-def _read_manifest(path: Path) -> dict:
+def _load(path: Path, root: Path, device) -> dict:
+    """The entries of one checkpoint directory of run directory root, every file verified against its checksum."""
+    manifest = _read_manifest(path, root)
+    file = path / MANIFEST
+    version, step, entries = manifest.get("version"), manifest.get("step"), manifest.get("entries")
+    if version not in VERSIONS:
+        raise ValueError(f"{file}: expected version {VERSION}, got {version!r}")
+    if version > 1 and manifest.get("checksum") != _checksum(manifest):
+        raise ValueError(f"{file}: its checksum does not match its content; the manifest is damaged or was edited")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{file}: expected 'step' an integer >= 0, got {step!r}")
+    if not (isinstance(entries, dict) and "model" in entries and all(
+            isinstance(n, str) and NAME.fullmatch(n) and k in KINDS for n, k in entries.items())):
+        raise ValueError(f"{file}: expected 'entries' mapping 'model' and other names to one of {KINDS}, "
+                         f"got {entries!r}")
+    sums = manifest.get("sha256") if version > 1 else None
+    out = {"step": step, "path": path}
+    for name, kind in entries.items():
+        if kind in ("json", "optimizer") and name not in manifest:
+            raise ValueError(f"{file}: expected a value for entry {name!r}, found none")
+        if kind == "json":
+            out[name] = manifest[name]
+            continue
+        tensor_file = path / f"{name}.safetensors"
+        tensors = _load_tensors(tensor_file, root, sums, device)
+        if kind == "optimizer":
+            out[name] = _decode(manifest[name], tensors, file, tensor_file)
+        elif kind == "tensor":
+            out[name] = _pick(tensors, name, tensor_file)
+        else:
+            out[name] = tensors
+    return out
+
+
+def _read(file: Path, root: Path, what: str) -> bytes:
+    """The bytes of a file of run directory root; a symlink that leads out of it is refused (self-contained)."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: missing; expected {what}")
+    real = file.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise ValueError(f"{file}: a symlink to {real}, outside the run directory {root}; expected the run "
+                         f"directory to hold its own files")
+    return file.read_bytes()
+
+
+def _read_manifest(path: Path, root: Path) -> dict:
     """checkpoint.json of a checkpoint directory, checked for the format marker."""
     file = path / MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: missing; expected the manifest of an mcm_fast checkpoint")
+    data = _read(file, root, "the manifest of an mcm_fast checkpoint")
     try:
-        manifest = json.loads(file.read_bytes())
-    except ValueError as error:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as error:
         raise ValueError(f"{file}: malformed JSON ({error}); expected the manifest of an mcm_fast checkpoint") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        marker = manifest.get("format") if isinstance(manifest, dict) else manifest
+        marker = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ValueError(f"{file}: expected format {FORMAT!r}, got {marker!r}")
     return manifest
 
 
-def _resolve(path: Path) -> Path:
-    """The checkpoint directory itself, or the latest checkpoint when path is a run directory."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: expected a run directory or a step-* checkpoint directory, found none")
-    if (path / MANIFEST).exists() or STEP_DIR.fullmatch(path.name):
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        found = f"; found {', '.join(pickles)}, which is never unpickled" if pickles else ""
-        raise FileNotFoundError(f"{path}: no checkpoint; expected step-*/{MANIFEST} with .safetensors files{found}")
-    return latest
-
-
-def _load_tensors(file: Path, device) -> dict[str, torch.Tensor]:
-    """The tensors of one .safetensors file on device."""
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: missing; expected the tensors of entry {file.stem!r}")
+def _load_tensors(file: Path, root: Path, sums, device) -> dict[str, torch.Tensor]:
+    """The tensors of one .safetensors file on device, checked against its sha256 in sums (None: version 1)."""
+    data = _read(file, root, f"the tensors of entry {file.stem!r}")
+    if sums is not None:
+        expected = sums.get(file.name) if isinstance(sums, dict) else None
+        if not isinstance(expected, str):
+            raise ValueError(f"{file}: no sha256 recorded in {MANIFEST}; expected one for every tensor file")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(f"{file}: damaged; its sha256 differs from the one recorded in {MANIFEST}")
     try:
-        return load_file(file, device=str(device))
+        tensors = load(data)
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{file}: corrupt ({error}); expected a complete safetensors file") from None
+    return {key: value.to(device) for key, value in tensors.items()}
 
 
 def _pick(tensors: dict, key: str, file: Path) -> torch.Tensor:

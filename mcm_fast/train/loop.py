@@ -32,7 +32,8 @@ from mcm_fast.train.build import (
     wrap,
 )
 from mcm_fast.train.checkpoint import (
-    latest_checkpoint,
+    check_state_dict,
+    has_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -152,15 +153,22 @@ class Trainer:
         return lambda cond, x, step: loss_at(self.model, x, objective.segment_steps(step), teacher=teacher, **cond)
 
     def _resume(self):
-        path = latest_checkpoint(self.out)
-        if path is None:
+        """Continues from the newest checkpoint in out that loads and verifies; damaged ones are skipped with a
+        warning and kept, and a run directory none of whose checkpoints verifies is refused (never restarted)."""
+        if not has_checkpoints(self.out):
             return
-        state = load_checkpoint(path)
-        saved, current = state.get("config", {}), self.config.to_dict()
+        state = load_checkpoint(self.out)
+        saved, current = state.get("config"), self.config.to_dict()
+        if not isinstance(saved, dict):
+            raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast train")
         changed = sorted(k for k in set(saved) | set(current) if k not in LOOP_KEYS and saved.get(k) != current.get(k))
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
                               "use a new --out, or change only " + ", ".join(LOOP_KEYS))
+        modules = {"model": self.net, "ema": self.ema, "target": self.target}
+        for name, module in modules.items():
+            if module is not None:
+                check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module)
         distributed.load_full_state(self.net, state["model"], self.optimizer, state["optimizer"])
         distributed.load_full_state(self.ema, state["ema"])
         if self.target is not None:
