@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 EXAMPLES = """examples:
   mcm-fast demo                                        # tiny teacher + 4-step MCM on MNIST, on CPU in minutes
@@ -88,15 +89,32 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command: 0 on success; any failure is one line on stderr and status 1 (argparse's usage errors
+    keep its convention: status 2 and one `error:` line after the usage)."""
     args = parser().parse_args(argv)
+    prefix = f"mcm-fast {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"{prefix}: warning: {message}", file=sys.stderr)
+        try:
+            return _run(args)
+        except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, never a traceback
+            print(f"{prefix}: {_one_line(error)}", file=sys.stderr)
+            return 1
+
+
+def _one_line(error: Exception) -> str:
+    """An error as one line: its message (with the file for OS errors), or its type for a failure nobody expected."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, RecursionError):
+        return "input nested too deeply to read"
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
     from mcm_fast.train.config import ConfigError
     from mcm_fast.train.loop import NonFiniteLossError
 
-    try:
-        return _run(args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError, TypeError) as error:
-        print(f"mcm-fast {args.command}: {error}", file=sys.stderr)
-        return 1
+    expected = (ConfigError, NonFiniteLossError, OSError, ValueError, TypeError)
+    return text if isinstance(error, expected) and text else f"unexpected {type(error).__name__}: {text}"
 
 
 def _run(args) -> int:

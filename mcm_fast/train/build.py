@@ -71,8 +71,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     """(model, config, info) from a run or checkpoint directory: the EMA weights (or the online ones), in
     eval mode; info holds the data's shape and classes."""
     checkpoint = load_checkpoint(path, device=str(device))
-    config, info = _training_record(checkpoint)
-    net = make_net(config, tuple(info["shape"]), info["num_classes"])
+    config, info, net = _rebuild(checkpoint)
     entry = "ema" if ema and "ema" in checkpoint else "model"
     check_state_dict(f"{checkpoint['path'] / entry}.safetensors", checkpoint[entry], net)
     net.load_state_dict(checkpoint[entry])
@@ -81,8 +80,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
 
 
 
-def _training_record(checkpoint: dict) -> tuple[TrainConfig, dict]:
-    """(config, data info) of a loaded training checkpoint, each checked; errors name its checkpoint.json."""
+def _rebuild(checkpoint: dict) -> tuple[TrainConfig, dict, torch.nn.Module]:
+    """(config, data info, a new network) of a loaded training checkpoint; errors name its checkpoint.json."""
     file = checkpoint["path"] / MANIFEST
     config, info = checkpoint.get("config"), checkpoint.get("data_info")
     if not isinstance(config, dict):
@@ -94,6 +93,7 @@ def _training_record(checkpoint: dict) -> tuple[TrainConfig, dict]:
         raise ValueError(f"{file}: expected 'data_info' {{'shape': [C, H, W] or [d], 'num_classes': int >= 0}}, "
                          f"got {info!r:.80}")
     try:
-        return load_config(config), info
+        config = load_config(config)
+        return config, info, make_net(config, tuple(shape), classes)
     except ConfigError as error:
         raise ValueError(f"{file}: its config is invalid: {error}") from None

@@ -188,6 +188,8 @@ class Trainer:
                    desc=f"{config.kind}")
         writer = self._tensorboard()
         tick, images = time.perf_counter(), 0
+        if self.step:  # resumed: what a killed run left undone after its checkpoint
+            self._outputs(writer)
         while self.step < config.steps:
             loss, grad_norm = self._train_step(self.step)
             self.step += 1
@@ -203,13 +205,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
                 window, tick, images = [], now, 0
             bar.update(1)
-            last = self.step == config.steps
-            if config.save_every and self.step % config.save_every == 0 or last:
+            if config.save_every and self.step % config.save_every == 0 or self.step == config.steps:
                 self.save()
-            if (config.sample_every and self.step % config.sample_every == 0) or last:
-                self.write_grid()
-            if (config.eval_every and self.step % config.eval_every == 0) or last:
-                self._log({"step": self.step, "eval": self.evaluate()}, writer)
+            self._outputs(writer)
         bar.close()
         return rows
 
@@ -276,6 +274,24 @@ class Trainer:
             save_checkpoint(self.out, model, step=self.step, keep=self.config.keep, config=self.config.to_dict(),
                             data_info=self.info, **state)
 
+    def _outputs(self, writer) -> None:
+        """The grid and evaluation due after self.step, each unless already written, so that a run killed after
+        a checkpoint finishes on resuming what it had not (the final grid and evaluation included)."""
+        config, last = self.config, self.step == self.config.steps
+        if ((config.sample_every and self.step % config.sample_every == 0) or last) and not self._grid_path().exists():
+            self.write_grid()
+        if ((config.eval_every and self.step % config.eval_every == 0) or last) and not self._evaluated():
+            self._log({"step": self.step, "eval": self.evaluate()}, writer)
+
+    def _grid_path(self) -> Path:
+        return self.out / "samples" / f"step-{self.step:09d}.png"
+
+    def _evaluated(self) -> bool:
+        """Whether log.jsonl holds the evaluation of self.step (rows past the checkpoint were dropped on resuming)."""
+        path = self.out / LOG_NAME
+        rows = path.read_text().splitlines() if path.exists() else []
+        return any(_row_step(line) == self.step and '"eval":' in line for line in rows)
+
     def sample(self, n: int, n_steps: int | None = None, seed: int | None = None, teacher_sampler: str = "addim"):
         """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional."""
         n_steps = default_steps(self.config) if n_steps is None else n_steps
@@ -291,7 +307,7 @@ class Trainer:
         images = self.sample(100)
         if not self.ranks.main:
             return None
-        path = self.out / "samples" / f"step-{self.step:09d}.png"
+        path = self._grid_path()
         save_grid(images, path, nrow=10)
         return path
 
