@@ -18,6 +18,7 @@ from mcm_fast.solvers import addim_step, ddim_step, euler_step, heun_step
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
 DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")
+MAX_STEPS = 100_000  # network calls of one sampling run: more is a mistake, not a sampler setting
 
 
 def guided(model, scale: float, null_cond: dict):
@@ -51,8 +52,8 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
     else on the device of the first tensor in cond, else on the generator's."""
     if not callable(model):
         raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, Integral) or n_steps < 1:
-        raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, Integral) or not 1 <= n_steps <= MAX_STEPS:
+        raise ValueError(f"n_steps: expected an integer in [1, {MAX_STEPS}], got {n_steps!r}")
     schedule = getattr(model, "schedule", None) if schedule is None else schedule
     if not isinstance(schedule, CosineSchedule):
         raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")

@@ -4,7 +4,6 @@ import copy
 import json
 import os
 import pickle
-import re
 
 import pytest
 import torch
@@ -204,52 +203,11 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     assert_same_tensors(state["model"], model.state_dict())
 
 
-def corrupt(run, how):
-    """Makes the checkpoint in run unreadable in one way; returns the file the error must name."""
-    path = run / "step-000000001"
-    if how == "pickle only":
-        torch.save({"weight": torch.ones(2)}, run / "model.pt")
-        return run
-    manifest = path / "checkpoint.json"
-    if how == "wrong format":
-        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": "other"}))
-    elif how == "wrong version":
-        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 3}))
-    elif how == "malformed json":
-        manifest.write_text(manifest.read_text()[:-10])
-    elif how == "missing json":
-        manifest.unlink()
-    elif how == "truncated safetensors":
-        data = (path / "model.safetensors").read_bytes()
-        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    elif how == "missing safetensors":
-        (path / "ema.safetensors").unlink()
-        return path / "ema.safetensors"
-    return manifest if how.endswith(("format", "version", "json")) else path / "model.safetensors"
-
-
-@pytest.mark.parametrize("how, message", [
-    ("pickle only", r"no checkpoint; expected step-\*/checkpoint.json .*found model.pt, which is never unpickled"),
-    ("wrong format", "expected format 'mcm_fast.checkpoint', got 'other'"),
-    ("wrong version", "expected version 2, got 3"),
-    ("malformed json", "malformed JSON"),
-    ("missing json", "missing; expected the manifest"),
-    ("truncated safetensors", "corrupt .*expected a complete safetensors file"),
-    ("missing safetensors", "missing; expected the tensors of entry 'ema'"),
-])
-def test_refusals_name_the_file_and_what_was_expected(tmp_path, how, message):
-    run = tmp_path / "run"
-    if how != "pickle only":
-        save_checkpoint(run, nn.Linear(2, 2), step=1, ema=nn.Linear(2, 2))
-    else:
-        run.mkdir()
-    file = corrupt(run, how)
-    target = run if how == "pickle only" else run / "step-000000001"  # a step-* dir is never skipped
-    with pytest.raises((ValueError, FileNotFoundError)) as error:
-        load_checkpoint(target)
-    text = str(error.value)
-    assert text.startswith(f"{file}: ") and "\n" not in text
-    assert re.search(message, text), text
+def test_a_run_directory_of_pickles_is_refused_naming_them(tmp_path):
+    torch.save({"weight": torch.ones(2)}, tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint; expected step-\*/checkpoint.json .*found model.pt, "
+                                                "which is never unpickled"):
+        load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("call, message", [

@@ -257,8 +257,9 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     optimizer.step()
     with pytest.raises(ValueError, match=r"^step 3: optimizer\['optimizer/state/0/exp_avg'\] holds non-finite"):
         save_checkpoint(tmp_path, nn.Linear(2, 2), step=3, optimizer=optimizer)
+    with pytest.raises(ValueError, match=r"^step 3: model\['bias'\] holds non-finite"):
+        save_checkpoint(tmp_path, poisoned(float("-inf")).state_dict(), step=3)  # a state dict, as the trainer saves
     assert not tmp_path.exists() or not os.listdir(tmp_path)
-    save_checkpoint(tmp_path, nn.Linear(2, 2), step=3, noise=torch.tensor([float("nan")]))  # data, not weights
 
 
 def test_a_run_whose_weights_become_non_finite_stops_and_keeps_its_last_finite_checkpoint(tmp_path):

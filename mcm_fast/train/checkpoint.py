@@ -48,7 +48,6 @@ RESERVED = ("format", "version", "step", "entries", "sha256", "checksum", "path"
 KINDS = ("module", "tensors", "optimizer", "tensor", "json")
 JSON_SCALARS = (type(None), bool, int, float, str)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
-WEIGHT_KINDS = ("module", "optimizer")  # entries that must be finite to be saved
 
 
 class DamagedCheckpointWarning(UserWarning):
@@ -59,7 +58,9 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
     """Writes model and state as checkpoint step-{step:09d} of the run directory; returns its path.
 
     state values: nn.Modules (saved as state dicts), optimizers or their state dicts, dicts of str -> Tensor,
-    Tensors, or JSON values. The newest `keep` checkpoints stay (None keeps all), always the one just written.
+    Tensors, or JSON values. A NaN or inf in any floating-point tensor is an error and nothing is written. The
+    newest `keep` checkpoints with a readable manifest stay (None keeps all), always the one just written; others
+    are never removed. An existing copy of this step is replaced if it verifies, else kept as step-*.damaged.
     """
     if isinstance(step, bool) or not isinstance(step, Integral) or step < 0:
         raise ValueError(f"step: expected an integer >= 0, got {step!r}")
@@ -82,8 +83,7 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
             manifest[name] = value
 
     for name, tensors in files.items():
-        if manifest["entries"][name] in WEIGHT_KINDS:
-            _check_finite(step, name, tensors)
+        _check_finite(step, name, tensors)
     blobs = {f"{name}.safetensors": save(tensors) for name, tensors in files.items()}
     manifest["sha256"] = {file: hashlib.sha256(blob).hexdigest() for file, blob in blobs.items()}
     manifest["checksum"] = _checksum(manifest)
@@ -257,7 +257,7 @@ def _check_json(where: str, value, path: str) -> None:
 
 
 def _check_finite(step: int, name: str, tensors: Mapping) -> None:
-    """Weights must be finite: a checkpoint of NaN or inf weights would resume into a broken run."""
+    """Saved tensors must be finite: a checkpoint of NaN or inf weights would resume into a broken run."""
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"step {step}: {name}[{key!r}] holds non-finite values; no checkpoint written")

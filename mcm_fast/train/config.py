@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ KINDS = ("teacher", "cd", "ct", "direct", "cm")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 INITS = ("teacher", "random")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_RESOLUTION = 4096  # an image side
+MAX_POINTS = 10**8  # points drawn for a 2-D toy
+MIN_EVAL_SAMPLES = 4  # precision and recall need more than their 3 neighbours
 
 
 class ConfigError(ValueError):
@@ -106,21 +111,7 @@ class TrainConfig:
     strategy: str = "ddp"  # multi-process wrapping under torchrun: ddp or fsdp
 
     def __post_init__(self):
-        for name, value, allowed in (("kind", self.kind, KINDS), ("precision", self.precision, PRECISIONS),
-                                     ("strategy", self.strategy, STRATEGIES), ("init", self.init, INITS)):
-            if value not in allowed:
-                raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
-        for name in ("steps", "log_every", "keep", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("save_every", "sample_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: expected an integer >= 0, got {getattr(self, name)!r}")
-        if self.kind in ("cd", "direct") and self.teacher is None:
-            raise ConfigError(f"teacher: kind {self.kind!r} distills a teacher: expected its checkpoint directory")
-        if self.optim.batch_size < 1 or self.optim.accumulate < 1:
-            raise ConfigError(f"optim.batch_size: expected positive batch_size and accumulate, got "
-                              f"{self.optim.batch_size} and {self.optim.accumulate}")
+        check_config(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -270,3 +261,111 @@ def load_config(name_or_file: str | dict, overrides: list[str] | dict = ()) -> T
     base = PRESETS[preset]().to_dict() if preset else TrainConfig().to_dict()
     changes = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
     return _build(TrainConfig, _merge(_merge(base, data), changes))
+
+
+# ----------------------------------------------------------------- validation
+def _int(lo: int, hi: float = math.inf):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _real(lo: float, hi: float, low_open: bool = False, high_open: bool = False):
+    """A test for a number in [lo, hi], with an open end where asked (NaN fails every comparison)."""
+    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+                      and not (low_open and v == lo) and not (high_open and v == hi))
+
+
+def _optional(test):
+    return lambda v: v is None or test(v)
+
+
+def _pair(test):
+    return lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(test(x) for x in v)
+
+
+def _one_of(options):
+    return lambda v: isinstance(v, str) and v in options, f"one of {', '.join(options)}"
+
+
+def _rules() -> dict:
+    """dotted key -> (test, what is expected): the settings Algorithm 1's and Song et al.'s own checks do not
+    cover (those run through _delegate). Built on first use: the constants live in modules that import torch."""
+    from mcm_fast.data.images import DATASETS
+    from mcm_fast.denoiser import PREDICTIONS
+    from mcm_fast.models import UVIT_PRESETS
+    from mcm_fast.sampling import MAX_STEPS
+
+    positive, count = _int(1), _int(0)
+    return {
+        "kind": _one_of(KINDS), "precision": _one_of(PRECISIONS), "strategy": _one_of(STRATEGIES),
+        "init": _one_of(INITS), "device": _one_of(DEVICES), "model": _one_of(("mlp", *UVIT_PRESETS)),
+        "prediction": _one_of(tuple(PREDICTIONS)),
+        "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))), "None or [r, res], two finite numbers > 0"),
+        "teacher": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a checkpoint directory"),
+        "data.name": _one_of(DATASETS),
+        "data.path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),
+        "data.resolution": (_optional(_int(1, MAX_RESOLUTION)), f"None or an integer in [1, {MAX_RESOLUTION}]"),
+        "data.split": (lambda v: isinstance(v, str) and v != "", "a split name such as train or test"),
+        "data.n": (_optional(_int(1, MAX_POINTS)), f"None or an integer in [1, {MAX_POINTS}]"),
+        "song.target_decay": (_optional(_real(0, 1)), "None or a number in [0, 1]"),
+        "optim.lr": (_real(0, math.inf, True, True), "a finite number > 0"),
+        "optim.betas": (_pair(_real(0, 1, high_open=True)), "[beta1, beta2], two numbers in [0, 1)"),
+        "optim.weight_decay": (_real(0, math.inf, high_open=True), "a finite number >= 0"),
+        "optim.warmup": (count, "an integer >= 0"),
+        "optim.grad_clip": (_real(0, math.inf, low_open=True), "a number > 0 (inf: no clipping)"),
+        "optim.batch_size": (positive, "an integer >= 1"),
+        "optim.accumulate": (positive, "an integer >= 1"),
+        "optim.ema_decay": (_real(0, 1), "a number in [0, 1]"),
+        "steps": (positive, "an integer >= 1"),
+        "seed": (_int(0, 2**31 - 1), "an integer in [0, 2^31)"),
+        "log_every": (positive, "an integer >= 1"),
+        "save_every": (count, "an integer >= 0 (0: only at the end)"),
+        "keep": (positive, "an integer >= 1"),
+        "sample_every": (count, "an integer >= 0 (0: only at the end)"),
+        "eval_every": (count, "an integer >= 0 (0: only at the end)"),
+        "eval_samples": (_int(MIN_EVAL_SAMPLES), f"an integer >= {MIN_EVAL_SAMPLES}"),
+        "sample_steps": (_optional(_int(1, MAX_STEPS)), f"None or an integer in [1, {MAX_STEPS}]"),
+        "compile": (lambda v: isinstance(v, bool), "true or false"),
+        "model_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping"),
+    }
+
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every setting of config in range, or a ConfigError naming its dotted key: checked when the config is built,
+    before any work."""
+    for key, (test, expected) in _rules().items():
+        value = _get(config, key)
+        if not test(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    if config.kind in ("cd", "direct") and config.teacher is None:
+        raise ConfigError(f"teacher: kind {config.kind!r} distills a teacher: expected its checkpoint directory")
+    if config.optim.batch_size % config.optim.accumulate:
+        raise ConfigError(f"optim.accumulate: expected a divisor of optim.batch_size={config.optim.batch_size}, "
+                          f"got {config.optim.accumulate}")
+    from mcm_fast.consistency import ConsistencyLoss
+    from mcm_fast.objectives import MCMObjective
+    from mcm_fast.schedules import CosineSchedule
+
+    obj, song = config.objective, config.song
+    _delegate("objective.", {}, lambda: MCMObjective(
+        CosineSchedule(), student_steps=obj.student_steps, teacher_steps=obj.teacher_steps,
+        teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss, huber_eps=obj.huber_eps,
+        weighting=obj.weighting, label_dropout=obj.label_dropout, null_label=0, multiscale=obj.multiscale,
+        boundaries=obj.boundaries))
+    _delegate("song.", {"kind": "mode"}, lambda: ConsistencyLoss(
+        kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps, total_steps=config.steps))
+
+
+def _get(config, key: str):
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _delegate(prefix: str, renames: dict, build) -> None:
+    """Runs build (a constructor that checks its arguments) and reports its errors under the config's dotted keys."""
+    try:
+        build()
+    except (ValueError, TypeError) as error:
+        name, _, rest = str(error).partition(":")
+        raise ConfigError(f"{prefix}{renames.get(name, name)}:{rest}") from None
