@@ -82,3 +82,56 @@ def test_bad_flags_are_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--ckpt", "x", "--steps", "two"])
     assert "--steps" in capsys.readouterr().err
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("not a directory")
+    return file
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "tiny-teacher", "--out", "{tmp}/r", "--set", "optim.betas=[0.9]"], "optim.betas: expected"),
+    (["train", "--config", "tiny-teacher", "--out", "{tmp}/r", "--set", "optim.grad_clip=-1"], "optim.grad_clip:"),
+    (["train", "--config", "tiny-teacher", "--out", "{file}"], "is a file; expected"),
+    (["train", "--config", "tiny-teacher", "--out", "{file}/run"], "is a file; expected"),
+    (["train", "--config", "{tmp}/deep.json", "--out", "{tmp}/r"], "nested too deeply"),
+    (["train", "--config", "tiny-teacher", "--out", "{tmp}/r", "--set", "steps=1", "--set", "steps.x=2"],
+     "steps was set"),
+    (["bench", "--set", "optim.lr=-1"], "optim.lr: expected a finite number > 0"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{file}/grid.png"], "{file}: a file; expected a directory"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{tmp}"], "{tmp}: a directory; expected the path of a file"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--label", "99", "--out", "{tmp}/g.png"], "label:"),
+    (["sample", "--ckpt", "{run}", "--steps", "1000000", "--n", "2", "--out", "{tmp}/g.png"], "n_steps: expected"),
+    (["sample", "--ckpt", "{file}", "--out", "{tmp}/g.png"], "expected a run directory"),
+    (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "20", "--out", "{file}"], "{file}: a file; expected a directory"),
+    (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "2"], "n"),
+])
+def test_every_failure_is_one_line_and_exit_status_1(argv, message, run_dir, a_file, tmp_path, capsys):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    fill = {"{tmp}": str(tmp_path), "{file}": str(a_file), "{run}": str(run_dir)}
+    for key, value in fill.items():
+        argv = [arg.replace(key, value) for arg in argv]
+        message = message.replace(key, value)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"mcm-fast {argv[0]}: ") and message in err, err
+    assert "Traceback" not in err and "unexpected" not in err
+
+
+def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys):
+    import mcm_fast.train.bench
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(mcm_fast.train.bench, "bench", broken)
+    assert main(["bench"]) == 1
+    assert capsys.readouterr().err == "mcm-fast bench: unexpected KeyError: 'a bug'\n"
+
+
+def test_no_traceback_reaches_the_terminal(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mcm_fast", "train", "--config", "tiny-teacher", "--out",
+                             str(tmp_path), "--set", "optim.ema_decay=2"], capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "optim.ema_decay" in result.stderr

@@ -83,3 +83,86 @@ def test_distillation_needs_a_teacher():
 
 def test_parse_overrides_nests_dotted_keys():
     assert parse_overrides(["a.b.c=1", "a.d=x", "e=[1, 2]", "f="]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2], "f": ""}
+
+
+# Each setting with values out of its range: the message must name the whole dotted key.
+BAD_SETTINGS = {
+    "optim.lr": ["0", "-1e-4", "inf", ".nan", "1e400", "true", "[1e-4]"],
+    "optim.betas": ["[0.9]", "[0.9, 0.99, 0.999]", "[1.0, 0.9]", "[-0.1, 0.9]", "[0.9, .nan]", "0.9", "[a, b]"],
+    "optim.weight_decay": ["-0.1", "inf", ".nan"],
+    "optim.warmup": ["-1", "1.5", "true"],
+    "optim.grad_clip": ["-1", "0", ".nan"],
+    "optim.batch_size": ["0", "-8", "2.5"],
+    "optim.accumulate": ["0", "3"],
+    "optim.ema_decay": ["2", "-0.1", "1.0001", ".nan"],
+    "objective.student_steps": ["0", "-4", "2.0"],
+    "objective.teacher_steps": ["0", "[64, 1280]", "[0, 10, 10]", "[64, 1280, 0]", "[2, 2, 1]", "fast"],
+    "objective.teacher_solver": ["rk4", "1"],
+    "objective.xvar_frac": ["-0.5", "inf", "exact"],
+    "objective.loss": ["l1"],
+    "objective.huber_eps": ["0", "-1e-4", "inf"],
+    "objective.weighting": ["snr"],
+    "objective.label_dropout": ["1.5", "-0.1"],
+    "objective.multiscale": ["-1", "1.5"],
+    "objective.boundaries": ["sigma"],
+    "song.mode": ["gan"],
+    "song.steps": ["1", "0", "-3"],
+    "song.solver": ["rk4"],
+    "song.distance": ["l1"],
+    "song.target_decay": ["1.5", "-1"],
+    "data.name": ["cifar", "1"],
+    "data.path": ["''"],
+    "data.resolution": ["0", "-16", "100000", "16.5"],
+    "data.split": ["''"],
+    "data.n": ["0", "-5", "1e12"],
+    "model": ["huge", "1"],
+    "prediction": ["score"],
+    "schedule_shift": ["[32]", "[0, 64]", "[-32, 64]", "32"],
+    "steps": ["0", "-1", "1e3"],
+    "seed": ["-1", "4294967296"],
+    "log_every": ["0"],
+    "save_every": ["-1"],
+    "keep": ["0"],
+    "sample_every": ["-5"],
+    "eval_every": ["-5"],
+    "eval_samples": ["0", "3"],
+    "sample_steps": ["0", "100000000", "1099511627776"],
+    "device": ["tpu", "cuda:9x"],
+    "precision": ["fp8"],
+    "strategy": ["zero"],
+    "init": ["pretrained"],
+    "compile": ["maybe"],
+}
+
+
+@pytest.mark.parametrize("key, text", [(k, t) for k, texts in BAD_SETTINGS.items() for t in texts])
+def test_a_setting_out_of_range_is_refused_naming_its_dotted_key(key, text):
+    with pytest.raises(ConfigError) as error:
+        load_config("tiny-cd", [f"{key}={text}"])
+    assert str(error.value).startswith(f"{key}: ") and "\n" not in str(error.value)
+
+
+def test_deeply_nested_files_and_values_are_one_line_errors(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(str(deep))
+    with pytest.raises(ConfigError, match="--set steps: cannot parse"):
+        load_config("tiny-teacher", ["steps=" + "[" * 100_000])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["steps=3", "steps.x=1"], "--set steps.x: steps was set to a value"),
+    ([".=1"], "--set: expected key=value with a dotted key"),
+    (["optim..lr=1"], "--set: expected key=value with a dotted key"),
+])
+def test_malformed_set_keys_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-teacher", overrides)
+
+
+def test_a_config_of_the_wrong_type_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="^name_or_file: expected a preset name"):
+        load_config([1, 2])
+    with pytest.raises(ConfigError, match="^preset: expected one of"):
+        load_config({"preset": [1]})

@@ -166,6 +166,45 @@ def test_a_killed_training_process_resumes_from_its_last_complete_checkpoint(tmp
     assert not any(n.startswith(".tmp-") for n in os.listdir(killed))
 
 
+KILL_AFTER = """
+import os, signal, sys
+from mcm_fast.cli import main
+from mcm_fast.train.loop import Trainer
+
+real = getattr(Trainer, sys.argv[1])
+
+
+def then_die(self, *args, **kwargs):
+    out = real(self, *args, **kwargs)
+    if self.step == self.config.steps:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+
+setattr(Trainer, sys.argv[1], then_die)
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("method", ["save", "write_grid"])
+def test_a_run_killed_after_its_final_checkpoint_finishes_its_grid_and_evaluation_on_rerun(tmp_path, method):
+    args = [*TRAIN_ARGS, "--set", "steps=3"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli(*args, "--out", str(whole)).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    died = subprocess.run([sys.executable, "-c", KILL_AFTER, method, *args, "--out", str(killed)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    grid = Path("samples") / "step-000000003.png"
+    assert (killed / grid).exists() == (method == "write_grid") and '"eval"' not in (killed / "log.jsonl").read_text()
+    result = cli(*args, "--out", str(killed))
+    assert result.returncode == 0, result.stderr
+    assert (killed / grid).read_bytes() == (whole / grid).read_bytes()
+    evals = [json.loads(line)["eval"] for line in (killed / "log.jsonl").read_text().splitlines() if '"eval"' in line]
+    whole_evals = [json.loads(line)["eval"] for line in (whole / "log.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert evals == whole_evals and len(evals) == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

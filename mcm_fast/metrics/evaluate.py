@@ -17,7 +17,7 @@ from mcm_fast.data.images import TOYS
 from mcm_fast.metrics.distances import sliced_wasserstein
 from mcm_fast.metrics.features import mnist_features, pixel_features
 from mcm_fast.metrics.frechet import frechet_distance
-from mcm_fast.metrics.grid import save_grid
+from mcm_fast.metrics.grid import check_output_path, save_grid
 from mcm_fast.metrics.precision_recall import precision_recall
 from mcm_fast.train.build import default_steps, generate, load_model
 
@@ -71,6 +71,7 @@ def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None
 def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
                 sampler: str = "addim", scale: int = 1, device: str = "cpu"):
     """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path."""
+    check_output_path(out)
     model, config, info = load_model(ckpt, device)
     if len(info["shape"]) != 3:
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
@@ -87,6 +88,8 @@ def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler:
     With out, a directory, also writes eval.json (the rows), the metric against the steps (metric.png) and,
     for images, a grid of the first 100 samples per step count (samples-<steps>.png).
     """
+    if out is not None:
+        check_output_path(Path(out) / "eval.json")
     model, config, info = load_model(ckpt, device)
     reference = reference_set(config, n)
     name, features = default_features(config)

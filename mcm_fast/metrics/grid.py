@@ -28,13 +28,25 @@ def tile(images: torch.Tensor, nrow: int | None = None, padding: int = 1) -> np.
     return canvas.permute(1, 2, 0).numpy()
 
 
+def check_output_path(path: str | Path) -> Path:
+    """path as a Path where a file can be written: not a directory, and no file standing where a folder must be.
+    Checked before long work, so that it fails at once."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory; expected the path of a file to write")
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"{blocking}: a file; expected a directory to hold {path}")
+    return path
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
     """Writes the tiled images as a PNG (upscaled `scale` times, nearest), atomically; returns the path."""
+    path = check_output_path(path)
     array = tile(images, nrow)
     picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     picture.save(tmp, format="PNG")

@@ -218,6 +218,8 @@ def read_config_file(path: Path) -> dict:
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"config: cannot parse {str(path)!r}: nested too deeply") from None
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise ConfigError(f"config: cannot parse {str(path)!r}: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -230,16 +232,18 @@ def parse_overrides(pairs: list[str]) -> dict:
     out: dict = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set: expected key=value, got {pair!r}")
+        if not sep or not all(key.split(".")):
+            raise ConfigError(f"--set: expected key=value with a dotted key such as optim.lr=1e-4, got {pair!r:.80}")
         try:
             value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse the value {text!r}") from None
+        except (yaml.YAMLError, RecursionError):
+            raise ConfigError(f"--set {key}: cannot parse the value {text!r:.60}") from None
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} was set to a value by an earlier --set, not a section")
         node[leaf] = value
     return out
 
@@ -247,6 +251,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 def load_config(name_or_file: str | dict, overrides: list[str] | dict = ()) -> TrainConfig:
     """A preset name, a YAML/JSON file or a dict (a file or dict may name a preset under `preset:`), with
     `--set` overrides applied last."""
+    if not isinstance(name_or_file, (str, dict)):
+        raise TypeError(f"name_or_file: expected a preset name, a .yaml/.json path or a dict, got "
+                        f"{type(name_or_file).__name__}")
     if isinstance(name_or_file, dict):
         data = dict(name_or_file)
     elif name_or_file in PRESETS:
@@ -256,7 +263,7 @@ def load_config(name_or_file: str | dict, overrides: list[str] | dict = ()) -> T
     else:
         raise ConfigError(f"--config: expected a preset ({', '.join(PRESETS)}) or a .yaml/.json file, got {name_or_file!r}")
     preset = data.pop("preset", None)
-    if preset is not None and preset not in PRESETS:
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise ConfigError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
     base = PRESETS[preset]().to_dict() if preset else TrainConfig().to_dict()
     changes = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))

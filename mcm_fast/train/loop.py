@@ -64,6 +64,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out: str | Path, progress: bool = True):
         self.config, self.out = config, Path(out)
+        found = next(p for p in (self.out, *self.out.parents) if p.exists())
+        if not found.is_dir():
+            raise ConfigError(f"--out: {found} is a file; expected {self.out} to be a run directory (new or to resume)")
         self.ranks = distributed.setup(config.device)
         self.progress = progress and self.ranks.main
         self.data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
