@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mcm_fast.train.config import (
     PRESETS,
@@ -166,3 +167,56 @@ def test_a_config_of_the_wrong_type_is_a_type_error_naming_it():
         load_config([1, 2])
     with pytest.raises(ConfigError, match="^preset: expected one of"):
         load_config({"preset": [1]})
+
+
+def _dotted_keys(cls=TrainConfig, prefix=""):
+    """Every settable dotted key of the config dataclasses."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from _dotted_keys(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name
+
+
+KEYS = sorted(_dotted_keys())
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8), st.lists(st.one_of(st.integers(-10, 2**40), st.floats(-2, 2)), max_size=4),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(KEYS), value=VALUES)
+def test_any_setting_is_accepted_in_range_or_refused_naming_its_key(key, value, tmp_path_factory):
+    """A --set of any value gives a valid config or a ConfigError naming the dotted key (or, for a setting that
+    conflicts with another, naming both), never another exception; the CLI: exit 1 and that one line."""
+    pair = f"{key}={json.dumps(value)}"
+    try:
+        load_config("tiny-cd", [pair])
+    except ConfigError as error:
+        text = str(error)
+        named = text.startswith((f"{key}: ", f"--set {key}: ")) or (
+            text.split(":")[0] in KEYS and key.rsplit(".", 1)[-1] in text)
+        assert named and "\n" not in text, (pair, text)
+        out = tmp_path_factory.mktemp("never-written")
+        result = _run_cli(["train", "--config", "tiny-cd", "--out", str(out / "run"), "--set", pair])
+        assert result == (1, f"mcm-fast train: {text}\n"), (pair, result)
+        assert not (out / "run").exists()
+
+
+def _run_cli(argv):
+    """(exit status, stderr) of the command in this process."""
+    import contextlib
+    import io
+
+    from mcm_fast.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, err.getvalue()
