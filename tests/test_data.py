@@ -221,7 +221,7 @@ def test_npz_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ValueError, match=r"e\.npz: key 'y': expected 3 integer labels"):
         load_npz(file)
     np.savez(file, x=pixels((3, 4, 4), 14), y=np.array([0, -1, 1]))
-    with pytest.raises(ValueError, match=r"e\.npz: key 'y': expected labels >= 0"):
+    with pytest.raises(ValueError, match=r"e\.npz: key 'y': expected labels in \[0, 65536\), got \[-1, 1\]"):
         load_npz(file)
     np.savez(file, x=pixels((3, 4, 4, 5), 14))
     with pytest.raises(ValueError, match=r"e\.npz: key 'x': expected images"):
@@ -334,3 +334,70 @@ def test_shards_concatenate_to_the_global_batch():
         shard(indices, 0, 5)
     with pytest.raises(ValueError, match="part: expected a part in"):
         shard(indices, 4, 4)
+
+
+# damaged and hostile .npz files ------------------------------------------------------------------------------
+
+
+def npz_declaring(path, shape, dtype="|u1", data=b"\0" * 64):
+    """An .npz whose x.npy header declares shape but holds only `data`."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + data)
+
+
+def damaged_npz(tmp_path, how):
+    file = tmp_path / f"{how}.npz"
+    images, labels = pixels((50, 8, 8), 3), np.arange(50) % 10
+    if how == "declares-2^40-bytes":
+        npz_declaring(file, (2**40,))
+    elif how == "declares-more-than-it-holds":
+        npz_declaring(file, (1000, 8, 8))
+    elif how == "labels-2^40":
+        np.savez(file, x=images, y=np.where(labels == 3, 2**40, labels))
+    elif how == "not-npy-member":
+        with __import__("zipfile").ZipFile(file, "w") as archive:
+            archive.writestr("x.npy", b"just some bytes")
+    else:
+        np.savez_compressed(file, x=images, y=labels)
+        data = bytearray(file.read_bytes())
+        if how == "truncated":
+            data = data[: len(data) // 2]
+        elif how == "flipped-bytes":
+            for i in range(200, 260):
+                data[i] ^= 0xFF
+        elif how == "empty":
+            data = bytearray()
+        file.write_bytes(bytes(data))
+    return file
+
+
+@pytest.mark.parametrize("how, message", [
+    ("truncated", "not a readable .npz archive"),
+    ("empty", "not a readable .npz archive"),
+    ("flipped-bytes", "damaged"),
+    ("declares-2^40-bytes", "declares uint8 (1099511627776,)"),
+    ("declares-more-than-it-holds", "declares uint8 (1000, 8, 8) (64,000 bytes), but its member holds"),
+    ("labels-2^40", "key 'y': expected labels in [0, 65536), got [0, 1099511627776]"),
+    ("not-npy-member", "key 'x': damaged header"),
+])
+def test_a_damaged_or_hostile_npz_is_one_line_naming_the_file(tmp_path, how, message):
+    file = damaged_npz(tmp_path, how)
+    with pytest.raises(ValueError) as error:
+        load_dataset("npz", path=file)
+    text = str(error.value)
+    assert text.startswith(f"{file}: ") and "\n" not in text and message in text, text
+
+
+def test_labels_must_lie_below_the_class_count():
+    images = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"^labels: expected classes in \[0, num_classes\)"):
+        ImageData(images, torch.tensor([0, 1, 10]), num_classes=10)
+    with pytest.raises(ValueError, match="^labels: expected classes"):
+        ImageData(images, torch.tensor([0, 1, 2**40]))
+    with pytest.raises(ValueError, match="^labels: expected classes"):
+        ImageData(images, torch.tensor([0, -1, 1]), num_classes=10)

@@ -6,6 +6,10 @@ Images are kept as uint8 [N, C, H, W] (a quarter of float32's memory) and become
 """
 from __future__ import annotations
 
+import math
+import os
+import zipfile
+import zlib
 from numbers import Integral
 from pathlib import Path
 
@@ -20,6 +24,8 @@ MNIST_RESOLUTIONS = (32, 28, 16, 8)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L", "LA")
 GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grayscale PNGs; Pillow's convert("L") would clip them
+MAX_CLASSES = 2**16  # a label is an index into the network's class embedding
+DAMAGE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what a damaged archive raises
 TOYS = {"ring": GaussianMixture.ring, "grid": GaussianMixture.grid}
 DATASETS = ("mnist", "folder", "npz", *TOYS)
 # The arguments of load_dataset each kind reads (seed is read by the toys and accepted by all: the trainer always
@@ -44,6 +50,10 @@ class ImageData:
             raise ValueError(f"labels: expected int64 [{len(images)}] like images, got {_describe(labels)}")
         if num_classes is None:
             num_classes = 0 if labels is None or len(labels) == 0 else int(labels.max()) + 1
+        if labels is not None and len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < num_classes
+                                                       <= MAX_CLASSES):
+            raise ValueError(f"labels: expected classes in [0, num_classes) with num_classes <= {MAX_CLASSES}, got "
+                             f"[{int(labels.min())}, {int(labels.max())}] and num_classes={num_classes}")
         self.images = images
         self.labels = labels
         self.num_classes = num_classes
@@ -160,7 +170,7 @@ def load_npz(path: str | Path, split: str | None = None) -> ImageData:
         raise FileNotFoundError(f"path: no file {str(file)!r}")
     try:
         archive = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+    except DAMAGE as err:
         raise ValueError(f"{file}: not a readable .npz archive ({_first_line(err)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise TypeError(f"{file}: expected a .npz archive of named arrays, got a single .npy array")
@@ -180,8 +190,8 @@ def load_npz(path: str | Path, split: str | None = None) -> ImageData:
     if y.dtype.kind not in "iu" or y.shape != (len(images),):
         raise ValueError(f"{file}: key {y_key!r}: expected {len(images)} integer labels [N] like {x_key!r}, "
                          f"got {y.dtype} {y.shape}")
-    if len(y) and y.min() < 0:
-        raise ValueError(f"{file}: key {y_key!r}: expected labels >= 0, got {y.min()}")
+    if len(y) and not 0 <= y.min() <= y.max() < MAX_CLASSES:
+        raise ValueError(f"{file}: key {y_key!r}: expected labels in [0, {MAX_CLASSES}), got [{y.min()}, {y.max()}]")
     return ImageData(images, torch.from_numpy(y.astype(np.int64)))
 
 
@@ -281,14 +291,36 @@ def _read_image(file: Path, resolution: int) -> np.ndarray:
 
 
 def _read_key(archive, file: Path, key: str) -> np.ndarray:
-    """archive[key]; an object array (which would need unpickling) or a damaged member is an error naming both."""
+    """archive[key] once its declared size is known to fit; an object array (which would need unpickling) or a
+    damaged member is an error naming both."""
+    _check_declared_size(archive, file, key)
     try:
         return archive[key]
     except ValueError as err:
         reason = _first_line(err)
         raise ValueError(f"{file}: key {key!r}: cannot be read without unpickling or is damaged ({reason})") from None
-    except (OSError, EOFError) as err:
+    except DAMAGE as err:
         raise ValueError(f"{file}: key {key!r}: damaged ({_first_line(err)})") from None
+
+
+def _check_declared_size(archive, file: Path, key: str) -> None:
+    """The array under key declares its shape and dtype in its .npy header: read that header alone, and refuse an
+    array larger than its archive member says it holds, or than this machine's memory, before reading it."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        info = archive.zip.getinfo(f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key)
+        with archive.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in readers:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = readers[version](member)
+    except DAMAGE as err:
+        raise ValueError(f"{file}: key {key!r}: damaged header ({_first_line(err)})") from None
+    size = math.prod(shape) * dtype.itemsize
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if size > info.file_size or size > memory:
+        raise ValueError(f"{file}: key {key!r}: declares {dtype} {shape} ({size:,} bytes), but its member holds "
+                         f"{info.file_size:,} bytes and this machine has {memory:,}; expected an array that fits both")
 
 
 def _images_from_array(x: np.ndarray, file: Path, key: str) -> torch.Tensor:
