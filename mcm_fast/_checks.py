@@ -3,11 +3,13 @@ and the per-sample broadcasting they prepare for."""
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_STEPS = 100_000  # network calls of one sampling run, teacher steps of one segment: more is a mistake
+MAX_ELEMENTS = 2**31  # elements of one batch drawn from noise (8 GiB in float32)
 
 
 def can_read_values(x: torch.Tensor) -> bool:
@@ -25,6 +27,34 @@ def check_float_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
         raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() < min_dim:
         raise ValueError(f"{name}: expected a [B, ...] tensor with at least {min_dim} dim(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """value must be an int (not a bool; TypeError) in [lo, hi] (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r:.40}")
+    if value < lo or (hi is not None and value > hi):
+        expected = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}: expected an integer {expected}, got {value!r}")
+    return int(value)
+
+
+def check_shape(name: str, shape) -> tuple[int, ...]:
+    """shape must be a non-empty tuple, list or torch.Size of positive ints, at most MAX_ELEMENTS in all."""
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
+        raise TypeError(f"{name}: expected a tuple of sizes (B, ...), got {shape!r:.60}")
+    sizes = tuple(check_int(f"{name}[{i}]", n, 1) for i, n in enumerate(shape))
+    if math.prod(sizes) > MAX_ELEMENTS:
+        raise ValueError(f"{name}: expected at most {MAX_ELEMENTS} elements, got {sizes} ({math.prod(sizes)})")
+    return sizes
+
+
+def check_batch(name: str, x) -> torch.Tensor:
+    """x must be a floating-point [B, ...] tensor with B >= 1: a mean over an empty batch would be NaN."""
+    check_float_tensor(name, x)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected a batch of at least one example, got shape {tuple(x.shape)}")
     return x
 
 

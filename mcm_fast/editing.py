@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import torch
 import torch.nn.functional as F
 
-from mcm_fast._checks import check_float_tensor, check_like
+from mcm_fast._checks import check_batch, check_float_tensor, check_like
 from mcm_fast.sampling import _setup, consistency_jumps, sample
 
 
@@ -94,4 +94,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
 def interpolate(model, noise_a: torch.Tensor, noise_b: torch.Tensor, weight: float, n_steps: int = 4,
                 schedule=None, **cond) -> torch.Tensor:
     """Samples from slerp(noise_a, noise_b, weight): a path between two samples through the noise space."""
+    check_batch("noise_a", noise_a)
+    check_like("noise_b", noise_b, "noise_a", noise_a)
     return sample(model, n_steps, schedule=schedule, noise=slerp(noise_a, noise_b, weight), **cond)

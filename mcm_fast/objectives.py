@@ -9,7 +9,7 @@ from numbers import Integral, Real
 
 import torch
 
-from mcm_fast._checks import batch_view, check_float_tensor
+from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_float_tensor, check_int
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.losses import (
     LOSSES,
@@ -54,7 +54,7 @@ def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generat
     """
     if not isinstance(denoiser, Denoiser):
         raise TypeError(f"denoiser: expected a Denoiser, got {type(denoiser).__name__}")
-    check_float_tensor("x", x)
+    check_batch("x", x)
     check_multiscale(multiscale, x)
     t = torch.rand(x.shape[0], generator=generator, device=x.device)  # [B]
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -80,6 +80,8 @@ class TeacherSteps:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"teacher_steps: expected positive integers (start, end, anneal), got {name}={value!r}")
+        if max(self.start, self.end) > MAX_STEPS:
+            raise ValueError(f"teacher_steps: expected start and end <= {MAX_STEPS}, got {self.start} and {self.end}")
 
     def __call__(self, step: int) -> float:
         frac = min(max(step / self.anneal, 0.0), 1.0)
@@ -112,8 +114,7 @@ class MCMObjective:
                  boundaries: str = "t", backend: str | None = None):
         if not isinstance(schedule, CosineSchedule):
             raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
-        if isinstance(student_steps, bool) or not isinstance(student_steps, Integral) or student_steps < 1:
-            raise ValueError(f"student_steps: expected an integer >= 1, got {student_steps!r}")
+        check_int("student_steps", student_steps, 1, MAX_STEPS)
         if isinstance(teacher_steps, Integral) and not isinstance(teacher_steps, bool):
             teacher_steps = (teacher_steps, teacher_steps, 1)
         if not (isinstance(teacher_steps, (tuple, list)) and len(teacher_steps) == 3):
@@ -149,6 +150,7 @@ class MCMObjective:
 
     def segment_steps(self, step: int) -> int:
         """n_seg = round(N(step) / S): teacher steps per segment at training iteration `step` (Algorithm 1, step 1)."""
+        check_int("step", step, 0)
         return max(1, round(self.teacher_steps(step) / self.student_steps))
 
     def __call__(self, student, x: torch.Tensor, teacher=None, step: int = 0, generator: torch.Generator | None = None,
@@ -161,7 +163,9 @@ class MCMObjective:
              reference_model=None, diagnostics: bool = False, **cond):
         """The loss with n_seg teacher steps per segment: the part of a training step that torch.compile takes
         as one graph (n_seg is an input, so the annealed schedule does not recompile at every change)."""
-        check_float_tensor("x", x)
+        check_batch("x", x)
+        if not torch.compiler.is_compiling():  # a symbolic int while compiling
+            check_int("n_seg", n_seg, 1, MAX_STEPS)
         check_multiscale(self.multiscale, x)
         for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
             if model is not None and not callable(model):

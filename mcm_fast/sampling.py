@@ -8,17 +8,16 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 
-from mcm_fast._checks import batch_view, check_float_tensor
-from mcm_fast.schedules import CosineSchedule, alpha_sigma
+from mcm_fast._checks import MAX_STEPS, batch_view, check_float_tensor, check_int, check_shape
+from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
 from mcm_fast.solvers import addim_step, ddim_step, euler_step, heun_step
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
 DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")
-MAX_STEPS = 100_000  # network calls of one sampling run: more is a mistake, not a sampler setting
 
 
 def guided(model, scale: float, null_cond: dict):
@@ -52,8 +51,7 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
     else on the device of the first tensor in cond, else on the generator's."""
     if not callable(model):
         raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, Integral) or not 1 <= n_steps <= MAX_STEPS:
-        raise ValueError(f"n_steps: expected an integer in [1, {MAX_STEPS}], got {n_steps!r}")
+    check_int("n_steps", n_steps, 1, MAX_STEPS)
     schedule = getattr(model, "schedule", None) if schedule is None else schedule
     if not isinstance(schedule, CosineSchedule):
         raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")
@@ -63,10 +61,10 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
         if device is None:
             device = next((v.device for v in cond.values() if isinstance(v, torch.Tensor)),
                           generator.device if generator is not None else None)
-        noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        noise = torch.randn(check_shape("shape", shape), generator=generator, device=device, dtype=dtype)
     else:
         check_float_tensor("noise", noise)
-        if shape is not None and tuple(shape) != tuple(noise.shape):
+        if shape is not None and check_shape("shape", shape) != tuple(noise.shape):
             raise ValueError(f"shape: expected {tuple(noise.shape)} like noise, got {tuple(shape)}")
     if guidance != 0:
         model = guided(model, guidance, null_cond)
@@ -92,6 +90,8 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     """
     if sampler not in CONSISTENCY_SAMPLERS:
         raise ValueError(f"sampler: expected one of {CONSISTENCY_SAMPLERS}, got {sampler!r}")
+    if boundaries not in SPACINGS:
+        raise ValueError(f"boundaries: expected one of {SPACINGS}, got {boundaries!r}")
     network = torch.compile(model) if compile else model  # dynamo's cache is per module: compiled once
     guided_model, schedule, z = _setup(network, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
     times = schedule.segment_edges(n_steps, boundaries).flip(0).tolist()
@@ -191,6 +191,8 @@ class XVarTable:
     """A per-t table of aDDIM's x_var = E ||x_hat(z_t, t) - x||^2 / d, measured on data, interpolated in t."""
 
     def __init__(self, t: torch.Tensor, x_var: torch.Tensor):
+        check_float_tensor("t", t)
+        check_float_tensor("x_var", x_var)
         if t.dim() != 1 or t.shape != x_var.shape or t.numel() < 2:
             raise ValueError(f"t: expected matching 1-D tensors of at least 2 points, got {tuple(t.shape)} and {tuple(x_var.shape)}")
         if not bool((t[1:] > t[:-1]).all()):
@@ -203,6 +205,7 @@ class XVarTable:
     @torch.no_grad()
     def measure(cls, model, x: torch.Tensor, schedule: CosineSchedule, points: int = 33, generator=None, **cond):
         """Measures the table on a batch of data x at `points` times spread evenly over [0, 1]."""
+        check_int("points", points, 2, MAX_STEPS)
         t = torch.linspace(0, 1, points, dtype=torch.float64)
         values = []
         for tk in t.tolist():
@@ -215,6 +218,7 @@ class XVarTable:
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         """x_var at times t (a tensor), linear between the table's points."""
+        check_float_tensor("t", t, min_dim=0)
         pos = t.double().cpu()
         idx = torch.searchsorted(self.t, pos).clamp(1, len(self.t) - 1)
         lo, hi = self.t[idx - 1], self.t[idx]

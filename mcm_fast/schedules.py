@@ -11,7 +11,7 @@ from numbers import Real
 
 import torch
 
-from mcm_fast._checks import check_range
+from mcm_fast._checks import MAX_STEPS, check_int, check_range
 
 SPACINGS = ("t", "logsnr")
 
@@ -125,8 +125,7 @@ class CosineSchedule:
     def segment_edges(self, n: int, spacing: str = "t") -> torch.Tensor:
         """The n + 1 boundaries 0 = t_0 < ... < t_n = 1 (float64) of n segments, uniform in t (exactly k / n)
         or uniform in logSNR (between lambda(0) and lambda(1))."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        check_int("n", n, 1, MAX_STEPS)
         if spacing not in SPACINGS:
             raise ValueError(f"spacing: expected one of {SPACINGS}, got {spacing!r}")
         if spacing == "t":

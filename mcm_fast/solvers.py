@@ -29,6 +29,7 @@ def _alpha_sigma_like(logsnr: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tens
 
 def analytic_x_var(logsnr_t: torch.Tensor) -> torch.Tensor:
     """x_var = 0.1 / (2 + SNR(t)): 10% of the posterior variance under a N(0, 0.5) prior (math.md §3)."""
+    check_float_tensor("logsnr_t", logsnr_t, min_dim=0)
     return 0.1 / (2 + torch.exp(logsnr_t))
 
 

@@ -223,7 +223,7 @@ def test_teacher_step_schedule():
 BAD_OPTIONS = [
     ("schedule", dict(schedule="cosine"), TypeError),
     ("student_steps", dict(student_steps=0), ValueError),
-    ("student_steps", dict(student_steps=2.0), ValueError),
+    ("student_steps", dict(student_steps=2.0), TypeError),
     ("teacher_steps", dict(teacher_steps=(64, 1280)), ValueError),
     ("teacher_steps", dict(teacher_steps=(64, 0, 10)), ValueError),
     ("teacher_steps", dict(student_steps=8, teacher_steps=4), ValueError),

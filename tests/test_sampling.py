@@ -247,8 +247,8 @@ def test_bad_xvar_tables(t, x_var, name):
 Z1 = noise(2, 3)
 BAD_SAMPLE = {
     "n_steps-0": (dict(n_steps=0), ValueError, "n_steps"),
-    "n_steps-float": (dict(n_steps=1.5), ValueError, "n_steps"),
-    "n_steps-bool": (dict(n_steps=True), ValueError, "n_steps"),
+    "n_steps-float": (dict(n_steps=1.5), TypeError, "n_steps"),
+    "n_steps-bool": (dict(n_steps=True), TypeError, "n_steps"),
     "sampler": (dict(sampler="ddpm"), ValueError, "sampler"),
     "noise-list": (dict(noise=Z1.tolist()), TypeError, "noise"),
     "noise-int": (dict(noise=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "noise"),

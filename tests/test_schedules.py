@@ -58,7 +58,7 @@ def test_segment_edges(name, n):
             assert cosine_by_hand(t) == pytest.approx(15.0 - 30.0 * k / n, abs=1e-9)
 
 
-@pytest.mark.parametrize("kwargs,error", [(dict(n=0), ValueError), (dict(n=2.0), ValueError),
+@pytest.mark.parametrize("kwargs,error", [(dict(n=0), ValueError), (dict(n=2.0), TypeError),
                                           (dict(n=2, spacing="snr"), ValueError)])
 def test_segment_edges_validation(kwargs, error):
     name = next(iter(kwargs if "spacing" not in kwargs else ["spacing"]))

@@ -52,6 +52,9 @@ def available_backends(op: str | None = None) -> list[str]:
 
     With op (e.g. "ddim_step", "attention"), only those implementing it: "sdpa" serves attention alone.
     """
+    ops = sorted({o for o, _ in _IMPLS})
+    if op is not None and op not in ops:
+        raise ValueError(f"op: expected None or one of {', '.join(ops)}, got {op!r}")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     return [
         b for b in BACKENDS

@@ -68,7 +68,7 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
         raise ValueError(f"keep: expected None or an integer >= 1, got {keep!r}")
     if not isinstance(model, (nn.Module, Mapping)):
         raise TypeError(f"model: expected an nn.Module or its state dict, got {type(model).__name__}")
-    step = int(step)
+    step, directory = int(step), _directory("directory", directory)
     files = {"model": _tensor_dict("model", unwrap(model).state_dict() if isinstance(model, nn.Module) else model)}
     manifest = {"format": FORMAT, "version": VERSION, "step": step,
                 "entries": {"model": "module" if isinstance(model, nn.Module) else "tensors"}}
@@ -88,7 +88,6 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
     manifest["sha256"] = {file: hashlib.sha256(blob).hexdigest() for file, blob in blobs.items()}
     manifest["checksum"] = _checksum(manifest)
 
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stray in directory.glob(TMP_PREFIX + "*"):  # left by a save that crashed
         if stray.is_dir() and not stray.is_symlink():
@@ -136,7 +135,11 @@ def load_checkpoint(path, device: str | torch.device = "cpu") -> dict:
     left as they are; when none verifies, the error names the newest. Tensors load onto device; optimizer
     state dicts as load_state_dict expects them.
     """
-    path = Path(path)
+    path = _directory("path", path)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: expected a run directory or a step-* checkpoint directory, found none")
     if (path / MANIFEST).exists() or STEP_DIR.fullmatch(path.name):
@@ -177,6 +180,16 @@ def check_state_dict(where: str, state: Mapping, module: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------- saving
+def _directory(name: str, value) -> Path:
+    """value as a Path: a str or os.PathLike that is not an existing file."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a directory path (str or os.PathLike), got {type(value).__name__}")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}: {path} is a file; expected a run directory or a checkpoint directory")
+    return path
+
+
 def _split(name: str, value):
     """(kind, tensors or None, JSON value or None) of one state entry."""
     if isinstance(value, nn.Module):
