@@ -4,6 +4,8 @@ import copy
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,3 +230,13 @@ def test_bad_arguments_are_named(tmp_path, call, message):
     with pytest.raises((TypeError, ValueError), match=message):
         call(tmp_path)
     assert not tmp_path.exists() or not os.listdir(tmp_path)  # refused before anything is written
+
+
+def test_tensors_load_in_sorted_order_in_every_process(tmp_path):
+    """safetensors' own order from bytes varies between processes; the collectives of FSDP's load need one."""
+    save_checkpoint(tmp_path, Tied(), step=1)
+    script = ("import sys; from mcm_fast.train.checkpoint import load_checkpoint; "
+              "print(list(load_checkpoint(sys.argv[1])['model']))")
+    orders = {subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                             check=True).stdout for _ in range(3)}
+    assert orders == {str(sorted(Tied().state_dict())) + "\n"}

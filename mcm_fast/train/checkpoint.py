@@ -417,7 +417,7 @@ def _load_tensors(file: Path, root: Path, sums, device) -> dict[str, torch.Tenso
         tensors = load(data)
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{file}: corrupt ({error}); expected a complete safetensors file") from None
-    return {key: value.to(device) for key, value in tensors.items()}
+    return {key: tensors[key].to(device) for key in sorted(tensors)}  # one order in every process (collectives)
 
 
 def _pick(tensors: dict, key: str, file: Path) -> torch.Tensor:
