@@ -240,3 +240,12 @@ def test_tensors_load_in_sorted_order_in_every_process(tmp_path):
     orders = {subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                              check=True).stdout for _ in range(3)}
     assert orders == {str(sorted(Tied().state_dict())) + "\n"}
+
+
+def test_a_version_1_checkpoint_without_checksums_still_loads(tmp_path):
+    model = Tied()
+    path = save_checkpoint(tmp_path, model, step=1)
+    manifest = json.loads((path / "checkpoint.json").read_text())
+    del manifest["sha256"], manifest["checksum"]
+    (path / "checkpoint.json").write_text(json.dumps({**manifest, "version": 1}))
+    assert_same_tensors(load_checkpoint(tmp_path)["model"], model.state_dict())

@@ -92,6 +92,8 @@ DAMAGE = {
                         "checksum does not match"),
     "config-a-list": (lambda c, o: edit_manifest(c, lambda m: m.update(config=[1, 2])), "checkpoint.json",
                       "checksum does not match"),
+    "version-flipped-to-1": (lambda c, o: edit_manifest(c, lambda m: m.update(version=1)), "checkpoint.json",
+                             "checksum does not match"),
     "version-unknown": (lambda c, o: edit_manifest(c, lambda m: m.update(version=3), reseal=True), "checkpoint.json",
                         "expected version 2, got 3"),
     "sha256-missing": (lambda c, o: edit_manifest(c, lambda m: m["sha256"].pop("model.safetensors"), reseal=True),

@@ -352,7 +352,8 @@ def _load(path: Path, root: Path, device) -> dict:
     version, step, entries = manifest.get("version"), manifest.get("step"), manifest.get("entries")
     if version not in VERSIONS:
         raise ValueError(f"{file}: expected version {VERSION}, got {version!r}")
-    if version > 1 and manifest.get("checksum") != _checksum(manifest):
+    sealed = version != 1 or "checksum" in manifest  # a bit flipped from 2 to 1 must not skip the checks
+    if sealed and manifest.get("checksum") != _checksum(manifest):
         raise ValueError(f"{file}: its checksum does not match its content; the manifest is damaged or was edited")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{file}: expected 'step' an integer >= 0, got {step!r}")
@@ -360,7 +361,7 @@ def _load(path: Path, root: Path, device) -> dict:
             isinstance(n, str) and NAME.fullmatch(n) and k in KINDS for n, k in entries.items())):
         raise ValueError(f"{file}: expected 'entries' mapping 'model' and other names to one of {KINDS}, "
                          f"got {entries!r}")
-    sums = manifest.get("sha256") if version > 1 else None
+    sums = manifest.get("sha256") if sealed else None
     out = {"step": step, "path": path}
     for name, kind in entries.items():
         if kind in ("json", "optimizer") and name not in manifest:
