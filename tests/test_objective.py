@@ -211,6 +211,20 @@ def test_every_teacher_solver_distills_and_backpropagates(solver, xvar_frac):
     assert torch.isfinite(loss) and net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
 
 
+def test_addim_teacher_step_into_t_0_is_ddim():
+    """S = 1 with one teacher step: every example steps t = 1 -> s = 0 = t_step, where the aDDIM teacher's step
+    is DDIM's (solvers.endpoint_x_var), so both teachers give the same loss; with two steps (s = 1/2 too) not."""
+    x = gaussian_data(32, 8)
+    teacher = lambda z, t: 0.9 * exact_denoiser(z, t)  # noqa: E731  (x_teacher != x, so x_var > 0)
+
+    def loss(solver, teacher_steps):
+        obj = mf.MCMObjective(SCHED, student_steps=1, teacher_steps=teacher_steps, teacher_solver=solver, loss="l2_squared")
+        return obj(lambda z, t: 0.5 * z, x, teacher=teacher, generator=torch.Generator().manual_seed(0)).item()
+
+    assert loss("addim", 1) == loss("ddim", 1)
+    assert loss("addim", 2) != pytest.approx(loss("ddim", 2), rel=1e-3)
+
+
 def test_teacher_step_schedule():
     steps = TeacherSteps(64, 1280, 100_000)
     assert steps(0) == pytest.approx(64) and steps(100_000) == pytest.approx(1280) and steps(10**6) == pytest.approx(1280)
