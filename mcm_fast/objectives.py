@@ -108,7 +108,7 @@ class MCMObjective:
 
     def __init__(self, schedule: CosineSchedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
-                 weighting: str = "snr+1", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
+                 weighting: str = "sqrt(snr+1)", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
                  null_label: int | None = None, label_key: str = "label", multiscale: int = 0,
                  boundaries: str = "t", backend: str | None = None):
         if not isinstance(schedule, CosineSchedule):

@@ -82,7 +82,7 @@ def test_training_from_data_at_n_rel_1_is_the_diffusion_loss():
     (SNR + 1) ||x_hat - x||^2 at the student's own time."""
     x = gaussian_data(64, 8)
     student = recording(lambda z, t: 0.3 * z + 0.1)
-    obj = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=4, loss="l2_squared")
+    obj = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=4, loss="l2_squared", weighting="snr+1")
     _, diag = obj(student, x, generator=torch.Generator().manual_seed(0), diagnostics=True)
     z_t, t, _ = student.calls[-1]
     torch.testing.assert_close(t, diag["t"])
