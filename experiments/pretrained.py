@@ -31,7 +31,7 @@ from mcm_fast.train.loop import train
 
 EVAL_N = 2000
 EVAL_SEED = 1
-TEACHER = {"steps": 4000, "seed": 0}
+TEACHER = {"steps": 3000, "seed": 0}
 STUDENT_STEPS = (4, 8, 2, 1)  # trained in this order
 STUDENT = {"steps": 2500, "seed": 0}
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (1, 2, 4, 8, 16, 64)] + [(256, "addim")]
