@@ -7,6 +7,7 @@ import mcm_fast.ops.mcm  # noqa: F401  (and of mcm_target, mcm_loss and mcm_targ
 from mcm_fast.ops import available_backends
 from mcm_fast.ops.attention import attention
 from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
+from mcm_fast.pretrained import load_pretrained, pretrained_models
 from mcm_fast.schedules import CosineSchedule
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step, inv_ddim
 from mcm_fast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -29,9 +30,11 @@ __all__ = [
     "heun_step",
     "inv_ddim",
     "load_checkpoint",
+    "load_pretrained",
     "mcm_loss",
     "mcm_target",
     "mcm_target_loss",
+    "pretrained_models",
     "sample",
     "sample_diffusion",
     "save_checkpoint",

@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   mcm-fast train --config mnist-cd --out runs/mnist-cd4 --set objective.student_steps=4
   torchrun --nproc_per_node 8 -m mcm_fast train --config mnist-teacher --out runs/t --set optim.batch_size=1024
   mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png
+  mcm-fast sample --pretrained mnist-mcm4 --out digits.png
   mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000
   mcm-fast bench --config mnist-teacher --batch 64
 """
@@ -34,6 +35,24 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _model_source(command: argparse.ArgumentParser) -> None:
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="run or checkpoint directory")
+    source.add_argument("--pretrained", metavar="NAME", help="a shipped model: mnist-teacher, mnist-mcm1, -mcm2, -mcm4, -mcm8")
+
+
+def _checkpoint(args):
+    """The checkpoint directory of --ckpt or --pretrained (a bad name lists the shipped ones)."""
+    if args.pretrained is None:
+        return args.ckpt
+    from mcm_fast.pretrained import pretrained_path
+
+    try:
+        return pretrained_path(args.pretrained)
+    except ValueError as error:
+        raise ValueError(f"--pretrained: {error}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
     sample = command("sample", "write a grid of samples from a checkpoint",
                      "mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png")
-    sample.add_argument("--ckpt", required=True, help="run or checkpoint directory")
+    _model_source(sample)
     sample.add_argument("--steps", type=_positive, default=None, help="network calls (default: the run's)")
     sample.add_argument("--n", type=_positive, default=100, help="number of samples (default 100)")
     sample.add_argument("--out", required=True, help="PNG file to write")
@@ -71,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
 
     evaluate = command("eval", "FD (MNIST features for MNIST), precision and recall per step count",
                        "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000 --out runs/mnist-cd4/eval")
-    evaluate.add_argument("--ckpt", required=True, help="run or checkpoint directory")
+    _model_source(evaluate)
     evaluate.add_argument("--steps", type=_step_list, default=None, help="comma-separated step counts (default: the run's)")
     evaluate.add_argument("--n", type=_positive, default=1000, help="samples per estimate (default 1000)")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -130,12 +149,12 @@ def _run(args) -> int:
     elif args.command == "sample":
         from mcm_fast.metrics.evaluate import sample_grid
 
-        print(sample_grid(args.ckpt, args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
+        print(sample_grid(_checkpoint(args), args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
                           sampler=args.sampler, scale=args.scale))
     elif args.command == "eval":
         from mcm_fast.metrics.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(args.ckpt, steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler, out=args.out)
+        evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler, out=args.out)
     elif args.command == "bench":
         from mcm_fast.train.bench import bench
 

@@ -25,6 +25,7 @@ from mcm_fast.solvers import (
     addim_step,
     analytic_x_var,
     ddim_step,
+    endpoint_x_var,
     euler_step,
     heun_step,
 )
@@ -109,7 +110,7 @@ class MCMObjective:
 
     def __init__(self, schedule: CosineSchedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
-                 weighting: str = "snr+1", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
+                 weighting: str = "sqrt(snr+1)", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
                  null_label: int | None = None, label_key: str = "label", multiscale: int = 0,
                  boundaries: str = "t", backend: str | None = None):
         if not isinstance(schedule, CosineSchedule):
@@ -252,9 +253,10 @@ class MCMObjective:
         return self.xvar_frac * (x_teacher.double() - x.double()).flatten(1).square().mean(1)
 
     def _teacher_step(self, teacher, x_teacher, x, z_t, t, s, cond):
-        """One step of the teacher's integrator from t to s (Algorithm 1, step 5); from data x_var is 0."""
+        """One step of the teacher's integrator from t to s (Algorithm 1, step 5); from data x_var is 0, and a
+        step into s = 0 is a DDIM step (solvers.endpoint_x_var)."""
         if self.teacher_solver == "addim":
-            x_var = 0.0 if teacher is None else self._x_var(x_teacher, x, t)
+            x_var = 0.0 if teacher is None else endpoint_x_var(self._x_var(x_teacher, x, t), s)
             return addim_step(x_teacher, z_t, t, s, self.schedule, x_var, backend=self.backend)
         if self.teacher_solver == "ddim":
             return ddim_step(x_teacher, z_t, t, s, self.schedule, backend=self.backend)

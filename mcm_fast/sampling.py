@@ -14,7 +14,7 @@ import torch
 
 from mcm_fast._checks import MAX_STEPS, batch_view, check_float_tensor, check_int, check_shape
 from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
-from mcm_fast.solvers import addim_step, ddim_step, euler_step, heun_step
+from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, endpoint_x_var, euler_step, heun_step
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
 DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")
@@ -232,7 +232,8 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
     """Samples a diffusion model with n_steps uniform steps in t of DDIM, aDDIM, Euler, Heun or ancestral
     sampling; returns z_0 (alpha_0 ~ 1 - 2e-7 on the default schedule, so z_0 is the sample).
 
-    x_var (aDDIM only): "analytic", a float, or an XVarTable measured on data.
+    x_var (aDDIM only): "analytic", a float, or an XVarTable measured on data. aDDIM's last step, into t = 0,
+    is a DDIM step (solvers.endpoint_x_var): it returns x_hat.
     """
     if solver not in DIFFUSION_SOLVERS:
         raise ValueError(f"solver: expected one of {DIFFUSION_SOLVERS}, got {solver!r}")
@@ -245,8 +246,7 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
         if solver == "ddim":
             z = ddim_step(x_hat, z, t, s, schedule)
         elif solver == "addim":
-            var = x_var(t) if isinstance(x_var, XVarTable) else x_var
-            z = addim_step(x_hat, z, t, s, schedule, var)
+            z = addim_step(x_hat, z, t, s, schedule, endpoint_x_var(_x_var_at(x_var, t, schedule), s))
         elif solver == "euler":
             z = euler_step(x_hat, z, t, s, schedule)
         elif solver == "heun":
@@ -254,6 +254,15 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
         else:
             z = _ancestral_step(x_hat, z, t, s, schedule, generator)
     return z
+
+
+def _x_var_at(x_var, t: torch.Tensor, schedule) -> torch.Tensor:
+    """aDDIM's x_var at times t ([B]) from "analytic", a float or an XVarTable."""
+    if isinstance(x_var, XVarTable):
+        return x_var(t)
+    if x_var == "analytic":
+        return analytic_x_var(schedule.logsnr(t))
+    return torch.full_like(t, float(x_var))
 
 
 def _ancestral_step(x_hat, z_t, t, s, schedule, generator):

@@ -90,6 +90,17 @@ def addim_step_backward(grad, x_hat, z_t, logsnr_t, logsnr_s, x_var):
     return grad_x.to(x_hat.dtype), (grad_e / sigma_t).to(z_t.dtype), grad_var.to(x_var.dtype)
 
 
+def endpoint_x_var(x_var: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """aDDIM's x_var for steps into s ([B] each): 0 where s = 0, so that a step into the data is a DDIM step.
+
+    The variance aDDIM puts back along eps_hat is meant for the next denoiser call, which turns it into detail;
+    a step into s = 0 has no next call, so it would stay as white noise in the sample (as DDPM's posterior
+    variance vanishes at s = 0, its last step returns x_hat). The teacher samplers and Algorithm 1's target
+    apply this rule alike; addim_step itself keeps the formula of math.md §3.
+    """
+    return torch.where(s == 0, torch.zeros_like(x_var), x_var)
+
+
 def ddim_step_backward(grad, logsnr_t, logsnr_s):
     """Gradients of DDIM for x_hat and z_t: K g and (sigma_s / sigma_t) g, K = alpha_s - alpha_t sigma_s / sigma_t."""
     g = grad.to(_compute_dtype(grad))

@@ -82,7 +82,7 @@ def test_training_from_data_at_n_rel_1_is_the_diffusion_loss():
     (SNR + 1) ||x_hat - x||^2 at the student's own time."""
     x = gaussian_data(64, 8)
     student = recording(lambda z, t: 0.3 * z + 0.1)
-    obj = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=4, loss="l2_squared")
+    obj = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=4, loss="l2_squared", weighting="snr+1")
     _, diag = obj(student, x, generator=torch.Generator().manual_seed(0), diagnostics=True)
     z_t, t, _ = student.calls[-1]
     torch.testing.assert_close(t, diag["t"])
@@ -209,6 +209,20 @@ def test_every_teacher_solver_distills_and_backpropagates(solver, xvar_frac):
     loss = obj(student, gaussian_data(16, 8), teacher=exact_denoiser, step=5)
     loss.backward()
     assert torch.isfinite(loss) and net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
+
+
+def test_addim_teacher_step_into_t_0_is_ddim():
+    """S = 1 with one teacher step: every example steps t = 1 -> s = 0 = t_step, where the aDDIM teacher's step
+    is DDIM's (solvers.endpoint_x_var), so both teachers give the same loss; with two steps (s = 1/2 too) not."""
+    x = gaussian_data(32, 8)
+    teacher = lambda z, t: 0.9 * exact_denoiser(z, t)  # noqa: E731  (x_teacher != x, so x_var > 0)
+
+    def loss(solver, teacher_steps):
+        obj = mf.MCMObjective(SCHED, student_steps=1, teacher_steps=teacher_steps, teacher_solver=solver, loss="l2_squared")
+        return obj(lambda z, t: 0.5 * z, x, teacher=teacher, generator=torch.Generator().manual_seed(0)).item()
+
+    assert loss("addim", 1) == loss("ddim", 1)
+    assert loss("addim", 2) != pytest.approx(loss("ddim", 2), rel=1e-3)
 
 
 def test_teacher_step_schedule():

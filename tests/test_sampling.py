@@ -203,13 +203,33 @@ def test_ancestral_sampling_keeps_the_data_variance():
 
 
 def test_one_addim_step_with_a_measured_table_keeps_the_variance():
+    """One aDDIM step (math.md §3's formula, which addim_step keeps at s = 0) from noise to data with the
+    measured x_var restores the data variance; DDIM collapses."""
     x_data = C * noise(256, 512, seed=2)
     table = mf.XVarTable.measure(gaussian_model(), x_data, SCHED, points=9, generator=torch.Generator().manual_seed(3))
-    z1 = noise(64, 2048)
-    addim = mf.sample_diffusion(gaussian_model(), 1, "addim", noise=z1, x_var=table)
-    ddim = mf.sample_diffusion(gaussian_model(), 1, "ddim", noise=z1)
+    z1, t1 = noise(64, 2048), torch.ones(64, dtype=torch.float64)
+    x_hat = exact_denoiser(z1, 1.0)
+    addim = mf.addim_step(x_hat, z1, 1.0, 0.0, SCHED, table(t1))
+    ddim = mf.ddim_step(x_hat, z1, 1.0, 0.0, SCHED)
     assert addim.var().item() == pytest.approx(C**2, rel=0.03)
     assert ddim.var().item() < 1e-4 * C**2
+
+
+@pytest.mark.parametrize("x_var", ["analytic", 0.05, "table"])
+def test_addim_sampler_ends_with_a_ddim_step(x_var):
+    """The aDDIM sampler's steps put x_var back, except the last, into t = 0, which is DDIM's: the sample is
+    alpha_0 x_hat + sigma_0 eps_hat of the last call, with no added variance along eps_hat."""
+    if x_var == "table":
+        x_var = mf.XVarTable(f64(0.0, 1.0), f64(0.01, 0.2))
+    model = Model(lambda z, t: 0.5 * z)
+    z1 = noise(4, 64)
+    out = mf.sample_diffusion(model, 3, "addim", noise=z1, x_var=x_var)
+    (z_last, t_last, _), (a_t, s_t), (a_0, s_0) = model.calls[-1], alpha_sigma(1 / 3), alpha_sigma(0.0)
+    torch.testing.assert_close(t_last, torch.full((4,), 1 / 3, dtype=torch.float64))
+    x_hat = 0.5 * z_last
+    torch.testing.assert_close(out, a_0 * x_hat + s_0 * (z_last - a_t * x_hat) / s_t, rtol=1e-12, atol=1e-12)
+    ddim = mf.ddim_step(0.5 * z1, z1, 1.0, 2 / 3, SCHED)  # the first step is aDDIM: more norm than DDIM
+    assert (model.calls[1][0].norm(dim=1) > ddim.norm(dim=1) * (1 + 1e-3)).all()
 
 
 def test_xvar_table_measures_the_posterior_variance():

@@ -97,7 +97,7 @@ def test_compiled_network_trains_like_the_eager_one(tmp_path):
     for compiled in (False, True):
         config = load_config("ring-teacher", {"steps": 3, "data": {"n": 2000}, "optim": {"batch_size": 64},
                                               "eval_samples": 200, "sample_steps": 4, "log_every": 1,
-                                              "compile": compiled})
+                                              "compile": compiled, "precision": "fp32"})
         with torch._inductor.config.patch(fallback_random=True):
             losses_by_mode[compiled] = [r["loss"] for r in train(config, tmp_path / str(compiled), progress=False)]
     assert losses_by_mode[True] == pytest.approx(losses_by_mode[False], rel=1e-5)
@@ -108,6 +108,23 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path):
     fp32, bf16 = ([r["loss"] for r in rows[p]] for p in ("fp32", "bf16"))
     assert bf16 != fp32  # autocast ran in bfloat16
     assert bf16 == pytest.approx(fp32, rel=0.05)
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_cpu_precision_auto_is_bf16_where_the_cpu_has_native_bf16(tmp_path, precision):
+    """precision auto autocasts to bf16 on CPUs with native bf16 (AVX-512 bf16 or AMX), else trains in fp32."""
+    trainer = Trainer(tiny(steps=1, precision=precision), tmp_path, progress=False)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with trainer._autocast():
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+    assert dtype == (torch.bfloat16 if precision == "bf16" or (precision == "auto" and native) else torch.float32)
+
+
+def test_distillation_defaults_are_the_measured_ones():
+    """The defaults chosen from docs/results.md's runs (sqrt(snr+1) weighting); the paper's snr+1 one option away."""
+    config = tiny("tiny-cd", teacher="unused")
+    assert config.objective.weighting == "sqrt(snr+1)" and config.precision == "auto"
+    assert load_config({"preset": "tiny-cd", "teacher": "x", "objective": {"weighting": "snr+1"}}).objective.weighting == "snr+1"
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):

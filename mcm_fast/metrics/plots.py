@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 
 
 def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series: str | None = None,
-                         title: str | None = None, log_metric: bool = False) -> Path:
+                         title: str | None = None, log_metric: bool = False,
+                         xlabel: str = "sampling steps (network calls)") -> Path:
     """One line per value of rows[i][series] (one line if None) of rows[i][metric] against rows[i]["steps"],
     log-scaled steps (and metric, with log_metric); rows with "spread" (a standard deviation over seeds) get
     error bars."""
@@ -30,7 +31,7 @@ def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series
     ax.set_xscale("log", base=2)
     if log_metric:
         ax.set_yscale("log")
-    ax.set_xlabel("sampling steps (network calls)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if series:

@@ -50,7 +50,7 @@ class ObjectiveConfig:
     xvar_frac: float | str = 0.75
     loss: str = "pseudo_huber"
     huber_eps: float = 1e-4
-    weighting: str = "snr+1"
+    weighting: str = "sqrt(snr+1)"  # the paper's is snr+1; sqrt evens the loss over segments (README)
     label_dropout: float = 0.1  # classifier-free guidance: labels become the null class this often
     multiscale: int = 0  # 2x2 poolings added to the loss (simple diffusion's multiscale loss)
     boundaries: str = "t"  # segment edges uniform in t (the paper) or in logsnr; sampling follows
@@ -106,7 +106,7 @@ class TrainConfig:
     eval_samples: int = 500
     sample_steps: int | None = None  # None: the student's S, or 64 aDDIM steps for a teacher
     compile: bool = False
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on GPU and on CPUs with native bf16, else fp32
     device: str = "auto"
     strategy: str = "ddp"  # multi-process wrapping under torchrun: ddp or fsdp
 

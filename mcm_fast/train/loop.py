@@ -256,9 +256,11 @@ class Trainer:
         return value, grad_norm
 
     def _autocast(self):
-        """bf16 autocast on GPU (precision auto or bf16); float32 on CPU unless bf16 is asked for."""
+        """bf16 autocast with precision bf16, and with auto on GPU and on CPUs with native bf16 (AVX-512 bf16 or
+        AMX: 1.1-1.4x faster here, to the same FD; docs/results.md); float32 otherwise."""
         precision, device = self.config.precision, self.ranks.device.type
-        if precision == "bf16" or (precision == "auto" and device == "cuda"):
+        native = device == "cuda" or (device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if precision == "bf16" or (precision == "auto" and native):
             return torch.autocast(device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -1,0 +1,42 @@
+"""Pretrained models shipped with the package: a class-conditional MNIST teacher and multistep consistency
+students distilled from it (trained by experiments/pretrained.py; scores and commands in README.md here).
+
+    m = mf.load_pretrained("mnist-mcm4")
+    x = mf.sample(m, n_steps=4, shape=(16, *m.sample_shape), label=torch.arange(16) % m.num_classes)
+
+Each model is a checkpoint directory here (EMA weights, config, data shape and its model card entry).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PRETRAINED_DIR = Path(__file__).parent
+
+
+def pretrained_models() -> list[str]:
+    """The names of the shipped models, e.g. ["mnist-mcm1", "mnist-mcm2", ..., "mnist-teacher"]."""
+    return sorted(path.name for path in PRETRAINED_DIR.iterdir() if path.is_dir() and any(path.glob("step-*")))
+
+
+def pretrained_path(name: str) -> Path:
+    """The checkpoint directory of a shipped model; a bad name lists the available ones."""
+    names = pretrained_models()
+    if not isinstance(name, str) or name not in names:
+        raise ValueError(f"name: expected one of {', '.join(names)}, got {name!r}")
+    return PRETRAINED_DIR / name
+
+
+def load_pretrained(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A shipped model (z_t, t, label=...) -> x_hat in eval mode, with .schedule, .sample_shape (C, H, W),
+    .num_classes and .card (training command, steps and scores)."""
+    from mcm_fast.train.build import load_model
+    from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = pretrained_path(name)
+    model, _, info = load_model(path, device)
+    model.sample_shape = tuple(info["shape"])
+    model.num_classes = info["num_classes"]
+    model.card = load_checkpoint(latest_checkpoint(path), device="cpu")["card"]
+    return model
