@@ -50,9 +50,25 @@ def check_shape(name: str, shape) -> tuple[int, ...]:
     return sizes
 
 
-def check_batch(name: str, x) -> torch.Tensor:
-    """x must be a floating-point [B, ...] tensor with B >= 1: a mean over an empty batch would be NaN."""
-    check_float_tensor(name, x)
+def check_generator(name: str, generator) -> None:
+    """generator must be None or a torch.Generator."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: expected None or a torch.Generator, got {type(generator).__name__}")
+
+
+def check_real(name: str, value, lo: float, hi: float) -> float:
+    """value must be a real number (not a bool; TypeError) in [lo, hi] (ValueError; NaN never is)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r:.40}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: expected a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def check_batch(name: str, x, min_dim: int = 1) -> torch.Tensor:
+    """x must be a floating-point [B, ...] tensor (at least min_dim dims) with B >= 1: a mean over an empty
+    batch would be NaN."""
+    check_float_tensor(name, x, min_dim)
     if x.shape[0] == 0:
         raise ValueError(f"{name}: expected a batch of at least one example, got shape {tuple(x.shape)}")
     return x

@@ -108,14 +108,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command: 0 on success; any failure is one line on stderr and status 1 (argparse's usage errors
-    keep its convention: status 2 and one `error:` line after the usage)."""
+    """Runs one command: 0 on success; any failure is one line on stderr and status 1 (Ctrl-C: 130; argparse's
+    usage errors keep its convention: status 2 and one `error:` line after the usage)."""
     args = parser().parse_args(argv)
     prefix = f"mcm-fast {args.command}"
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
             return _run(args)
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
         except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, never a traceback
             print(f"{prefix}: {_one_line(error)}", file=sys.stderr)
             return 1

@@ -9,7 +9,7 @@ from numbers import Integral, Real
 
 import torch
 
-from mcm_fast._checks import batch_view, check_float_tensor
+from mcm_fast._checks import MAX_STEPS, batch_view, check_float_tensor, check_generator, check_int, check_real
 from mcm_fast.schedules import CosineSchedule
 
 CM_KINDS = ("cd", "ct")
@@ -33,8 +33,7 @@ class KarrasGrid:
 
     def sigmas(self, n: int) -> torch.Tensor:
         """The N = n noise levels, ascending, float64."""
-        if isinstance(n, bool) or not isinstance(n, Integral) or n < 2:
-            raise ValueError(f"n: expected an integer >= 2, got {n!r}")
+        check_int("n", n, 2, MAX_STEPS)
         ramp = torch.linspace(0, 1, n, dtype=torch.float64)
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         return (lo + ramp * (hi - lo)) ** self.rho
@@ -42,19 +41,27 @@ class KarrasGrid:
 
 def cm_steps(k: int, total: int, s0: int = 2, s1: int = 150) -> int:
     """N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1, the discretization schedule of CT."""
+    check_int("k", k, 0)
+    check_int("total", total, 1)
+    check_int("s0", s0, 1)
+    check_int("s1", s1, s0)
     return math.ceil(math.sqrt(k / total * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
 
 
 def cm_ema_decay(k: int, total: int, s0: int = 2, s1: int = 150, mu0: float = 0.95) -> float:
     """mu(k) = exp(s0 log mu0 / N(k)), the EMA decay of the target network in CT."""
+    if check_real("mu0", mu0, 0, 1) == 0:
+        raise ValueError("mu0: expected a number in (0, 1], got 0")
     return math.exp(s0 * math.log(mu0) / cm_steps(k, total, s0, s1))
 
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
     """target <- decay target + (1 - decay) online, parameter by parameter (buffers are copied)."""
-    if not 0 <= decay <= 1:
-        raise ValueError(f"decay: expected a number in [0, 1], got {decay!r}")
+    check_real("decay", decay, 0, 1)
+    for name, module in (("target", target), ("online", online)):
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"{name}: expected an nn.Module, got {type(module).__name__}")
     for p_target, p_online in zip(target.parameters(), online.parameters(), strict=True):
         p_target.lerp_(p_online, 1 - decay)
     for b_target, b_online in zip(target.buffers(), online.buffers(), strict=True):
@@ -166,6 +173,11 @@ def cm_sample(model, sigmas, noise: torch.Tensor, sigma_min: float = 0.002, gene
     """Multistep consistency sampling of Song et al. (Algorithm 1): f at sigmas[0] (the largest) from
     sigmas[0] * noise, then re-noise to each next sigma with fresh noise; len(sigmas) model calls."""
     check_float_tensor("noise", noise)
+    if isinstance(sigmas, torch.Tensor):
+        sigmas = sigmas.tolist()
+    if not isinstance(sigmas, (list, tuple)) or not all(isinstance(s, Real) and not isinstance(s, bool) for s in sigmas):
+        raise TypeError(f"sigmas: expected a list of noise levels, got {sigmas!r:.60}")
+    check_generator("generator", generator)
     sigmas = [float(s) for s in sigmas]
     if not sigmas or any(a <= b for a, b in zip(sigmas, sigmas[1:])) or sigmas[-1] < sigma_min:
         raise ValueError(f"sigmas: expected strictly decreasing noise levels >= sigma_min={sigma_min}, got {sigmas}")

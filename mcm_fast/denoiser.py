@@ -49,9 +49,9 @@ class Denoiser(torch.nn.Module):
             raise TypeError(f"net: expected a callable net(z_t, logsnr_or_t, **cond), got {type(net).__name__}")
         if not isinstance(schedule, CosineSchedule):
             raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
-        if prediction not in PREDICTIONS:
+        if not isinstance(prediction, str) or prediction not in PREDICTIONS:
             raise ValueError(f"prediction: expected one of {sorted(PREDICTIONS)}, got {prediction!r}")
-        if time_input not in TIME_INPUTS:
+        if not isinstance(time_input, str) or time_input not in TIME_INPUTS:
             raise ValueError(f"time_input: expected one of {TIME_INPUTS}, got {time_input!r}")
         self.net = net
         self.schedule = schedule

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import torch
 import torch.nn.functional as F
 
-from mcm_fast._checks import check_batch, check_float_tensor, check_like
+from mcm_fast._checks import MAX_ELEMENTS, check_batch, check_float_tensor, check_like
 from mcm_fast.sampling import _setup, consistency_jumps, sample
 
 
@@ -22,7 +22,7 @@ def _positive_int(name: str, value) -> int:
 def inpaint(model, x_known: torch.Tensor, mask: torch.Tensor, n_steps: int = 4, schedule=None, noise=None,
             generator=None, **cond) -> torch.Tensor:
     """Fills the pixels where mask = 0 and keeps x_known where mask = 1 (exactly, in the result)."""
-    check_float_tensor("x_known", x_known)
+    check_batch("x_known", x_known)
     check_float_tensor("mask", mask, min_dim=0)
     try:
         torch.broadcast_shapes(mask.shape, x_known.shape)
@@ -50,6 +50,8 @@ def super_resolve(model, x_low: torch.Tensor, factor: int, n_steps: int = 4, sch
     check_float_tensor("x_low", x_low, min_dim=4)
     factor = _positive_int("factor", factor)
     shape = (*x_low.shape[:-2], x_low.shape[-2] * factor, x_low.shape[-1] * factor)
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise ValueError(f"factor: expected an output of at most {MAX_ELEMENTS} elements, got shape {shape}")
     up = lambda y: y.repeat_interleave(factor, -2).repeat_interleave(factor, -1)  # noqa: E731
     low_up = up(x_low)
     model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device, x_low.dtype)

@@ -27,6 +27,7 @@ from mcm_fast.schedules import CosineSchedule, alpha_sigma
 from mcm_fast.solvers import _alpha_sigma_like, _compute_dtype
 
 LOSSES = ("pseudo_huber", "l2_squared")
+MAX_MULTISCALE = 16  # 2x2 poolings: images 65536 pixels on a side
 
 
 def squared_error(x_hat: torch.Tensor, x: torch.Tensor, multiscale: int = 0) -> torch.Tensor:
@@ -46,8 +47,8 @@ def squared_error(x_hat: torch.Tensor, x: torch.Tensor, multiscale: int = 0) -> 
 
 def check_multiscale(multiscale, x: torch.Tensor | None = None) -> int:
     """multiscale must be an int >= 0; with x, its images must halve evenly that many times."""
-    if isinstance(multiscale, bool) or not isinstance(multiscale, Integral) or multiscale < 0:
-        raise ValueError(f"multiscale: expected an integer >= 0, got {multiscale!r}")
+    if isinstance(multiscale, bool) or not isinstance(multiscale, Integral) or not 0 <= multiscale <= MAX_MULTISCALE:
+        raise ValueError(f"multiscale: expected an integer in [0, {MAX_MULTISCALE}], got {multiscale!r}")
     if x is not None and multiscale and (x.dim() != 4 or x.shape[-1] % 2**multiscale or x.shape[-2] % 2**multiscale):
         raise ValueError(f"multiscale: expected [B, C, H, W] images with H and W divisible by {2**multiscale}, "
                          f"got shape {tuple(x.shape)}")
@@ -123,7 +124,7 @@ def _check_loss_options(loss, huber_eps) -> None:
 
 def _weighted(dist_sq, weight, loss, huber_eps):
     weight = per_sample("weight", weight, dist_sq.shape[0], dist_sq.device, dist_sq.dtype)
-    return weight.to(dist_sq.dtype) * robust_loss(dist_sq, loss, huber_eps)
+    return weight.to(dist_sq.dtype) * robust_loss(dist_sq, loss, float(huber_eps))  # float: an int may overflow
 
 
 def _target_logsnrs(x_ref, z_s, z_t, t, s, t_step, schedule):

@@ -9,7 +9,7 @@ from numbers import Integral, Real
 
 import torch
 
-from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_float_tensor, check_int
+from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_float_tensor, check_generator, check_int
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.losses import (
     LOSSES,
@@ -57,6 +57,7 @@ def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generat
         raise TypeError(f"denoiser: expected a Denoiser, got {type(denoiser).__name__}")
     check_batch("x", x)
     check_multiscale(multiscale, x)
+    check_generator("generator", generator)
     t = torch.rand(x.shape[0], generator=generator, device=x.device)  # [B]
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     logsnr = denoiser.schedule.logsnr(t)
@@ -168,8 +169,9 @@ class MCMObjective:
         if not torch.compiler.is_compiling():  # a symbolic int while compiling
             check_int("n_seg", n_seg, 1, MAX_STEPS)
         check_multiscale(self.multiscale, x)
+        check_generator("generator", generator)
         for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
-            if model is not None and not callable(model):
+            if (model is not None or name == "student") and not callable(model):
                 raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
         if teacher is None and self.teacher_solver == "heun":
             raise ValueError("teacher: teacher_solver='heun' needs a teacher model (training from data has none)")

@@ -12,7 +12,15 @@ from numbers import Real
 
 import torch
 
-from mcm_fast._checks import MAX_STEPS, batch_view, check_float_tensor, check_int, check_shape
+from mcm_fast._checks import (
+    MAX_STEPS,
+    batch_view,
+    check_batch,
+    check_float_tensor,
+    check_generator,
+    check_int,
+    check_shape,
+)
 from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, endpoint_x_var, euler_step, heun_step
 
@@ -52,6 +60,7 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
     if not callable(model):
         raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
     check_int("n_steps", n_steps, 1, MAX_STEPS)
+    check_generator("generator", generator)
     schedule = getattr(model, "schedule", None) if schedule is None else schedule
     if not isinstance(schedule, CosineSchedule):
         raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")
@@ -66,7 +75,7 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
         check_float_tensor("noise", noise)
         if shape is not None and check_shape("shape", shape) != tuple(noise.shape):
             raise ValueError(f"shape: expected {tuple(noise.shape)} like noise, got {tuple(shape)}")
-    if guidance != 0:
+    if not (isinstance(guidance, Real) and guidance == 0):
         model = guided(model, guidance, null_cond)
     return model, schedule, noise
 
@@ -206,6 +215,8 @@ class XVarTable:
     def measure(cls, model, x: torch.Tensor, schedule: CosineSchedule, points: int = 33, generator=None, **cond):
         """Measures the table on a batch of data x at `points` times spread evenly over [0, 1]."""
         check_int("points", points, 2, MAX_STEPS)
+        check_batch("x", x, min_dim=2)
+        check_generator("generator", generator)
         t = torch.linspace(0, 1, points, dtype=torch.float64)
         values = []
         for tk in t.tolist():

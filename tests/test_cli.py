@@ -135,3 +135,14 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mcm_fast", "train", "--config", "tiny-teacher", "--out",
                              str(tmp_path), "--set", "optim.ema_decay=2"], capture_output=True, text=True, check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "optim.ema_decay" in result.stderr
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
+    import mcm_fast.train.bench
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mcm_fast.train.bench, "bench", interrupted)
+    assert main(["bench"]) == 130
+    assert capsys.readouterr().err == "mcm-fast bench: interrupted\n"

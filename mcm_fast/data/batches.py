@@ -11,6 +11,7 @@ from numbers import Integral
 import torch
 
 SEED_STRIDE = 1_000_003  # epoch e of seed s draws its permutation from s * SEED_STRIDE + e
+MAX_EXAMPLES = 2**31  # a permutation of more would take over 16 GiB
 
 
 def batch_indices(n: int, global_batch: int, step: int, seed: int) -> torch.Tensor:
@@ -21,6 +22,8 @@ def batch_indices(n: int, global_batch: int, step: int, seed: int) -> torch.Tens
     """
     for name, value, low in (("n", n, 1), ("global_batch", global_batch, 1), ("step", step, 0)):
         _check_int(name, value, low)
+    if n > MAX_EXAMPLES:
+        raise ValueError(f"n: expected at most {MAX_EXAMPLES} examples, got {n}")
     _check_int("seed", seed, None)
     if global_batch > n:
         raise ValueError(f"global_batch: expected at most n={n} (the data set's size), got {global_batch}")

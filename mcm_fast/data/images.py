@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcm_fast._checks import check_int
 from mcm_fast.data.toy import GaussianMixture
 
 MNIST_FILE = Path(__file__).with_name("mnist.npz")
@@ -25,6 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L", "LA")
 GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grayscale PNGs; Pillow's convert("L") would clip them
 MAX_CLASSES = 2**16  # a label is an index into the network's class embedding
+MAX_POINTS = 10**8  # points drawn for a 2-D toy (1.6 GB in float64)
 DAMAGE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what a damaged archive raises
 TOYS = {"ring": GaussianMixture.ring, "grid": GaussianMixture.grid}
 DATASETS = ("mnist", "folder", "npz", *TOYS)
@@ -202,7 +204,8 @@ def load_toy(name: str, n: int, seed: int = 0) -> PointData:
     """
     if name not in TOYS:
         raise ValueError(f"name: expected one of {', '.join(TOYS)}, got {name!r}")
-    _check_positive("n", n)
+    check_int("n", n, 1, MAX_POINTS)
+    check_int("seed", seed, -2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
     points = TOYS[name]().sample(n, torch.Generator().manual_seed(seed))
     return PointData(points.float())
 

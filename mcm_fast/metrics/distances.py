@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from mcm_fast._checks import check_float_tensor
+from mcm_fast._checks import check_float_tensor, check_generator, check_int
+
+MAX_PROJECTIONS = 2**16
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, generator=None) -> float:
@@ -11,6 +13,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
     directions of the squared 1-D Wasserstein-2 distance, integrated exactly over the quantile levels."""
     check_float_tensor("a", a, min_dim=2)
     check_float_tensor("b", b, min_dim=2)
+    check_int("projections", projections, 1, MAX_PROJECTIONS)
+    check_generator("generator", generator)
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"b: expected [m, {a.shape[-1]}] points like a [n, d], got {tuple(b.shape)} and {tuple(a.shape)}")
     directions = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)

@@ -13,13 +13,20 @@ from mcm_fast._checks import check_float_tensor
 
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean [d], unbiased covariance [d, d]) of features [n, d], in float64."""
-    check_float_tensor("features", features, min_dim=2)
-    if features.dim() != 2 or features.shape[0] < 2:
-        raise ValueError(f"features: expected [n, d] with n >= 2, got shape {tuple(features.shape)}")
+    _check_features("features", features)
     f = features.double()
     mean = f.mean(0)
     centred = f - mean
     return mean, centred.T @ centred / (f.shape[0] - 1)
+
+
+def _check_features(name: str, features) -> None:
+    """features must be finite floats [n, d] with n >= 2 (a covariance needs two points)."""
+    check_float_tensor(name, features, min_dim=2)
+    if features.dim() != 2 or features.shape[0] < 2:
+        raise ValueError(f"{name}: expected [n, d] with n >= 2, got shape {tuple(features.shape)}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
 
 
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
@@ -42,4 +49,9 @@ def frechet_from_statistics(mean_a, cov_a, mean_b, cov_b) -> float:
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """The Frechet distance between the Gaussians fitted to two feature sets [n, d] and [m, d]."""
+    _check_features("features_a", features_a)
+    _check_features("features_b", features_b)
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"features_b: expected {features_a.shape[1]} features like features_a, got shape "
+                         f"{tuple(features_b.shape)}")
     return frechet_from_statistics(*feature_statistics(features_a), *feature_statistics(features_b))

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcm_fast._checks import check_float_tensor
+from mcm_fast._checks import check_float_tensor, check_int
+
+MAX_COLUMNS = 4096
 
 
 def tile(images: torch.Tensor, nrow: int | None = None, padding: int = 1) -> np.ndarray:
@@ -18,7 +20,8 @@ def tile(images: torch.Tensor, nrow: int | None = None, padding: int = 1) -> np.
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images: expected [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
     n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
+    nrow = math.ceil(math.sqrt(n)) if nrow is None else check_int("nrow", nrow, 1, MAX_COLUMNS)
+    check_int("padding", padding, 0, max(h, w))
     rows = math.ceil(n / nrow)
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # display range
     canvas = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=torch.uint8)

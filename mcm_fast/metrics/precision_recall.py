@@ -7,11 +7,9 @@ chunks, so n = 10,000 fits in memory.
 """
 from __future__ import annotations
 
-from numbers import Integral
-
 import torch
 
-from mcm_fast._checks import check_float_tensor
+from mcm_fast._checks import check_float_tensor, check_int
 
 CHUNK = 1024
 
@@ -28,14 +26,13 @@ def _covered(queries: torch.Tensor, points: torch.Tensor, radii: torch.Tensor) -
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
     """{"precision", "recall"} of generated features fake [m, d] against real features [n, d]."""
+    check_int("k", k, 1)
     for name, x in (("real", real), ("fake", fake)):
         check_float_tensor(name, x, min_dim=2)
         if x.dim() != 2 or x.shape[0] <= k:
             raise ValueError(f"{name}: expected [n, d] features with n > k = {k}, got shape {tuple(x.shape)}")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"fake: expected {real.shape[1]} features like real, got shape {tuple(fake.shape)}")
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
     real, fake = real.double(), fake.double()
     precision = _covered(fake, real, _radii(real, k)).double().mean()
     recall = _covered(real, fake, _radii(fake, k)).double().mean()
