@@ -8,7 +8,6 @@ for every backend, with autograd.
 """
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 
 import torch
@@ -27,6 +26,7 @@ from mcm_fast.schedules import CosineSchedule, alpha_sigma
 from mcm_fast.solvers import _alpha_sigma_like, _compute_dtype
 
 LOSSES = ("pseudo_huber", "l2_squared")
+MAX_HUBER_EPS = 1e15
 MAX_MULTISCALE = 16  # 2x2 poolings: images 65536 pixels on a side
 
 
@@ -118,8 +118,13 @@ def robust_loss(dist_sq: torch.Tensor, loss: str, huber_eps: float) -> torch.Ten
 def _check_loss_options(loss, huber_eps) -> None:
     if loss not in LOSSES:
         raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
-    if isinstance(huber_eps, bool) or not isinstance(huber_eps, Real) or not 0 < huber_eps < math.inf:
-        raise ValueError(f"huber_eps: expected a finite number > 0, got {huber_eps!r}")
+    check_huber_eps(huber_eps)
+
+
+def check_huber_eps(huber_eps) -> None:
+    """huber_eps must be a number in (0, MAX_HUBER_EPS]: its square must stay finite in float32."""
+    if isinstance(huber_eps, bool) or not isinstance(huber_eps, Real) or not 0 < huber_eps <= MAX_HUBER_EPS:
+        raise ValueError(f"huber_eps: expected a number in (0, {MAX_HUBER_EPS:g}], got {huber_eps!r}")
 
 
 def _weighted(dist_sq, weight, loss, huber_eps):

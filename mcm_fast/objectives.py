@@ -9,10 +9,11 @@ from numbers import Integral, Real
 
 import torch
 
-from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_float_tensor, check_generator, check_int
+from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_generator, check_int
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.losses import (
     LOSSES,
+    check_huber_eps,
     check_multiscale,
     mcm_target,
     mcm_target_loss,
@@ -127,8 +128,7 @@ class MCMObjective:
         if xvar_frac != "analytic" and (isinstance(xvar_frac, bool) or not isinstance(xvar_frac, Real)
                                         or not 0 <= xvar_frac < math.inf):
             raise ValueError(f"xvar_frac: expected a finite number >= 0 or 'analytic', got {xvar_frac!r}")
-        if isinstance(huber_eps, bool) or not isinstance(huber_eps, Real) or not 0 < huber_eps < math.inf:
-            raise ValueError(f"huber_eps: expected a finite number > 0, got {huber_eps!r}")
+        check_huber_eps(huber_eps)
         if isinstance(label_dropout, bool) or not isinstance(label_dropout, Real) or not 0 <= label_dropout <= 1:
             raise ValueError(f"label_dropout: expected a probability in [0, 1], got {label_dropout!r}")
         if label_dropout > 0 and null_label is None:

@@ -5,7 +5,7 @@ A model is any callable model(z_t, t, **cond) -> x_hat; the schedule comes from 
 """
 from __future__ import annotations
 
-import math
+import sys
 import warnings
 import weakref
 from numbers import Real
@@ -19,6 +19,7 @@ from mcm_fast._checks import (
     check_float_tensor,
     check_generator,
     check_int,
+    check_real,
     check_shape,
 )
 from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
@@ -30,8 +31,7 @@ DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")
 
 def guided(model, scale: float, null_cond: dict):
     """Classifier-free guidance: x_hat = (1 + w) model(z, t, cond) - w model(z, t, null_cond), one batched call."""
-    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
-        raise ValueError(f"guidance: expected a finite number, got {scale!r}")
+    scale = check_real("guidance", scale, -sys.float_info.max, sys.float_info.max)  # a float: big ints overflow
     if not isinstance(null_cond, dict) or not null_cond:
         raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got {null_cond!r}")
 

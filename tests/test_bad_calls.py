@@ -9,11 +9,12 @@ from hypothesis import assume, given, settings, strategies as st
 from torch import nn
 
 import mcm_fast as mf
-from mcm_fast import editing
-from mcm_fast._checks import MAX_STEPS
+from mcm_fast import consistency, editing
+from mcm_fast.metrics import distances, frechet, grid
 
 SCHED = mf.CosineSchedule()
 X = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+IMAGES = torch.rand(2, 1, 4, 4) * 2 - 1
 
 
 class Zero(nn.Module):
@@ -111,10 +112,31 @@ TARGETS = {  # argument -> call with that argument set to v (every other argumen
     "x_var": lambda v: mf.addim_step(X, X, 1.0, 0.5, SCHED, v),
     "student_steps": lambda v: mf.MCMObjective(SCHED, student_steps=v, teacher_steps=64),
     "teacher_steps": lambda v: mf.MCMObjective(SCHED, student_steps=1, teacher_steps=v),
+    "generator": lambda v: mf.sample(MODEL, 2, shape=(2, 3), generator=v),
+    "guidance": lambda v: mf.sample(MODEL, 2, shape=(2, 3), guidance=v, null_cond={"label": 0}),
+    "student": lambda v: OBJ(v, X),
+    "prediction": lambda v: mf.Denoiser(lambda z, lam: z, SCHED, prediction=v),
+    "net": lambda v: mf.Denoiser(v, SCHED),
+    "multiscale": lambda v: mf.diffusion_loss(mf.Denoiser(lambda z, lam: z, SCHED), IMAGES, multiscale=v),
+    "huber_eps": lambda v: mf.mcm_loss(X, X, torch.ones(4), huber_eps=v),
+    "factor": lambda v: editing.super_resolve(MODEL, IMAGES, v, 1),
+    "weight": lambda v: editing.slerp(X, X, v),
+    "t_start": lambda v: editing.sdedit(MODEL, X, v, 1),
+    "features_b": lambda v: frechet.frechet_distance(X, v),
+    "projections": lambda v: distances.sliced_wasserstein(X, X, projections=v),
+    "nrow": lambda v: grid.tile(IMAGES, nrow=v),
+    "padding": lambda v: grid.tile(IMAGES, padding=v),
+    "k": lambda v: consistency.cm_steps(v, 100),
+    "total": lambda v: consistency.cm_steps(1, v),
+    "mu0": lambda v: consistency.cm_ema_decay(1, 100, mu0=v),
+    "decay": lambda v: consistency.ema_update(nn.Linear(1, 1), nn.Linear(1, 1), v),
+    "target": lambda v: consistency.ema_update(v, nn.Linear(1, 1), 0.5),
+    "sigmas": lambda v: consistency.cm_sample(lambda x, sigma: x, v, X),
+    "x": lambda v: mf.XVarTable.measure(MODEL, v, SCHED, points=3),
 }
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(name=st.sampled_from(sorted(TARGETS)), value=ANY)
 def test_any_value_of_an_argument_runs_or_is_refused_naming_it(name, value):
     """Never another exception; the message starts with the argument, or (a value that fits alone but not with

@@ -312,7 +312,7 @@ X = torch.randn(2, 3)
     (lambda: mf.mcm_target(X, X, X, 1.5, 0.3, 0.1, SCHED), ValueError, r"^t: expected a finite value in \[0.0, 1.0\]"),
     (lambda: mf.mcm_loss(X, X[:, :2]), ValueError, r"^target: expected shape"),
     (lambda: mf.mcm_loss(X, X, loss="l1"), ValueError, r"^loss: expected one of"),
-    (lambda: mf.mcm_loss(X, X, huber_eps=0.0), ValueError, r"^huber_eps: expected a finite number > 0"),
+    (lambda: mf.mcm_loss(X, X, huber_eps=0.0), ValueError, r"^huber_eps: expected a number in \(0, "),
     (lambda: mf.mcm_loss(X, X, weight=torch.ones(3)), ValueError, r"^weight: expected a float, a 0-d tensor or shape \[2\]"),
     (lambda: mf.mcm_target_loss(X[:, :2], X, X, X, 0.5, 0.3, 0.1, SCHED), ValueError, r"^x_hat: expected shape"),
 ])
