@@ -20,6 +20,7 @@ import torch
 from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
 from mcm_fast.metrics.plots import plot_metric_vs_steps
 from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.checkpoint import latest_checkpoint
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
 from mnist_tables import scores_of
@@ -35,6 +36,7 @@ RUNS = {  # name: (S, steps, overrides of BASE); one setting changed at a time, 
     "s4-fp32": (4, 2000, {"precision": "fp32"}),
     "s4-noclip": (4, 1000, {"optim": {"grad_clip": 1e9}}),
     "s4-ema999": (4, 1000, {"optim": {"ema_decay": 0.999}}),
+    "s4-ddim": (4, 1000, {"objective": {"teacher_solver": "ddim"}}),
 }
 
 
@@ -104,7 +106,10 @@ def main(argv=None):
     if not args.report:
         index, count = (int(v) for v in args.shard.split("/"))
         teacher_dir = out / "teacher"
-        train(load_config("tiny-teacher", {"seed": 0}), teacher_dir, progress=False)  # the demo's teacher
+        teacher = load_config("tiny-teacher", {"seed": 0})  # the demo's teacher
+        done = latest_checkpoint(teacher_dir)
+        if done is None or int(done.name.split("-")[1]) < teacher.steps:  # a finished teacher is kept as it is
+            train(teacher, teacher_dir, progress=False)
         if index == count - 1:
             scores_of(teacher_dir, lambda: score_teacher(teacher_dir))
         for name in list(RUNS)[index::count]:
