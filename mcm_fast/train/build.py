@@ -78,6 +78,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     info = checkpoint["data_info"]
     net = make_net(config, tuple(info["shape"]), info["num_classes"])
     net.load_state_dict(checkpoint["ema" if ema and "ema" in checkpoint else "model"])
-    model = wrap(net.to(device).eval().requires_grad_(False), config, make_schedule(config))
+    model = wrap(net.to(device).requires_grad_(False), config, make_schedule(config)).eval()
     return model, config, info
 
