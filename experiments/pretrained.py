@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import score_budgets
 from mcm_fast.pretrained import PRETRAINED_DIR
-from mcm_fast.train.build import generate, load_model
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
@@ -51,14 +50,7 @@ def scores(directory: Path, budgets) -> list[dict]:
     path = directory / "scores.json"
     if path.is_file():
         return json.loads(path.read_text())
-    model, config, info = load_model(directory)
-    reference, (name, features) = reference_set(config, EVAL_N), default_features(config)
-    noise, cond, _ = sample_inputs(info, EVAL_N, seed=EVAL_SEED)
-    rows = []
-    for steps, sampler in budgets:
-        with torch.no_grad():
-            images = generate(model, config, steps, noise, sampler, **cond)
-        rows.append({"steps": steps, "sampler": sampler, **score(images, reference, features, name)})
+    rows = score_budgets(directory, budgets, EVAL_N, EVAL_SEED)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     tmp.replace(path)

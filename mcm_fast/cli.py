@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run directory; an interrupted demo resumes (default runs/demo)")
     demo.add_argument("--teacher-iters", type=_positive, default=None, help="teacher training steps (default: preset)")
     demo.add_argument("--student-iters", type=_positive, default=None, help="distillation steps (default: preset)")
-    demo.add_argument("--n", type=_positive, default=1000, help="samples per FD estimate (default 1000)")
+    demo.add_argument("--n", type=_positive, default=2000, help="samples per FD estimate (default 2000)")
 
     train = command("train", "train or resume a run: kinds teacher, cd, ct, direct, cm",
                     "mcm-fast train --config tiny-teacher --out runs/t --set steps=200 --set optim.lr=1e-4")

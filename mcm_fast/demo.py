@@ -24,7 +24,7 @@ TEACHER_BUDGETS = (("ddim", STUDENT_STEPS), ("addim", STUDENT_STEPS), ("ddim", 6
 
 
 def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student_iters: int | None = None,
-        n: int = 1000, seed: int = 0, progress: bool = True, echo=print) -> list[dict]:
+        n: int = 2000, seed: int = 0, progress: bool = True, echo=print) -> list[dict]:
     """Runs the demo; returns the table rows {"model", "sampler", "steps", "fd_mnist", "precision", "recall",
     "seconds"}."""
     out = Path(out)

@@ -81,6 +81,17 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
     return save_grid(images, out, nrow=10 if info["num_classes"] == 10 else None, scale=scale)
 
 
+@torch.no_grad()
+def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list[dict]:
+    """{"steps", "sampler", fd, precision, recall} of a checkpoint's EMA model per (steps, sampler) in budgets,
+    every row on the same n noises and labels (sample_inputs(seed)) against n held-out examples."""
+    model, config, info = load_model(ckpt, device)
+    reference, (name, features) = reference_set(config, n), default_features(config)
+    noise, cond, _ = sample_inputs(info, n, seed, device)
+    return [{"steps": steps, "sampler": sampler, **score(generate(model, config, steps, noise, sampler, **cond),
+                                                         reference, features, name)} for steps, sampler in budgets]
+
+
 def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler: str = "addim", device: str = "cpu",
                         out=None, echo=print) -> list[dict]:
     """Scores a checkpoint's EMA model at each step count against held-out data; prints and returns the rows.

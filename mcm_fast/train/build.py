@@ -75,9 +75,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     entry = "ema" if ema and "ema" in checkpoint else "model"
     check_state_dict(f"{checkpoint['path'] / entry}.safetensors", checkpoint[entry], net)
     net.load_state_dict(checkpoint[entry])
-    model = wrap(net.to(device).eval().requires_grad_(False), config, make_schedule(config))
+    model = wrap(net.to(device).requires_grad_(False), config, make_schedule(config)).eval()
     return model, config, info
-
 
 
 def _rebuild(checkpoint: dict) -> tuple[TrainConfig, dict, torch.nn.Module]:
