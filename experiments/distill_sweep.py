@@ -30,10 +30,10 @@ RUNS = {  # name: (S, steps, overrides of BASE); one setting changed at a time, 
     "s4": (4, 2000, {}),
     "s2": (2, 2000, {}),
     "s8": (8, 2000, {}),
-    "s4-snr1": (4, 2000, {"objective": {"weighting": "snr+1"}}),
-    "s4-fp32": (4, 2000, {"precision": "fp32"}),
+    "s4-snr1": (4, 1500, {"objective": {"weighting": "snr+1"}}),
+    "s4-fp32": (4, 1500, {"precision": "fp32"}),
+    "s4-ema999": (4, 1500, {"optim": {"ema_decay": 0.999}}),
     "s4-noclip": (4, 1000, {"optim": {"grad_clip": 1e9}}),
-    "s4-ema999": (4, 1000, {"optim": {"ema_decay": 0.999}}),
     "s4-ddim": (4, 1000, {"objective": {"teacher_solver": "ddim"}}),
 }
 

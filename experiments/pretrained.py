@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -100,7 +101,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python experiments/pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    root, cwd = Path(__file__).resolve().parents[1], Path.cwd().resolve()
+    command = (f"cd {cwd.relative_to(root)} && " if cwd != root else "") + \
+        f"python {os.path.relpath(Path(__file__).resolve(), cwd)} " + " ".join(argv if argv is not None else sys.argv[1:])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cards = {}
     for name, (directory, config) in configs(Path(args.out)).items():
