@@ -120,11 +120,11 @@ class ConsistencyLoss:
         for name, value, allowed in (("kind", kind, CM_KINDS), ("solver", solver, CM_SOLVERS), ("distance", distance, CM_DISTANCES)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 2):
-            raise ValueError(f"steps: expected an integer >= 2 or None (the CT schedule), got {steps!r}")
+        if steps is not None:
+            check_int("steps", steps, 2, MAX_STEPS)
         if isinstance(total_steps, bool) or not isinstance(total_steps, Integral) or total_steps < 1:
             raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
-        if not (isinstance(huber_c, Real) and 0 < huber_c < math.inf):
+        if isinstance(huber_c, bool) or not (isinstance(huber_c, Real) and 0 < huber_c < math.inf):
             raise ValueError(f"huber_c: expected a finite number > 0, got {huber_c!r}")
         self.kind, self.grid, self.solver, self.distance = kind, grid, solver, distance
         self.steps, self.total_steps, self.s0, self.s1, self.huber_c = steps, total_steps, s0, s1, float(huber_c)

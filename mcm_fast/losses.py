@@ -128,6 +128,8 @@ def check_huber_eps(huber_eps) -> None:
 
 
 def _weighted(dist_sq, weight, loss, huber_eps):
+    if not isinstance(weight, torch.Tensor):  # a tensor's values are not read: that would sync every step
+        check_range("weight", weight, 0, float("inf"))
     weight = per_sample("weight", weight, dist_sq.shape[0], dist_sq.device, dist_sq.dtype)
     return weight.to(dist_sq.dtype) * robust_loss(dist_sq, loss, float(huber_eps))  # float: an int may overflow
 

@@ -131,6 +131,8 @@ class MCMObjective:
         check_huber_eps(huber_eps)
         if isinstance(label_dropout, bool) or not isinstance(label_dropout, Real) or not 0 <= label_dropout <= 1:
             raise ValueError(f"label_dropout: expected a probability in [0, 1], got {label_dropout!r}")
+        if null_label is not None:
+            check_int("null_label", null_label, 0)
         if label_dropout > 0 and null_label is None:
             raise ValueError("null_label: expected the null class index when label_dropout > 0, got None")
         self.schedule = schedule

@@ -66,6 +66,12 @@ CALLS = {  # id -> (call, exception type, the argument its message must start wi
                                          "directory"),
     "load_checkpoint-path-int": (lambda: mf.load_checkpoint(5), TypeError, "path"),
     "load_checkpoint-device": (lambda: mf.load_checkpoint(".", device="bogus"), ValueError, "device"),
+    "MCMObjective-null_label-negative": (lambda: mf.MCMObjective(SCHED, null_label=-1), ValueError, "null_label"),
+    "MCMObjective-null_label-float": (lambda: mf.MCMObjective(SCHED, null_label=1.5), TypeError, "null_label"),
+    "mcm_loss-weight-negative": (lambda: mf.mcm_loss(X, X, -1.0), ValueError, "weight"),
+    "mcm_loss-weight-nan": (lambda: mf.mcm_loss(X, X, math.nan), ValueError, "weight"),
+    "ConsistencyLoss-steps-2^40": (lambda: consistency.ConsistencyLoss(steps=2**40), ValueError, "steps"),
+    "ConsistencyLoss-huber_c-bool": (lambda: consistency.ConsistencyLoss(huber_c=True), ValueError, "huber_c"),
 }
 
 
