@@ -49,9 +49,10 @@ __device__ __forceinline__ void write_update(const scalar_t* x, const scalar_t* 
 }
 
 template <typename scalar_t>
-__global__ void ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
-                            scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
-                            const double* __restrict__ logsnr_s, int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
+                const double* __restrict__ logsnr_s, int64_t d, int64_t chunks) {
   const int64_t b = blockIdx.x / chunks;
   const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
   const int64_t hi = min(lo + kChunk, (b + 1) * d);
@@ -60,9 +61,10 @@ __global__ void ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __re
 }
 
 template <typename scalar_t>
-__global__ void residual_partials_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
-                                         const double* __restrict__ logsnr_t, float* __restrict__ partials,
-                                         int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    residual_partials_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                             const double* __restrict__ logsnr_t, float* __restrict__ partials,
+                             int64_t d, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t b = blockIdx.x / chunks;
   const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
@@ -78,10 +80,11 @@ __global__ void residual_partials_kernel(const scalar_t* __restrict__ x, const s
 }
 
 template <typename scalar_t>
-__global__ void addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
-                             scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
-                             const double* __restrict__ logsnr_s, const double* __restrict__ x_var,
-                             const float* __restrict__ partials, int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                 scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
+                 const double* __restrict__ logsnr_s, const double* __restrict__ x_var,
+                 const float* __restrict__ partials, int64_t d, int64_t chunks) {
   const int64_t b = blockIdx.x / chunks;
   const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
   const int64_t hi = min(lo + kChunk, (b + 1) * d);
