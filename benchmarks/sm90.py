@@ -208,9 +208,10 @@ def triton_calls():
             for tokens in (min(ATTENTION_TOKENS), max(ATTENTION_TOKENS)):
                 shape = attention_shape(tokens, head_dim)
                 q, k, v, o, do = (meta(shape, dtype) for _ in range(5))
+                lse = meta(shape[:3], torch.float32)
                 call = f"attention N{tokens} d{head_dim}"
                 yield f"{call} fwd", name, attention.attention_forward, (q, k, v)
-                yield f"{call} bwd", name, attention.attention_backward, (do, q, k, v, o, meta(shape[:3], torch.float32))
+                yield f"{call} bwd", name, attention.attention_backward, (do, q, k, v, o, lse)
 
 
 def triton_launches() -> list[Launch]:
@@ -229,16 +230,28 @@ def _variant(kwargs: dict) -> str:
 
 
 def compile_jobs(launches: list[Launch]) -> list[tuple[int, int]]:
-    """(launch index, autotune configuration index or -1) of every distinct compilation the launches need."""
+    """(launch index, autotune configuration index or -1) of every distinct compilation the launches need: each
+    configuration an autotuned kernel can pick for the launch (after its early_config_prune)."""
     jobs, seen = [], set()
     for i, launch in enumerate(launches):
-        configs = getattr(launch.kernel, "configs", None)
-        for c in range(len(configs)) if configs else [-1]:
+        for c in configs_of(launch):
             key = _compile_key(launch, c)
             if key not in seen:
                 seen.add(key)
                 jobs.append((i, c))
     return jobs
+
+
+def configs_of(launch: Launch) -> list[int]:
+    """Indices of the autotune configurations the launch may run ([-1] for a kernel without autotuning)."""
+    kernel = launch.kernel
+    if not getattr(kernel, "configs", None):
+        return [-1]
+    configs = kernel.configs
+    if kernel.early_config_prune:
+        named = dict(zip(kernel.arg_names, launch.args))
+        configs = kernel.early_config_prune(kernel.configs, named, **launch.kwargs)
+    return [kernel.configs.index(c) for c in configs]
 
 
 def config_name(config) -> str:
@@ -405,17 +418,18 @@ def _case(launches, job) -> tuple[str, str, str]:
 
 
 def sample_jobs(jobs, launches):
-    """Every configuration of an autotuned kernel at its most demanding case (head dim 128, the long token
-    count) in each dtype, and every other case once, at configurations taken in turn."""
+    """Each configuration an autotuned kernel may pick at the long token count in bfloat16 (the benchmarks' dtype)
+    and float32, and every other case (float16, the short token count) once, at configurations taken in turn."""
     chosen, turn = [], {}
     for job in jobs:
-        kernel, dtype, call = _case(launches, job)
-        configs = getattr(launches[job[0]].kernel, "configs", None)
-        if not configs or call.startswith(f"attention N{max(ATTENTION_TOKENS)} d{max(HEAD_DIMS)} "):
+        launch = launches[job[0]]
+        configs = configs_of(launch)
+        full = launch.dtype in ("bfloat16", "float32") and f" N{max(ATTENTION_TOKENS)} " in launch.call
+        if configs == [-1] or full:
             chosen.append(job)
             continue
-        n = turn.setdefault((kernel, dtype, call), len([k for k in turn if k[0] == kernel]))
-        if job[1] == n % len(configs):
+        n = turn.setdefault((job[0]), len(turn))
+        if job[1] == configs[n % len(configs)]:
             chosen.append(job)
     return chosen
 

@@ -11,9 +11,9 @@ from mcm_fast.ops.registry import _runs_on
 from mcm_fast.solvers import addim_step_reference, ddim_step_reference
 
 from conftest import DEVICE, SIZES_MIB
-from workloads import BATCH, elementwise_bytes, elementwise_numel
+from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
 FUSED = [b for b in mf.available_backends("ddim_step") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 REFERENCES = {"ddim_step": ddim_step_reference, "addim_step": addim_step_reference}

@@ -12,9 +12,9 @@ from mcm_fast.losses import mcm_target_reference, robust_loss, squared_error, ta
 from mcm_fast.ops.registry import _runs_on
 
 from conftest import DEVICE, SIZES_MIB
-from workloads import BATCH, elementwise_bytes, elementwise_numel
+from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
 FUSED = [b for b in mf.available_backends("mcm_target_loss") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 

@@ -8,6 +8,8 @@ matrix products) and 2.5 times that backward (five); it reads q, k, v and writes
 o, dO and writes dq, dk, dv (4 and 12 tensors of [B, H, N, d]; the log-sum-exp rows are left out).
 """
 BATCH = 16  # samples per call of the element-wise ops
+ELEMENTWISE_DTYPES = ("float32", "bfloat16")
+GPU_SIZES_MIB = (1, 16, 64, 256)  # MiB per tensor of the element-wise ops on a GPU
 TENSORS_MOVED = {"ddim_step": 3, "addim_step": 3, "mcm_target": 4, "mcm_target_loss-fwd": 4,
                  "mcm_target_loss-fwd+bwd": 5}
 ATTENTION_TOKENS = (256, 1024, 4096)  # 16x16 to 64x64 feature maps
