@@ -4,7 +4,8 @@ what the machine code says: registers, shared and local memory, resident blocks 
 Triton kernels are compiled the way their launchers would launch them: each launcher in kernels/ runs on meta
 tensors with torch.library.wrap_triton replaced by a recorder, and each recorded launch (and each autotune
 configuration of it) goes through Triton's own argument specialization and compiler for GPUTarget("cuda", 90,
-64). CUDA kernels (csrc/cuda/*.cu) are compiled by nvcc for sm_90a. Resources come from the cuobjdump that
+32), the target Triton's CUDA driver reports on an H100 or H200 (so the compiled kernels are those a launch there
+would compile). CUDA kernels (csrc/cuda/*.cu) are compiled by nvcc for sm_90a. Resources come from the cuobjdump that
 Triton's wheel ships. Shared by tests/test_sm90_compile.py, tests/test_cuda_build.py and scripts/hopper_report.py;
 run with TRITON_INTERPRET unset (the interpreter replaces the kernels and the autotune lists).
 """
@@ -278,7 +279,7 @@ def _specialize(launch: Launch, config: int):
     from triton.runtime.jit import MockTensor, create_function_from_signature
 
     jit = _jit(launch)
-    backend = make_backend(GPUTarget("cuda", 90, 64))
+    backend = make_backend(GPUTarget("cuda", 90, 32))
     binder = create_function_from_signature(jit.signature, jit.params, backend)
     args = [MockTensor(a.dtype, list(a.shape)) if isinstance(a, torch.Tensor) else a for a in launch.args]
     kwargs = {"debug": False, **_kwargs(launch, config)}
@@ -303,7 +304,7 @@ def compile_triton(launch: Launch, config: int) -> Kernel:
     from triton.backends.compiler import GPUTarget
 
     source, options = _specialize(launch, config)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 64), options=options.__dict__)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options.__dict__)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
