@@ -18,8 +18,8 @@ import roofline
 from workloads import GPU_SIZES_MIB
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-GPU_SIZES = ",".join(map(str, GPU_SIZES_MIB))
-SIZES_MIB = [int(s) for s in os.environ.get("MCM_FAST_BENCH_MIB", GPU_SIZES if DEVICE.type == "cuda" else "1,16,64").split(",")]
+DEFAULT_MIB = ",".join(map(str, GPU_SIZES_MIB)) if DEVICE.type == "cuda" else "1,16,64"
+SIZES_MIB = [int(s) for s in os.environ.get("MCM_FAST_BENCH_MIB", DEFAULT_MIB).split(",")]
 ROWS: list[dict] = []
 
 

@@ -32,10 +32,9 @@ CUDA_SOURCES = sorted(ROOT.glob("csrc/cuda/*.cu"))
 # Compute Capability" and the Hopper tuning guide.
 REGS_PER_SM = 65536
 REG_ALLOC_UNIT = 256  # registers are given to a warp in units of 256 (8 per thread)
-MAX_REGS_PER_THREAD = 255
 SMEM_PER_SM = 228 * 1024
 SMEM_PER_BLOCK = 227 * 1024  # the opt-in limit of one block
-SMEM_RESERVED_PER_BLOCK = 1024  # taken by the driver from every resident block
+SMEM_RESERVED_PER_BLOCK = 1024  # taken by the driver from every resident block, added to what cuobjdump reports
 SMEM_ALLOC_UNIT = 128
 MAX_THREADS_PER_SM = 2048
 MAX_BLOCKS_PER_SM = 32
@@ -170,9 +169,7 @@ def recording(launches: list, call: str, dtype: str):
             m.wrap_triton = w
 
 
-DTYPES = ("float32", "bfloat16", "float16")
-ELEMENTWISE_DTYPES = DTYPES + ("float64",)
-HEAD_DIMS = (32, 64, 128)
+COMPILED_DTYPES = ("float32", "bfloat16", "float16")  # those of attention; the element-wise kernels also take float64
 
 
 def triton_calls():
@@ -187,7 +184,7 @@ def triton_calls():
 
     meta = lambda shape, dtype: torch.empty(shape, device="meta", dtype=dtype)  # noqa: E731
     per_sample = lambda: meta((BATCH,), torch.float64)  # noqa: E731
-    for name in ELEMENTWISE_DTYPES:
+    for name in COMPILED_DTYPES + ("float64",):
         dtype = getattr(torch, name)
         d = elementwise_numel(16, dtype.itemsize) // BATCH
         x = lambda d=d: meta((BATCH, d), dtype)  # noqa: E731
@@ -203,9 +200,9 @@ def triton_calls():
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         yield (f"mcm_sqdist_backward d{d}", name, mcm_loss.mcm_sqdist_backward,
                (meta((BATCH, d), compute), per_sample(), dtype))
-    for name in DTYPES:
+    for name in COMPILED_DTYPES:
         dtype = getattr(torch, name)
-        for head_dim in HEAD_DIMS:
+        for head_dim in attention.HEAD_DIMS:
             for tokens in (min(ATTENTION_TOKENS), max(ATTENTION_TOKENS)):
                 shape = attention_shape(tokens, head_dim)
                 q, k, v, o, do = (meta(shape, dtype) for _ in range(5))

@@ -50,10 +50,11 @@ def attention_section(kernels: list[sm90.Kernel]) -> list[str]:
     lines = [f"### Attention, bfloat16, {LONG} tokens (benchmark shape)", ""]
     lines += _table(["kernel", "d", "config", "regs", "smem KiB", "local B", "blocks/SM", "warps/SM", "waves",
                      "tensor core (instr.)", "cp.async", "ld.global"], rows)
-    same = {(k.kernel, _head_dim(k), k.config): (k.regs, k.shared, k.local) for k in main}
+    usage = lambda k: (k.regs, k.shared, k.local)  # noqa: E731
+    same = {(k.kernel, _head_dim(k), k.config): usage(k) for k in main}
     differ = [f"`{k.kernel}` d{_head_dim(k)} {k.config} {k.dtype} ({k.call}): {k.regs} regs, {k.shared} B smem"
               for k in attention if k.dtype != "float32" and k not in main
-              and same.get((k.kernel, _head_dim(k), k.config), (k.regs, k.shared, k.local)) != (k.regs, k.shared, k.local)]
+              and same.get((k.kernel, _head_dim(k), k.config), usage(k)) != usage(k)]
     lines += ["", f"float16 and {min(sm90.ATTENTION_TOKENS)} tokens: "
               + ("the same registers and shared memory as above in every compilation." if not differ else
                  "as above except " + "; ".join(differ) + ".")]
@@ -69,7 +70,8 @@ def elementwise_section(kernels: list[sm90.Kernel]) -> list[str]:
     rows = [[k.kernel, k.variant, k.dtype, k.threads // 32, *_occupancy(k), f"{k.bytes_per_element('LDG'):g}",
              f"{k.bytes_per_element('STG'):g}", _widths(k, "LDG"), _widths(k, "STG")]
             for k in kernels if not k.kernel.startswith("_attention")]
-    lines = ["### Element-wise Triton kernels (16 samples of 16 MiB; the aDDIM row kernel at 16384 and 784 elements)", ""]
+    lines = ["### Element-wise Triton kernels (16 samples of 16 MiB; the aDDIM row kernel at 16384 and 784 elements)",
+             ""]
     return lines + _table(["kernel", "constexprs", "dtype", "warps", "regs", "smem KiB", "local B", "blocks/SM",
                            "warps/SM", "waves", "B/elem read", "B/elem written", "ld.global (n x bits)",
                            "st.global"], rows)

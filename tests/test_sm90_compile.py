@@ -6,9 +6,9 @@ each input and write each output once, in 16-byte accesses; the autotuned attent
 blocks resident per SM.
 
 The compiler runs in a subprocess: this process runs Triton's interpreter (conftest.py), which replaces the
-kernels. CI compiles a fixed sample (benchmarks/sm90.py's sample_jobs: every configuration at every head dim in bfloat16
-and float32, and every other dtype and token count at least once); MCM_FAST_SM90_ALL=1 compiles all of them
-(scripts/hopper_report.py always does).
+kernels. CI compiles a fixed sample (benchmarks/sm90.py's sample_jobs: every configuration at every head dim
+in bfloat16 and float32, and every other dtype and token count at least once); MCM_FAST_SM90_ALL=1 compiles
+all of them (scripts/hopper_report.py always does).
 """
 import json
 import os
@@ -36,12 +36,14 @@ def _compiler_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_compiler_missing() is not None, reason=str(_compiler_missing()))
+MISSING = _compiler_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """The compilation report of benchmarks/sm90.py: {"jobs": all compilations, "kernels": those compiled}."""
+    """benchmarks/sm90.py's report: {"configs": per autotuned kernel, "cases": (kernel, dtype, call) to cover,
+    "kernels": the compilations}."""
     out = tmp_path_factory.mktemp("sm90") / "kernels.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "sm90.py"), "--json", str(out), "--workers", "2"]
