@@ -27,6 +27,7 @@ from mcm_fast.kernels.common import cast, dot_operand
 
 HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # Autotune configurations (BLOCK_M, BLOCK_N, warps, stages) per kernel and head dim for float16 and bfloat16, kept
@@ -58,7 +59,7 @@ def _shape(config):
 
 def _configs(kernel):
     """Every configuration the kernel may take (under the interpreter, one small one)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if INTERPRETED:
         return [_config(*_INTERPRETED_CONFIG)]
     shapes = [s for per_dim in HOPPER_CONFIGS[kernel].values() for s in per_dim] + list(FLOAT32_CONFIGS)
     return [_config(*s) for s in dict.fromkeys(shapes)]
@@ -67,7 +68,7 @@ def _configs(kernel):
 def _prune(kernel):
     """Keeps the configurations of the call's head dim and precision (triton.autotune's early_config_prune)."""
     def prune(configs, named_args, **kwargs):
-        if os.environ.get("TRITON_INTERPRET") == "1":
+        if INTERPRETED:
             return configs
         wanted = FLOAT32_CONFIGS if kwargs["PRECISION"] == "ieee" else HOPPER_CONFIGS[kernel][kwargs["HEAD_DIM"]]
         return [c for c in configs if _shape(c) in wanted]
