@@ -342,7 +342,7 @@ def compile_cuda(source: Path, workdir: Path) -> tuple[subprocess.CompletedProce
     """nvcc's result for one .cu file and, when it compiled, each kernel (template instance) in it. A kernel's
     threads per block is its __launch_bounds__, which every kernel in csrc/cuda declares."""
     output = workdir / (source.stem + ".o")
-    result = subprocess.run(nvcc_command(source, output), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(nvcc_command(source, output), capture_output=True, text=True, timeout=3600)
     if result.returncode:
         return result, []
     elf = subprocess.run([cuobjdump(), "--dump-elf", str(output)], capture_output=True, text=True, check=True).stdout
