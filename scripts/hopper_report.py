@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +120,12 @@ def main():
     opts = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels")
-    triton_kernels = [sm90.Kernel(**k) for k in sm90.compile_report(sample=False, workers=opts.workers)["kernels"]]
-    cuda_kernels = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for source in sm90.CUDA_SOURCES:
-            result, kernels = sm90.compile_cuda(source, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor() as nvcc:  # nvcc runs beside Triton
+        cuda = [nvcc.submit(sm90.compile_cuda, source, Path(tmp)) for source in sm90.CUDA_SOURCES]
+        triton_kernels = [sm90.Kernel(**k) for k in sm90.compile_report(sample=False, workers=opts.workers)["kernels"]]
+        cuda_kernels = []
+        for source, future in zip(sm90.CUDA_SOURCES, cuda):
+            result, kernels = future.result()
             if result.returncode:
                 sys.exit(f"nvcc failed on {source}:\n{result.stderr[-4000:]}")
             cuda_kernels += kernels
