@@ -117,12 +117,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--sample", action="store_true", help="compile the sample the CI test compiles")
     opts = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels")
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor() as nvcc:  # nvcc runs beside Triton
         cuda = [nvcc.submit(sm90.compile_cuda, source, Path(tmp)) for source in sm90.CUDA_SOURCES]
-        triton_kernels = [sm90.Kernel(**k) for k in sm90.compile_report(sample=False, workers=opts.workers)["kernels"]]
+        triton_kernels = [sm90.Kernel(**k) for k in sm90.compile_report(opts.sample, opts.workers)["kernels"]]
         cuda_kernels = []
         for source, future in zip(sm90.CUDA_SOURCES, cuda):
             result, kernels = future.result()
@@ -139,7 +140,8 @@ def main():
              "(65536 registers, 228 KiB shared memory with 1 KiB reserved per block, 2048 threads, 32 blocks); "
              "waves = blocks of the benchmark call / (132 SMs x blocks per SM). Instruction counts are static "
              "(SASS): HGMMA is wgmma, HMMA mma.sync, LDGSTS cp.async. "
-             f"{len(triton_kernels)} Triton and {len(cuda_kernels)} CUDA compilations; "
+             f"{len(triton_kernels)} Triton compilations ({'the sample of tests/test_sm90_compile.py' if opts.sample
+                                                          else 'all'}) and {len(cuda_kernels)} CUDA ones; "
              + (f"{len(problems)} do not fit: " + "; ".join(problems) if problems else "none spills or overflows.")]
     for section in (attention_section(triton_kernels), elementwise_section(triton_kernels),
                     cuda_section(cuda_kernels), roofline_section()):
