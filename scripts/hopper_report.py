@@ -130,6 +130,7 @@ def main():
             if result.returncode:
                 sys.exit(f"nvcc failed on {source}:\n{result.stderr[-4000:]}")
             cuda_kernels += kernels
+    which = "the sample tests/test_sm90_compile.py compiles" if opts.sample else "all"
     problems = [f"{k.kernel} {k.variant} {k.config} {k.dtype}: {p}" for k in triton_kernels + cuda_kernels
                 for p in k.problems()]
     lines = [BEGIN, "## sm_90a: every kernel compiled for the H100/H200 without a GPU (issue 20)",
@@ -140,8 +141,7 @@ def main():
              "(65536 registers, 228 KiB shared memory with 1 KiB reserved per block, 2048 threads, 32 blocks); "
              "waves = blocks of the benchmark call / (132 SMs x blocks per SM). Instruction counts are static "
              "(SASS): HGMMA is wgmma, HMMA mma.sync, LDGSTS cp.async. "
-             f"{len(triton_kernels)} Triton compilations ({'the sample of tests/test_sm90_compile.py' if opts.sample
-                                                          else 'all'}) and {len(cuda_kernels)} CUDA ones; "
+             f"{len(triton_kernels)} Triton compilations ({which}) and {len(cuda_kernels)} CUDA ones; "
              + (f"{len(problems)} do not fit: " + "; ".join(problems) if problems else "none spills or overflows.")]
     for section in (attention_section(triton_kernels), elementwise_section(triton_kernels),
                     cuda_section(cuda_kernels), roofline_section()):
