@@ -63,12 +63,12 @@ def attention_section(kernels: list[sm90.Kernel]) -> list[str]:
                   key=lambda k: (ORDER.index(k.kernel), _head_dim(k), k.call))
     lines += ["", "float32 (IEEE products on the CUDA cores), both token counts:", ""]
     lines += _table(["kernel", "call", "config", "regs", "smem KiB", "local B", "blocks/SM", "warps/SM", "waves",
-                     "tensor core"], [[k.kernel, k.call, k.config, *_occupancy(k), k.tensor_core] for k in fp32])
+                     "tensor core"], [[f"`{k.kernel}`", k.call, k.config, *_occupancy(k), k.tensor_core] for k in fp32])
     return lines
 
 
 def elementwise_section(kernels: list[sm90.Kernel]) -> list[str]:
-    rows = [[k.kernel, k.variant, k.dtype, k.threads // 32, *_occupancy(k), f"{k.bytes_per_element('LDG'):g}",
+    rows = [[f"`{k.kernel}`", k.variant, k.dtype, k.threads // 32, *_occupancy(k), f"{k.bytes_per_element('LDG'):g}",
              f"{k.bytes_per_element('STG'):g}", _widths(k, "LDG"), _widths(k, "STG")]
             for k in kernels if not k.kernel.startswith("_attention")]
     lines = ["### Element-wise Triton kernels (16 samples of 16 MiB; the aDDIM row kernel at 16384 and 784 elements)",
@@ -79,7 +79,7 @@ def elementwise_section(kernels: list[sm90.Kernel]) -> list[str]:
 
 
 def cuda_section(kernels: list[sm90.Kernel]) -> list[str]:
-    rows = [[k.call, k.kernel, k.variant, k.threads, *_occupancy(k)[:5], _widths(k, "LDG"), _widths(k, "STG")]
+    rows = [[k.call, f"`{k.kernel}`", f"`{k.variant}`", k.threads, *_occupancy(k)[:5], _widths(k, "LDG"), _widths(k, "STG")]
             for k in kernels]
     lines = ["### CUDA kernels (csrc/cuda, nvcc for sm_90a; threads per block from `__launch_bounds__`)", ""]
     return lines + _table(["file", "kernel", "type", "threads", "regs", "smem KiB", "local B", "blocks/SM",
