@@ -135,7 +135,8 @@ def main():
                 for p in k.problems()]
     lines = [BEGIN, "## sm_90a: every kernel compiled for the H100/H200 without a GPU (issue 20)",
              f"No GPU: compiled ahead of time for sm_90a on the 2-core development machine; {_versions()}. Command: "
-             "`.venv/bin/python scripts/hopper_report.py` (generated; edits here are overwritten). Resources "
+             f"`.venv/bin/python scripts/hopper_report.py{' --sample' if opts.sample else ''}` (generated; edits "
+             "here are overwritten). Resources "
              "from cuobjdump: registers per thread, shared memory per block (static + dynamic), local memory per "
              "thread (spills); resident blocks and warps per SM by the occupancy rules of compute capability 9.0 "
              "(65536 registers, 228 KiB shared memory with 1 KiB reserved per block, 2048 threads, 32 blocks); "
