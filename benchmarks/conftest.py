@@ -1,7 +1,8 @@
 """Shared measurement for the benchmarks, printed as one table at the end: each row's GB/s (memory-bound ops),
 TFLOP/s (attention, networks) and images/s (sampling, training), its ratio to the group's baseline (eager
 PyTorch, or the fastest SDPA backend) and its fraction of the copy bandwidth or of the bf16 (CPU: float32) matmul
-rate measured in the same run. No benchmark asserts speed."""
+rate measured in the same run; on an H100 or H200 also the row's roofline time from the public peaks
+(benchmarks/roofline.py) and the fraction of it reached. No benchmark asserts speed."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,12 @@ from collections import defaultdict
 import pytest
 import torch
 
+import roofline
+from workloads import GPU_SIZES_MIB
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-SIZES_MIB = [int(s) for s in os.environ.get("MCM_FAST_BENCH_MIB", "1,16,64,256" if DEVICE.type == "cuda" else "1,16,64").split(",")]
+DEFAULT_MIB = ",".join(map(str, GPU_SIZES_MIB)) if DEVICE.type == "cuda" else "1,16,64"
+SIZES_MIB = [int(s) for s in os.environ.get("MCM_FAST_BENCH_MIB", DEFAULT_MIB).split(",")]
 ROWS: list[dict] = []
 
 
@@ -41,7 +46,7 @@ def measure(benchmark):
         benchmark.pedantic(timed, rounds=10, iterations=1, warmup_rounds=2)
         seconds = benchmark.stats.stats.median
         ROWS.append(dict(group=group, impl=impl, seconds=seconds, gbps=nbytes / seconds / 1e9, size_mib=size_mib,
-                         tflops=flops / seconds / 1e12, items=items / seconds))
+                         tflops=flops / seconds / 1e12, items=items / seconds, nbytes=nbytes, flops=flops))
 
     return run
 
@@ -77,9 +82,11 @@ def pytest_terminal_summary(terminalreporter):
         by_group[r["group"]].append(r)
     write = terminalreporter.write_line
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    gpu = roofline.device(name)  # an H100 or H200: each row against its roofline (benchmarks/roofline.py)
     write(f"\nmcm_fast benchmarks on {DEVICE} ({name}), median of 10 rounds; "
-          f"matmul peak {peak or 0:.1f} TFLOP/s measured now")
-    write(f"{'group':<40} {'impl':<14} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} {'img/s':>9} {'x base':>7} {'of peak':>8}")
+          f"matmul peak {peak or 0:.1f} TFLOP/s measured now" + (f"; roofline of the {gpu}'s peaks" if gpu else ""))
+    write(f"{'group':<40} {'impl':<14} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} {'img/s':>9} {'x base':>7} {'of peak':>8}"
+          + (f" {'roof ms':>9} {'of roof':>8}" if gpu else ""))
     for group, rows in by_group.items():
         base = _baseline(rows)
         for r in rows:
@@ -91,7 +98,11 @@ def pytest_terminal_summary(terminalreporter):
                 frac = f"{r['gbps'] / copy[r['size_mib']]:.0%}" if r["size_mib"] in copy else "-"
                 rate = f"{r['gbps']:>8.1f} {'-':>8}"
             items = f"{r['items']:>9.1f}" if r["items"] else f"{'-':>9}"
-            write(f"{group:<40} {r['impl']:<14} {r['seconds'] * 1e3:>9.3f} {rate} {items} {ratio:>7} {frac:>8}")
+            roof = ""
+            if gpu:
+                best = roofline.best_seconds(r["nbytes"], r["flops"], gpu)
+                roof = f" {best * 1e3:>9.3f} {best / r['seconds']:>8.0%}"
+            write(f"{group:<40} {r['impl']:<14} {r['seconds'] * 1e3:>9.3f} {rate} {items} {ratio:>7} {frac:>8}{roof}")
 
 
 def forward_flops(net: torch.nn.Module, shape: tuple, num_classes: int) -> float:

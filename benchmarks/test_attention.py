@@ -15,12 +15,14 @@ import mcm_fast as mf
 from mcm_fast.ops.registry import _runs_on
 
 from conftest import DEVICE
+from workloads import (ATTENTION_HEAD_DIMS, ATTENTION_TOKENS, ATTENTION_TOTAL_TOKENS, attention_bytes, attention_flops,
+                       attention_shape)
 
 CUDA = DEVICE.type == "cuda"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-TOKENS = [256, 1024, 4096] if CUDA else [64, 256]
-HEAD_DIMS = [64, 128] if CUDA else [64]
-TOTAL_TOKENS = 65536 if CUDA else 1024  # batch x heads x tokens per call
+TOKENS = ATTENTION_TOKENS if CUDA else [64, 256]
+HEAD_DIMS = ATTENTION_HEAD_DIMS if CUDA else [64]
+TOTAL_TOKENS = ATTENTION_TOTAL_TOKENS if CUDA else 1024  # batch x heads x tokens per call
 SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
         "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION} if CUDA else {"sdpa-flash": SDPBackend.FLASH_ATTENTION,
                                                                         "sdpa-math": SDPBackend.MATH}
@@ -43,10 +45,10 @@ def attention_fn(impl):
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 def test_attention(measure, backward, tokens, head_dim, impl):
-    heads = 8 if head_dim == 64 else 4
-    batch = max(1, TOTAL_TOKENS // (tokens * heads))
+    shape = attention_shape(tokens, head_dim, TOTAL_TOKENS)
+    batch, heads, _, _ = shape
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, tokens, head_dim, device=DEVICE, dtype=DTYPE, generator=g).requires_grad_(backward)
+    q, k, v = (torch.randn(shape, device=DEVICE, dtype=DTYPE, generator=g).requires_grad_(backward)
                for _ in range(3))
     fn = attention_fn(impl)
     dout = torch.randn_like(q)
@@ -60,6 +62,6 @@ def test_attention(measure, backward, tokens, head_dim, impl):
         if backward:
             torch.autograd.grad(out, (q, k, v), dout)
 
-    forward_flops = 4 * batch * heads * tokens**2 * head_dim
     group = f"attention-{'fwd+bwd' if backward else 'fwd'}-N{tokens}-d{head_dim}-B{batch}xH{heads}"
-    measure(run, group=group, impl=impl, flops=forward_flops * (3.5 if backward else 1.0))
+    measure(run, group=group, impl=impl, flops=attention_flops(shape, backward),
+            nbytes=attention_bytes(shape, backward, DTYPE.itemsize))

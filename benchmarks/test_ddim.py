@@ -1,6 +1,6 @@
 """ddim_step and addim_step: every backend present against eager and torch.compile of the reference.
 
-Bytes moved per call: read x_hat and z_t, write z_s (3 tensors). Copy bandwidth: read + write of one tensor.
+Bytes moved per call: benchmarks/workloads.py (3 tensors). Copy bandwidth: read + write of one tensor.
 Run: pytest benchmarks/test_ddim.py (MCM_FAST_BENCH_MIB=1,16,64 sets the tensor sizes).
 """
 import pytest
@@ -11,16 +11,16 @@ from mcm_fast.ops.registry import _runs_on
 from mcm_fast.solvers import addim_step_reference, ddim_step_reference
 
 from conftest import DEVICE, SIZES_MIB
+from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
-BATCH = 16
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
 FUSED = [b for b in mf.available_backends("ddim_step") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 REFERENCES = {"ddim_step": ddim_step_reference, "addim_step": addim_step_reference}
 
 
 def inputs(size_mib, dtype, op):
-    numel = size_mib * 2**20 // torch.tensor([], dtype=dtype).element_size()
+    numel = elementwise_numel(size_mib, dtype.itemsize)
     g = torch.Generator(device=DEVICE).manual_seed(0)
     x = torch.randn(BATCH, numel // BATCH, device=DEVICE, dtype=dtype, generator=g)
     z = torch.randn_like(x)
@@ -50,6 +50,6 @@ def test_update(measure, op, size_mib, dtype, impl):
         fn = torch.compile(REFERENCES[op], dynamic=False)
     else:
         fn = mf.ops.dispatch(op, DEVICE, needs_grad=False, backend=impl)
-    nbytes = 3 * args[0].nbytes
+    nbytes = elementwise_bytes(op, size_mib, dtype.itemsize)
     group = f"{op}-{size_mib}MiB-{str(dtype).split('.')[-1]}"
     measure(lambda: fn(*args), group=group, impl=impl, nbytes=nbytes, size_mib=size_mib)

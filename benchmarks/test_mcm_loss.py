@@ -1,9 +1,8 @@
 """mcm_target and mcm_target_loss (forward, and forward + backward): every backend present against eager and
 torch.compile of the reference, in the same run.
 
-Bytes counted are the least each call must move, in the data's dtype: mcm_target reads x_ref, z_s, z_t and
-writes x_target (4 tensors); mcm_target_loss reads x_hat, x_ref, z_s, z_t (4), and with its backward also
-writes dL/dx_hat (5). Run: pytest benchmarks/test_mcm_loss.py (MCM_FAST_BENCH_MIB=1,16,64 sets the sizes).
+Bytes counted are the least each call must move (benchmarks/workloads.py): 4 tensors for mcm_target and
+mcm_target_loss, 5 with its backward. Run: pytest benchmarks/test_mcm_loss.py (MCM_FAST_BENCH_MIB=1,16,64 sets the sizes).
 """
 import pytest
 import torch
@@ -13,16 +12,16 @@ from mcm_fast.losses import mcm_target_reference, robust_loss, squared_error, ta
 from mcm_fast.ops.registry import _runs_on
 
 from conftest import DEVICE, SIZES_MIB
+from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
-BATCH = 16
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
 FUSED = [b for b in mf.available_backends("mcm_target_loss") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 
 
 def inputs(size_mib, dtype):
     """x_hat, x_ref, z_s, z_t of size_mib each, and per-sample logSNRs of t, s, t_step and the weight."""
-    numel = size_mib * 2**20 // torch.tensor([], dtype=dtype).element_size()
+    numel = elementwise_numel(size_mib, dtype.itemsize)
     g = torch.Generator(device=DEVICE).manual_seed(0)
     tensors = [torch.randn(BATCH, numel // BATCH, device=DEVICE, dtype=dtype, generator=g) for _ in range(4)]
     logsnr_t = torch.linspace(-8, 4, BATCH, device=DEVICE, dtype=torch.float64)
@@ -56,7 +55,7 @@ def test_target(measure, size_mib, dtype, impl):
     else:
         fn = mf.ops.dispatch("mcm_target", DEVICE, needs_grad=False, backend=impl)
     measure(lambda: fn(x_ref, z_s, z_t, *logsnrs), group=f"mcm_target-{size_mib}MiB-{str(dtype).split('.')[-1]}",
-            impl=impl, nbytes=4 * x_ref.nbytes, size_mib=size_mib)
+            impl=impl, nbytes=elementwise_bytes("mcm_target", size_mib, dtype.itemsize), size_mib=size_mib)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -75,5 +74,6 @@ def test_target_loss(measure, backward, size_mib, dtype, impl):
             value.backward()
             x_hat.grad = None
 
-    group = f"mcm_target_loss-{'fwd+bwd' if backward else 'fwd'}-{size_mib}MiB-{str(dtype).split('.')[-1]}"
-    measure(run, group=group, impl=impl, nbytes=(5 if backward else 4) * x_hat.nbytes, size_mib=size_mib)
+    op = f"mcm_target_loss-{'fwd+bwd' if backward else 'fwd'}"
+    group = f"{op}-{size_mib}MiB-{str(dtype).split('.')[-1]}"
+    measure(run, group=group, impl=impl, nbytes=elementwise_bytes(op, size_mib, dtype.itemsize), size_mib=size_mib)

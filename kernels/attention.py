@@ -27,14 +27,52 @@ from mcm_fast.kernels.common import cast, dot_operand
 
 HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3),
-                               (128, 32, 4, 4), (64, 32, 4, 4), (128, 128, 8, 2))]
+# Autotune configurations (BLOCK_M, BLOCK_N, warps, stages) per kernel and head dim for float16 and bfloat16, kept
+# by the sm_90a table of docs/benchmarks.md (scripts/hopper_report.py): each compiles without spilling, runs its
+# matrix products on wgmma and keeps two blocks resident per H100 SM. The dK/dV kernel's products have BLOCK_N
+# rows (wgmma needs 64 per warpgroup); at head dim 128 the 8-warp and the large tiles hold one block per SM.
+_SMALL_HEADS = ((128, 64, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4))
+HOPPER_CONFIGS = {
+    "fwd": {32: _SMALL_HEADS, 64: _SMALL_HEADS,
+            128: ((64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 4), (128, 32, 4, 3), (64, 32, 4, 4))},
+    "dkdv": dict.fromkeys((32, 64), ((64, 64, 4, 3), (64, 64, 4, 2), (32, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 2)))
+    | {128: ((64, 64, 4, 2), (32, 64, 4, 3), (32, 64, 4, 2), (32, 64, 4, 4), (16, 64, 4, 3))},
+    "dq": {32: _SMALL_HEADS, 64: _SMALL_HEADS,
+           128: ((64, 32, 4, 4), (64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 3))},
+}
+# float32 runs IEEE products on the CUDA cores, in registers: at head dim 128 every 4-warp tile spilled (even
+# 32 x 32) and the large ones took minutes to compile; 32 x 32 on 8 warps, unpipelined, does not spill.
+FLOAT32_CONFIGS = ((32, 32, 8, 1),)
+_INTERPRETED_CONFIG = (32, 32, 4, 1)
+
+
+def _config(block_m, block_n, warps, stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+def _shape(config):
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+
+
+def _configs(kernel):
+    """Every configuration the kernel may take (under the interpreter, one small one)."""
+    if INTERPRETED:
+        return [_config(*_INTERPRETED_CONFIG)]
+    shapes = [s for per_dim in HOPPER_CONFIGS[kernel].values() for s in per_dim] + list(FLOAT32_CONFIGS)
+    return [_config(*s) for s in dict.fromkeys(shapes)]
+
+
+def _prune(kernel):
+    """Keeps the configurations of the call's head dim and precision (triton.autotune's early_config_prune)."""
+    def prune(configs, named_args, **kwargs):
+        if INTERPRETED:
+            return configs
+        wanted = FLOAT32_CONFIGS if kwargs["PRECISION"] == "ieee" else HOPPER_CONFIGS[kernel][kwargs["HEAD_DIM"]]
+        return [c for c in configs if _shape(c) in wanted]
+    return {"early_config_prune": prune}
 
 
 @triton.jit
@@ -43,7 +81,7 @@ def _head_offsets(bh, H, stride_b, stride_h):
     return (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
 
 
-@triton.autotune(configs=_configs(), key=["N", "M", "HEAD_DIM", "PRECISION"])
+@triton.autotune(configs=_configs("fwd"), key=["N", "M", "HEAD_DIM", "PRECISION"], prune_configs_by=_prune("fwd"))
 @triton.jit
 def _attention_fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, H,
                           scale_log2, N: tl.constexpr, M: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -90,7 +128,7 @@ def _attention_bwd_preprocess_kernel(O, DO, DELTA, N: tl.constexpr, HEAD_DIM: tl
     tl.store(DELTA + bh.to(tl.int64) * N + rows, tl.sum(o * do, axis=1), mask=rows < N)
 
 
-@triton.autotune(configs=_configs(), key=["N", "M", "HEAD_DIM", "PRECISION"])
+@triton.autotune(configs=_configs("dkdv"), key=["N", "M", "HEAD_DIM", "PRECISION"], prune_configs_by=_prune("dkdv"))
 @triton.jit
 def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh,
                                svn, svd, H, scale, scale_log2, N: tl.constexpr, M: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -126,7 +164,7 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sqb, sqh, sqn, s
     tl.store(DV + offs, cast(dv, DV.dtype.element_ty), mask=keys[:, None] < M)
 
 
-@triton.autotune(configs=_configs(), key=["N", "M", "HEAD_DIM", "PRECISION"])
+@triton.autotune(configs=_configs("dq"), key=["N", "M", "HEAD_DIM", "PRECISION"], prune_configs_by=_prune("dq"))
 @triton.jit
 def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                              H, scale, scale_log2, N: tl.constexpr, M: tl.constexpr, HEAD_DIM: tl.constexpr,

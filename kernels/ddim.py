@@ -3,7 +3,8 @@
 z_s = p x_hat + q (z_t - r x_hat) per sample, p = alpha_s, r = alpha_t, q = sigma_s / sigma_t (DDIM) or
 c / sigma_t with c^2 = sigma_s^2 + d K^2 x_var / ||eps_hat||^2 (aDDIM). The grid is (chunk, sample): each
 program owns BLOCK elements of one sample. aDDIM on samples of at most ROW_MAX elements runs one program per
-sample that holds it in registers: one read of x_hat and z_t, one write. Larger samples take two kernels:
+sample that holds it in registers: one read of x_hat and z_t, one write (not float64, which spilled there: the
+sm_90a table of docs/benchmarks.md). Larger samples, and float64, take two kernels:
 one partial sum of (z_t - alpha_t x_hat)^2 per program, summed per sample by torch in a fixed order
 (deterministic), then the update, which reads x_hat and z_t a second time. Arithmetic in float32 (float64 for float64 data), coefficients in float64. Inputs
 are made contiguous once. The backward is the closed form of mcm_fast.solvers (plain PyTorch), as for the
@@ -93,7 +94,7 @@ def ddim_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
     if x.numel() == 0:
         return out
     d = x.numel() // batch
-    if x_var is not None and d <= ROW_MAX:
+    if x_var is not None and d <= ROW_MAX and x.dtype != torch.float64:
         block_d = triton.next_power_of_2(d)
         wrap_triton(_addim_step_row_kernel)[(batch,)](x, z, out, logsnr_t, logsnr_s, x_var.contiguous(), d,
                                                       BLOCK_D=block_d, COMPUTE=compute_dtype(x),

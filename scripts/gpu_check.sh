@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The device checks in one call, for the lent GPU machine (its own python3 and torch): build the CUDA
-# extension, run the GPU tests (CUDA and Triton backends, the CUDA-graph sampler), then the benchmarks.
-# Each stage has its own time limit; logs go to $OUT/<stage>.log, the summaries to stdout.
+# The device checks in one call, for the lent GPU machine (its own python3, torch and Triton, no package
+# registry): install the package in place with its CUDA extension (pip, offline: an editable install is what maps
+# kernels/ to mcm_fast.kernels, which PYTHONPATH alone does not), run the GPU tests (CUDA and Triton backends,
+# the CUDA-graph sampler), then the benchmarks; on an H100 or H200 their table adds each row's roofline time
+# from the public peaks and the fraction of it measured (benchmarks/roofline.py; the prediction is in
+# docs/benchmarks.md). Each stage has its own time limit; logs go to $OUT/<stage>.log, the summaries to stdout.
 #   bash scripts/gpu_check.sh                 (in the repository root; OUT defaults to /tmp/gpu_check)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
@@ -17,7 +20,7 @@ stage() {  # stage NAME SECONDS LINES COMMAND...: runs COMMAND under a time limi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
 git log -1 --format='commit %h' 2>/dev/null
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-stage build "${BUILD_S:-150}" 3 python3 setup.py build_ext --inplace
+stage install "${BUILD_S:-150}" 3 python3 -m pip install --no-index --no-build-isolation --no-deps -e .
 python3 -c "import mcm_fast as mf; print('backends', {op: mf.available_backends(op) for op in ('ddim_step', 'mcm_target_loss', 'attention')})"
 stage tests "${TESTS_S:-130}" 15 python3 -m pytest -q -n 8 -p no:cacheprovider -rfE \
     tests/test_ddim_kernels.py tests/test_mcm_loss_kernels.py tests/test_attention.py tests/test_uvit.py tests/test_fast_paths.py \

@@ -4,7 +4,9 @@
 // (DDIM) or c / sigma_t (aDDIM). Each block owns kChunk elements of one sample and computes that sample's
 // coefficients itself from the logSNRs on the device: no host sync, so the ops can be captured in a CUDA
 // graph; everything runs on the current stream. aDDIM on samples of at most kRowMax elements runs one block
-// per sample that keeps the sample in registers: one read of x_hat and z_t, one write. Larger samples first
+// per sample that keeps the sample in registers: one read of x_hat and z_t, one write (not for float64: 32
+// doubles a thread need more than the 64 registers a 1024-thread block leaves, and spilled, per the sm_90a table
+// of docs/benchmarks.md). Larger samples (and float64) first
 // write one partial sum of (z_t - r x_hat)^2 per block, then every block of the update sums its sample's
 // partials in the same order (deterministic) and reads x_hat and z_t again.
 // Arithmetic in float32 (float64 for float64 data); partial sums in float32 per block, summed in double.
@@ -49,9 +51,10 @@ __device__ __forceinline__ void write_update(const scalar_t* x, const scalar_t* 
 }
 
 template <typename scalar_t>
-__global__ void ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
-                            scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
-                            const double* __restrict__ logsnr_s, int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
+                const double* __restrict__ logsnr_s, int64_t d, int64_t chunks) {
   const int64_t b = blockIdx.x / chunks;
   const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
   const int64_t hi = min(lo + kChunk, (b + 1) * d);
@@ -60,9 +63,10 @@ __global__ void ddim_kernel(const scalar_t* __restrict__ x, const scalar_t* __re
 }
 
 template <typename scalar_t>
-__global__ void residual_partials_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
-                                         const double* __restrict__ logsnr_t, float* __restrict__ partials,
-                                         int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    residual_partials_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                             const double* __restrict__ logsnr_t, float* __restrict__ partials,
+                             int64_t d, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t b = blockIdx.x / chunks;
   const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
@@ -78,10 +82,11 @@ __global__ void residual_partials_kernel(const scalar_t* __restrict__ x, const s
 }
 
 template <typename scalar_t>
-__global__ void addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
-                             scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
-                             const double* __restrict__ logsnr_s, const double* __restrict__ x_var,
-                             const float* __restrict__ partials, int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    addim_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                 scalar_t* __restrict__ out, const double* __restrict__ logsnr_t,
+                 const double* __restrict__ logsnr_s, const double* __restrict__ x_var,
+                 const float* __restrict__ partials, int64_t d, int64_t chunks) {
   const int64_t b = blockIdx.x / chunks;
   const int64_t lo = b * d + (blockIdx.x % chunks) * kChunk;
   const int64_t hi = min(lo + kChunk, (b + 1) * d);
@@ -151,13 +156,17 @@ at::Tensor addim_step_cuda(const at::Tensor& x_hat, const at::Tensor& z_t, const
   const auto lt = as_double(logsnr_t, x), ls = as_double(logsnr_s, x), xv = as_double(x_var, x);
   const int64_t d = x.numel() / B, chunks = (d + kChunk - 1) / kChunk;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (d <= kRowMax) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "addim_step_cuda", [&] {
+  if (d <= kRowMax && x.scalar_type() != at::kDouble) {
+    const auto launch_row = [&](auto tag) {
+      using scalar_t = decltype(tag);
       addim_row_kernel<scalar_t><<<B, kRowThreads, 0, stream>>>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
                                                                  out.data_ptr<scalar_t>(), lt.data_ptr<double>(),
                                                                  ls.data_ptr<double>(), xv.data_ptr<double>(), d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    };
+    AT_DISPATCH_SWITCH(x.scalar_type(), "addim_step_cuda",
+                       AT_DISPATCH_CASE(at::kFloat, [&] { launch_row(scalar_t{}); })
+                       AT_DISPATCH_CASE_REDUCED_FLOATING_TYPES([&] { launch_row(scalar_t{}); }));
     return out;
   }
   auto partials = at::empty({B * chunks}, x.options().dtype(at::kFloat));

@@ -43,10 +43,11 @@ __device__ __forceinline__ acc_t target_at(const scalar_t* x_ref, const scalar_t
 }
 
 template <typename scalar_t>
-__global__ void target_kernel(const scalar_t* __restrict__ x_ref, const scalar_t* __restrict__ z_s,
-                              const scalar_t* __restrict__ z_t, scalar_t* __restrict__ out,
-                              const double* __restrict__ logsnr_t, const double* __restrict__ logsnr_s,
-                              const double* __restrict__ logsnr_step, int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    target_kernel(const scalar_t* __restrict__ x_ref, const scalar_t* __restrict__ z_s,
+                  const scalar_t* __restrict__ z_t, scalar_t* __restrict__ out,
+                  const double* __restrict__ logsnr_t, const double* __restrict__ logsnr_s,
+                  const double* __restrict__ logsnr_step, int64_t d, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   const Chunk k = block_chunk(d, chunks);
   const TargetCoefs c = target_coefs(logsnr_t[k.b], logsnr_s[k.b], logsnr_step[k.b]);
@@ -57,11 +58,12 @@ __global__ void target_kernel(const scalar_t* __restrict__ x_ref, const scalar_t
 // partials[block] = sum over the block's chunk of (x_hat - x_target)^2; x_target read from `a`, or with
 // kFused computed from x_ref = `a`, z_s and z_t; diff written where non-null.
 template <typename scalar_t, bool kFused>
-__global__ void sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ a,
-                              const scalar_t* __restrict__ z_s, const scalar_t* __restrict__ z_t,
-                              const double* __restrict__ logsnr_t, const double* __restrict__ logsnr_s,
-                              const double* __restrict__ logsnr_step, at::opmath_type<scalar_t>* __restrict__ diff,
-                              at::opmath_type<scalar_t>* __restrict__ partials, int64_t d, int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ a,
+                  const scalar_t* __restrict__ z_s, const scalar_t* __restrict__ z_t,
+                  const double* __restrict__ logsnr_t, const double* __restrict__ logsnr_s,
+                  const double* __restrict__ logsnr_step, at::opmath_type<scalar_t>* __restrict__ diff,
+                  at::opmath_type<scalar_t>* __restrict__ partials, int64_t d, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   const Chunk k = block_chunk(d, chunks);
   TargetCoefs c{0.0, 0.0, 0.0};
@@ -84,8 +86,9 @@ __global__ void sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __
 
 // dist[b] = the sum of sample b's partials in chunk order, in double.
 template <typename acc_t>
-__global__ void sum_partials_kernel(const acc_t* __restrict__ partials, acc_t* __restrict__ dist, int64_t B,
-                                    int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(const acc_t* __restrict__ partials, acc_t* __restrict__ dist, int64_t B,
+                        int64_t chunks) {
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b >= B) return;
   double total = 0.0;
@@ -94,9 +97,10 @@ __global__ void sum_partials_kernel(const acc_t* __restrict__ partials, acc_t* _
 }
 
 template <typename scalar_t>
-__global__ void scale_rows_kernel(const at::opmath_type<scalar_t>* __restrict__ diff,
-                                  const double* __restrict__ grad, scalar_t* __restrict__ out, int64_t d,
-                                  int64_t chunks) {
+__global__ void __launch_bounds__(kThreads)
+    scale_rows_kernel(const at::opmath_type<scalar_t>* __restrict__ diff,
+                      const double* __restrict__ grad, scalar_t* __restrict__ out, int64_t d,
+                      int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   const Chunk k = block_chunk(d, chunks);
   const acc_t scale = static_cast<acc_t>(2.0 * grad[k.b]);
