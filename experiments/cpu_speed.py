@@ -71,7 +71,7 @@ def main(argv=None):
         row["speedup"] = base["step_ms"] / row["step_ms"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    print(f"| kind | variant | ms/step | images/s | speed-up over fp32 eager | warm-up s |\n|---|---|---|---|---|---|")
+    print("| kind | variant | ms/step | images/s | speed-up over fp32 eager | warm-up s |\n|---|---|---|---|---|---|")
     for r in results["rows"]:
         print(f"| {r['kind']} | {r['variant']} | {r['step_ms']:.0f} | {r['images_per_s']:.0f} | {r['speedup']:.2f}x | "
               f"{r['warmup_s']:.0f} |")
