@@ -22,6 +22,7 @@ from mcm_fast.metrics.plots import plot_metric_vs_steps
 from mcm_fast.train.checkpoint import latest_checkpoint
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
+from mnist_tables import write_scores
 
 EVAL_N = 2000
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (2, 4, 8, 16, 64)] + [(256, "addim")]
@@ -57,11 +58,7 @@ def score_teacher(directory: Path) -> list[dict]:
     missing = [b for b in TEACHER_BUDGETS if b not in {(r["steps"], r["sampler"]) for r in rows}]
     if not missing:
         return rows
-    rows += score_budgets(directory, missing, EVAL_N, seed=1)  # the teacher's seed 0 + 1
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    tmp.replace(path)  # atomic
-    return rows
+    return write_scores(path, rows + score_budgets(directory, missing, EVAL_N, seed=1))  # the teacher's seed 0 + 1
 
 
 def fd_curve(directory: Path) -> list[tuple[int, float]]:

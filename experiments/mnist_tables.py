@@ -111,10 +111,14 @@ def scores_of(directory: Path, compute) -> list[dict]:
     path = directory / "scores.json"
     if path.is_file():
         return json.loads(path.read_text())
-    rows = compute()
+    return write_scores(path, compute())
+
+
+def write_scores(path: Path, rows: list[dict]) -> list[dict]:
+    """Writes rows to path as JSON atomically: a run killed while writing leaves no half-written scores."""
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(rows, indent=1) + "\n")
-    partial.replace(path)  # atomic: a run killed while writing leaves no half-written scores
+    partial.replace(path)
     return rows
 
 

@@ -14,7 +14,6 @@ Each run is an ordinary run directory under --out: rerun the same command and it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from mcm_fast.pretrained import PRETRAINED_DIR
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
+from mnist_tables import scores_of
 
 EVAL_N = 2000
 EVAL_SEED = 1
@@ -48,14 +48,7 @@ def configs(out: Path) -> dict:
 
 def scores(directory: Path, budgets) -> list[dict]:
     """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler), cached in scores.json."""
-    path = directory / "scores.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    rows = score_budgets(directory, budgets, EVAL_N, EVAL_SEED)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    tmp.replace(path)
-    return rows
+    return scores_of(directory, lambda: score_budgets(directory, budgets, EVAL_N, EVAL_SEED))
 
 
 def export(name: str, directory: Path, rows: list[dict], command: str, commit: str) -> Path:
