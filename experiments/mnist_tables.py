@@ -12,7 +12,7 @@ Every run is an ordinary run directory under --out (checkpointed, so an interrup
 scores in scores.json, so rerunning the script continues where it stopped. The tables (mean and standard
 deviation over seeds) go to --out/tables.md and the plots to --out/*.png.
 
-    python experiments/mnist_tables.py --out runs/tables              # every table, 3 seeds
+    python experiments/mnist_tables.py                                # every table, 3 seeds, in experiments/tables
     python experiments/mnist_tables.py --scale smoke --out /tmp/tables  # the pipeline end to end in minutes
 """
 from __future__ import annotations
@@ -148,15 +148,18 @@ def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> dict[str, list[d
     """Trains and scores the teacher and every student of one seed; returns {run name: score rows}."""
     root = out / f"seed{seed}"
     teacher_dir = root / "teacher"
-    echo(f"== seed {seed}: teacher -> {teacher_dir}")
-    train(teacher_config(scale, seed), teacher_dir, progress=False)
+    pending = [run for run in plan(scale) if not (root / run.name / "scores.json").is_file()]
+    if pending or not (teacher_dir / "scores.json").is_file():
+        echo(f"== seed {seed}: teacher -> {teacher_dir}")
+        train(teacher_config(scale, seed), teacher_dir, progress=False)
     budgets = [(s, sampler) for sampler in ("ddim", "addim") for s in scale.student_steps]
     budgets.append((scale.teacher_budget, "addim"))
     results = {"teacher": scores_of(teacher_dir, lambda: evaluate(teacher_dir, budgets, scale, seed))}
     for run in plan(scale):
         directory = root / run.name
-        echo(f"== seed {seed}: {run.name} ({run.kind}, S = {run.steps}) -> {directory}")
-        train(student_config(scale, seed, run, teacher_dir), directory, progress=False)
+        if run in pending:
+            echo(f"== seed {seed}: {run.name} ({run.kind}, S = {run.steps}) -> {directory}")
+            train(student_config(scale, seed, run, teacher_dir), directory, progress=False)
         steps = [(1, "mcm"), (2, "mcm")] if run.kind == "cm" else [(run.steps, "mcm")]
         ode = teacher_dir if run.table == "d" or run.name == f"cd-S{scale.direct_steps[0]}" else None
         results[run.name] = scores_of(directory, lambda d=directory, st=steps, o=ode: evaluate(d, st, scale, seed, o))
@@ -247,7 +250,8 @@ def plots(per_seed, scale: Scale, out: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/tables")
+    parser.add_argument("--out", default="experiments/tables", help="run directories; git keeps only their "
+                        "scores and logs, so a later session continues from the runs scored so far")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the tables read every seed "
                         "already run); e.g. one process per seed, each with --threads 1")
