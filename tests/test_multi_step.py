@@ -82,7 +82,21 @@ def test_addim_x_var_comes_from_the_conditional_output(monkeypatch):
     torch.testing.assert_close(seen["x_var"], expected, rtol=1e-12, atol=1e-12)
 
 
-def test_the_exact_consistency_function_of_each_s_has_a_vanishing_loss():
+@pytest.mark.parametrize("target, teacher", [("mcm", None), ("direct", Recorder())])
+def test_from_data_and_direct_cm_serve_several_s(target, teacher):
+    steps = (2, 4)
+    obj = mf.MCMObjective(SCHED, student_steps=steps, teacher_steps=8, target=target, teacher_solver="ddim")
+    student = Recorder(steps)
+    loss = obj(student, torch.randn(512, 3), teacher=teacher, generator=torch.Generator().manual_seed(0))
+    s_b, t = student.calls[-1]["student_steps"], student.calls[-1]["t"]
+    assert set(s_b.tolist()) == set(steps) and bool(torch.isfinite(loss))
+    assert torch.equal(t * 8, (t * 8).round())  # n_seg = 8 / S steps per segment of 1 / S: the grid k / 8
+    if teacher is not None:  # Direct CM solves up to the largest n_seg rounds, each on the whole batch
+        assert len(teacher.calls) == 4
+
+
+@pytest.mark.parametrize("target, grids", [("mcm", (16, 64, 256, 1024)), ("direct", (4, 16, 64, 256))])
+def test_the_exact_consistency_function_of_each_s_has_a_vanishing_loss(target, grids):
     steps = (1, 2, 4)
     exact = {s: consistency_function(s) for s in steps}
 
@@ -93,14 +107,14 @@ def test_the_exact_consistency_function_of_each_s_has_a_vanishing_loss():
 
     x = 0.5 * torch.randn(512, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     losses = {}
-    for n in (16, 64, 256, 1024):
-        obj = mf.MCMObjective(SCHED, student_steps=steps, teacher_steps=n * 4, teacher_solver="ddim")
+    for n in grids:
+        obj = mf.MCMObjective(SCHED, student_steps=steps, teacher_steps=n * 4, teacher_solver="ddim", target=target)
         for name, model in (("exact", student), ("scaled", lambda z, t, student_steps: student(z, t, student_steps, 1.05)),
                             ("one S", lambda z, t, student_steps: exact[4](z, t))):
             losses[n, name] = obj(model, x, teacher=exact_denoiser, generator=torch.Generator().manual_seed(2)).item()
-    curve = [losses[n, "exact"] for n in (16, 64, 256, 1024)]
+    curve = [losses[n, "exact"] for n in grids]
     assert all(a > b for a, b in zip(curve, curve[1:])), curve
-    assert curve[-1] < 1e-2 * losses[1024, "scaled"] and curve[-1] < 1e-2 * losses[1024, "one S"], losses
+    assert curve[-1] < 1e-2 * losses[grids[-1], "scaled"] and curve[-1] < 1e-2 * losses[grids[-1], "one S"], losses
 
 
 def test_sample_passes_s_and_calls_a_guidance_distilled_student_once_per_step():
