@@ -22,7 +22,7 @@ from mcm_fast._checks import (
     check_real,
     check_shape,
 )
-from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
+from mcm_fast.schedules import SPACINGS, Schedule, alpha_sigma
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, endpoint_x_var, euler_step, heun_step
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
@@ -62,8 +62,8 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
     check_int("n_steps", n_steps, 1, MAX_STEPS)
     check_generator("generator", generator)
     schedule = getattr(model, "schedule", None) if schedule is None else schedule
-    if not isinstance(schedule, CosineSchedule):
-        raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a Schedule (or a model with .schedule), got {type(schedule).__name__}")
     if noise is None:
         if shape is None:
             raise ValueError("shape: expected (B, ...) when noise is not given, got None")
@@ -182,7 +182,7 @@ def _captured(model, key, loop, z, fresh, cond) -> torch.Tensor:
     return graphs[key](z, fresh, cond)
 
 
-def consistency_jumps(model, z: torch.Tensor, times, schedule: CosineSchedule, project=None, **cond) -> torch.Tensor:
+def consistency_jumps(model, z: torch.Tensor, times, schedule: Schedule, project=None, **cond) -> torch.Tensor:
     """Multistep consistency sampling along descending times (ending at 0): one model call per interval,
     DDIM jumps in between, x_hat passed through project (editing constraints) first; returns the last x_hat."""
     x_hat = None
@@ -212,7 +212,7 @@ class XVarTable:
 
     @classmethod
     @torch.no_grad()
-    def measure(cls, model, x: torch.Tensor, schedule: CosineSchedule, points: int = 33, generator=None, **cond):
+    def measure(cls, model, x: torch.Tensor, schedule: Schedule, points: int = 33, generator=None, **cond):
         """Measures the table on a batch of data x at `points` times spread evenly over [0, 1]."""
         check_int("points", points, 2, MAX_STEPS)
         check_batch("x", x, min_dim=2)
