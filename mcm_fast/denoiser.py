@@ -47,6 +47,14 @@ PREDICTIONS = {"x": x_from_x, "eps": x_from_eps, "v": x_from_v, "flow": x_from_f
 TIME_INPUTS = ("logsnr", "t", "native")
 
 
+def read_output(out: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor, schedule: Schedule, prediction: str):
+    """x_hat from a network's output on the schedule's own z at the [B] logsnr: the prediction read with the
+    schedule's own a and b (alpha_t and sigma_t for VP schedules), in at least float32."""
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    a, b = (batch_view(v.to(dtype), z) for v in schedule.native_alpha_sigma(logsnr))
+    return PREDICTIONS[prediction](out, z, a, b)
+
+
 class Denoiser(torch.nn.Module):
     """x_hat = den(z_t, t, **cond) from a raw network net(z, time, **cond) and a parameterization.
 
@@ -81,16 +89,15 @@ class Denoiser(torch.nn.Module):
         t = per_sample("t", t, z_t.shape[0], z_t.device)
         net_dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
         logsnr = self.schedule.logsnr(t)
-        a, b = self.schedule.native_alpha_sigma(logsnr)
         if not self.schedule.variance_preserving:  # the schedule's own z = (a / alpha_t) z_t
+            a = self.schedule.native_alpha_sigma(logsnr)[0]
             z_t = (z_t * batch_view(a / alpha_sigma(logsnr)[0], z_t)).to(z_t.dtype)
         out = self.net(z_t, self.time(t, logsnr).to(net_dtype), **cond)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"net: expected a tensor output like z_t, got {type(out).__name__}")
         if out.shape != z_t.shape:
             raise ValueError(f"net: expected an output of shape {tuple(z_t.shape)} like z_t, got {tuple(out.shape)}")
-        a, b = (batch_view(v.to(net_dtype), z_t) for v in (a, b))
-        return PREDICTIONS[self.prediction](out, z_t, a, b)
+        return read_output(out, z_t, logsnr, self.schedule, self.prediction)
 
     def time(self, t: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
         """The network's time input at the [B] times t (with logsnr = lambda(t)), per time_input."""
