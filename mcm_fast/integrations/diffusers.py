@@ -9,24 +9,28 @@ point falls between diffusers' integer timesteps; diffusers' UNets take float ti
 """
 from __future__ import annotations
 
+import json
 from numbers import Real
+from pathlib import Path
 
 import torch
 
 from mcm_fast._checks import MAX_STEPS, check_float_tensor, check_int
 from mcm_fast.denoiser import Denoiser, read_output
-from mcm_fast.models.diffusers_nets import DiffusersNet, import_diffusers
+from mcm_fast.models.diffusers_nets import PRIVATE_KEYS, DiffusersNet, import_diffusers
 from mcm_fast.sampling import XVarTable, time_grid, x_var_at
 from mcm_fast.schedules import GRIDS, SPACINGS, DiscreteSchedule
 from mcm_fast.solvers import addim_step, ddim_step, endpoint_x_var
 
-import_diffusers()
+diffusers = import_diffusers()
 from diffusers import DDPMScheduler  # noqa: E402  (after the check that names the extra)
 from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput  # noqa: E402
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: E402
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x"}  # diffusers' name -> the package's
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")  # schedule_from_betas's
+UNET_CONFIG, SCHEDULER_CONFIG = "unet/config.json", "scheduler/scheduler_config.json"  # in a pipeline folder
 
 
 def prediction_of(prediction_type) -> str:
@@ -192,3 +196,26 @@ class ADDIMScheduler(_Scheduler):
         x_hat = self._x_hat(model_output, sample, t)
         x_var = endpoint_x_var(x_var_at(self.x_var, t, self.schedule).to(t.device), s)
         return self._output(addim_step(x_hat, sample, t, s, self.schedule, x_var), x_hat, return_dict)
+
+
+def pipeline_settings(path) -> tuple[dict, dict]:
+    """(config values, data info) of a diffusers pipeline folder (unet/config.json, scheduler/scheduler_config.json):
+    its UNet2DModel as model diffusers-unet2d, its betas as the discrete schedule, its prediction_type and the
+    timestep as the network's time; the info gives the images' [C, H, W] and the classes (num_class_embeds - 1,
+    the last being the null class)."""
+    folder = Path(path)
+    unet, scheduler = (json.loads((folder / name).read_text()) for name in (UNET_CONFIG, SCHEDULER_CONFIG))
+    if unet.get("_class_name") != "UNet2DModel":
+        raise ValueError(f"teacher: expected a UNet2DModel in {folder / UNET_CONFIG}, got {unet.get('_class_name')!r}")
+    size = unet.get("sample_size")
+    height, width = (size, size) if isinstance(size, int) else size
+    classes = unet.get("num_class_embeds") or 1
+    settings = {"model": "diffusers-unet2d", "model_options": {k: v for k, v in unet.items() if k not in PRIVATE_KEYS},
+                "schedule": "discrete", "schedule_options": {k: scheduler[k] for k in BETA_KEYS if k in scheduler},
+                "prediction": prediction_of(scheduler.get("prediction_type", "epsilon")), "time_input": "native"}
+    return settings, {"shape": [unet.get("in_channels", 3), height, width], "num_classes": classes - 1}
+
+
+def load_pipeline_unet(path) -> DiffusersNet:
+    """The UNet of a diffusers pipeline folder as a raw network (its safetensors weights; nothing downloaded)."""
+    return DiffusersNet(diffusers.UNet2DModel.from_pretrained(Path(path) / "unet", local_files_only=True))
