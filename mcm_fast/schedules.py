@@ -269,7 +269,7 @@ class EDMSchedule(Schedule):
         return torch.exp(-logsnr / 2)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DiscreteSchedule(Schedule):
     """The discrete variance-preserving schedule of DDPM/DDIM (diffusers): alpha_bar = alphas_cumprod[tau] at
     timesteps tau = 0..T-1, any beta schedule, with t = tau / (T - 1).
@@ -293,6 +293,10 @@ class DiscreteSchedule(Schedule):
         if not all(a > b for a, b in zip(values, values[1:])):
             raise ValueError("alphas_cumprod: expected strictly decreasing values (every beta > 0)")
         object.__setattr__(self, "alphas_cumprod", values)
+
+    def __repr__(self) -> str:
+        first, last = self.alphas_cumprod[0], self.alphas_cumprod[-1]
+        return f"DiscreteSchedule(T={len(self.alphas_cumprod)}, alphas_cumprod={first:.6g}..{last:.6g})"
 
     def logsnrs(self, like: torch.Tensor) -> torch.Tensor:
         """The [T] logSNRs of the timesteps, on like's device in like's dtype (cached per device and dtype)."""
