@@ -17,6 +17,7 @@ from mcm_fast.consistency import ema_update
 from mcm_fast.data.toy import GaussianMixture
 from mcm_fast.metrics import sliced_wasserstein
 from mcm_fast.models import MLPNet
+from mcm_fast.train.build import load_teacher_weights
 
 MIXTURE = GaussianMixture.ring(modes=8, radius=1.0, std=0.05)
 SCHEDULE = mf.CosineSchedule()
@@ -50,10 +51,14 @@ def train_teacher(iters: int = 4000, seed: int = 0, hidden: int = 256, batch: in
     return fit(model, lambda m, x, i, g: mf.diffusion_loss(m, x, generator=g), iters, 2e-3, batch, seed)
 
 
-def distill(teacher: mf.Denoiser, student_steps: int, iters: int = 1500, seed: int = 0, batch: int = 1024) -> mf.Denoiser:
-    """Multistep consistency distillation (Algorithm 1, aDDIM teacher), the student initialized from the teacher."""
+def distill(teacher: mf.Denoiser, student_steps, iters: int = 1500, seed: int = 0, batch: int = 1024) -> mf.Denoiser:
+    """Multistep consistency distillation (Algorithm 1, aDDIM teacher), the student initialized from the teacher;
+    student_steps a tuple: one student for each of those S (the teacher's network with an S embedding)."""
     torch.manual_seed(seed)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
+    if isinstance(student_steps, tuple):
+        student.net = MLPNet(**student.net.options, student_steps=student_steps)
+        load_teacher_weights(student.net, teacher.net)
     objective = mf.MCMObjective(SCHEDULE, student_steps=student_steps, teacher_steps=(64, 512, iters))
     return fit(student, lambda m, x, i, g: objective(m, x, teacher=teacher, step=i, generator=g), iters, 5e-4, batch, seed)
 

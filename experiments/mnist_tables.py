@@ -52,14 +52,16 @@ class Scale:
     ode_n: int = 200  # noises for the ODE error
     ode_teacher_steps: int = 512
     direct_steps: tuple = (8,)  # S of the Direct CM runs: its target solves n_seg teacher steps per example
+    eval_every: int = 0  # students: FD-MNIST on eval_samples every so many steps (the plot of FD against steps)
     extra: dict = field(default_factory=dict)
 
 
 SCALES = {
     # students past their plateau (runs/sweep: FD-MNIST flat from about 1500 steps at S = 2-8); 2000 samples
-    "full": Scale(resolution=16, teacher_iters=1200, student_iters=2000, eval_n=2000, seeds=(0, 1, 2)),
+    "full": Scale(resolution=16, teacher_iters=1200, student_iters=2000, eval_n=2000, seeds=(0, 1, 2), eval_every=250),
     "smoke": Scale(resolution=8, teacher_iters=2, student_iters=2, eval_n=20, seeds=(0,), student_steps=(1, 2),
-                   teacher_steps=(2, 4), teacher_budget=4, ode_n=4, ode_teacher_steps=4, direct_steps=(2,)),
+                   teacher_steps=(2, 4), teacher_budget=4, ode_n=4, ode_teacher_steps=4, direct_steps=(2,),
+                   eval_every=1),
 }
 
 
@@ -100,7 +102,7 @@ def student_config(scale: Scale, seed: int, run: Run, teacher_dir: Path):
                  "teacher_steps": [*scale.teacher_steps, scale.student_iters]}
     options = {"seed": seed, "kind": run.kind, "teacher": str(teacher_dir), "steps": scale.student_iters,
                "data": {"resolution": scale.resolution}, "eval_samples": min(200, scale.eval_n), "objective": objective,
-               "sample_steps": run.steps}
+               "sample_steps": run.steps, "eval_every": scale.eval_every}
     for key, value in run.options.items():
         options[key] = {**options.get(key, {}), **value} if isinstance(value, dict) else value
     return load_config("tiny-cd", options)
@@ -246,6 +248,9 @@ def plots(per_seed, scale: Scale, out: Path) -> None:
     seed = out / f"seed{scale.seeds[0]}"
     plot_training_curves({name: seed / name for name in ("teacher", f"cd-S{scale.student_steps[-1]}")
                           if (seed / name / "log.jsonl").is_file()}, out / "training-curves.png")
+    students = {f"MCM CD, S = {s}": seed / f"cd-S{s}" for s in scale.student_steps}
+    plot_training_curves({label: run for label, run in students.items() if (run / "log.jsonl").is_file()},
+                         out / "fd-vs-training-steps.png", key="eval.fd_mnist")
 
 
 def main(argv=None):

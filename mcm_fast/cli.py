@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 
@@ -34,6 +35,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -87,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--label", type=int, default=None, help="one class for every sample (default: 0, 1, 2, ...)")
     sample.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
     sample.add_argument("--scale", type=_positive, default=1, help="upscale the grid (nearest) this many times")
+    sample.add_argument("--guidance", type=_finite, default=0.0, help="classifier-free guidance scale w (default 0)")
 
     evaluate = command("eval", "FD (MNIST features for MNIST), precision and recall per step count",
                        "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000 --out runs/mnist-cd4/eval")
@@ -96,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
     evaluate.add_argument("--out", default=None, help="directory for eval.json, the metric-vs-steps plot and grids")
+    evaluate.add_argument("--guidance", type=_finite, default=0.0, help="classifier-free guidance scale w (default 0)")
 
     bench = command("bench", "training and sampling throughput of a config on this machine",
                     "mcm-fast bench --config tiny-teacher --batch 128")
@@ -153,11 +166,12 @@ def _run(args) -> int:
         from mcm_fast.metrics.evaluate import sample_grid
 
         print(sample_grid(_checkpoint(args), args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
-                          sampler=args.sampler, scale=args.scale))
+                          sampler=args.sampler, scale=args.scale, guidance=args.guidance))
     elif args.command == "eval":
         from mcm_fast.metrics.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler, out=args.out)
+        evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler,
+                            out=args.out, guidance=args.guidance)
     elif args.command == "bench":
         from mcm_fast.train.bench import bench
 

@@ -82,6 +82,16 @@ class Denoiser(torch.nn.Module):
         self.prediction = prediction
         self.time_input = time_input
 
+    @property
+    def student_steps(self) -> tuple[int, ...] | None:
+        """The step counts of a student that serves several (mf.sample passes student_steps=); None for one."""
+        return getattr(self.net, "student_steps", None)
+
+    @property
+    def guidance_distilled(self) -> bool:
+        """Whether the network takes the guidance scale as an input (mf.sample then calls it once per step)."""
+        return getattr(self.net, "guidance_distilled", False)
+
     def forward(self, z_t: torch.Tensor, t, **cond) -> torch.Tensor:
         check_float_tensor("z_t", z_t)
         if not isinstance(t, torch.Tensor):  # tensors are checked by schedule.logsnr

@@ -36,13 +36,27 @@ def guided(model, scale: float, null_cond: dict):
         raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got {null_cond!r}")
 
     def guided_model(z, t, **cond):
-        batch = z.shape[0]
-        both = {k: torch.cat([v, _null_like(null_cond[k], v)]) if k in null_cond else v for k, v in cond.items()}
-        t2 = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() == 1 else t
-        x_cond, x_null = model(torch.cat([z, z]), t2, **both).split(batch)
-        return (1 + scale) * x_cond - scale * x_null
+        return guided_outputs(model, z, t, scale, null_cond, cond)[0]
 
     return guided_model
+
+
+def guided_outputs(model, z, t, scale, null_cond: dict, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(guided x_hat, conditional x_hat) of one batched call on [z, z]: (1 + w) x_cond - w x_null, with w a
+    number or a [B] tensor (a scale per example, as guidance distillation draws them). Per-example inputs in
+    cond ([B] tensors) are repeated for the unconditional half; the keys of null_cond get its values there."""
+    batch = z.shape[0]
+
+    def doubled(key, value):
+        if key in null_cond:
+            return torch.cat([value, _null_like(null_cond[key], value)])
+        per_example = isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch
+        return torch.cat([value, value]) if per_example else value
+
+    t2 = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() == 1 else t
+    x_cond, x_null = model(torch.cat([z, z]), t2, **{k: doubled(k, v) for k, v in cond.items()}).split(batch)
+    w = batch_view(scale.to(x_cond.dtype), x_cond) if isinstance(scale, torch.Tensor) else scale
+    return (1 + w) * x_cond - w * x_null, x_cond
 
 
 def _null_like(value, like: torch.Tensor) -> torch.Tensor:
@@ -92,7 +106,10 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
 
     sampler "mcm" jumps between segment starts (k / S, or uniform in logSNR with boundaries="logsnr", as the
     model was trained) with DDIM; "cm" (Song et al. 2023) re-noises each x_hat afresh to the next time instead.
-    guidance w > 0 needs null_cond (e.g. {"label": null_class}). compile=True runs the network through
+    guidance w > 0 needs null_cond (e.g. {"label": null_class}), unless the model has guidance distilled into it
+    (model.guidance_distilled): then it is called once per step with guidance= [B]. A student of several step
+    counts (model.student_steps, a tuple) gets student_steps= [B] and refuses an n_steps it was not trained
+    for. compile=True runs the network through
     torch.compile. cuda_graph=True (CUDA tensors) captures the whole loop, network calls, DDIM steps and
     guidance, in one CUDA graph per model and call signature, cached and replayed with the weights in place
     (updates in place are seen; replaced parameter tensors are not). On a CPU it warns once and runs the loop.
@@ -102,7 +119,10 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     if boundaries not in SPACINGS:
         raise ValueError(f"boundaries: expected one of {SPACINGS}, got {boundaries!r}")
     network = torch.compile(model) if compile else model  # dynamo's cache is per module: compiled once
-    guided_model, schedule, z = _setup(network, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
+    distilled = getattr(model, "guidance_distilled", False) is True
+    guided_model, schedule, z = _setup(network, n_steps, shape, schedule, noise, generator,
+                                       0.0 if distilled else guidance, null_cond, cond)
+    cond = {**cond, **student_inputs(model, z, n_steps, guidance if distilled else None)}
     times = schedule.segment_edges(n_steps, boundaries).flip(0).tolist()
     fresh = [torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
              for _ in range(n_steps - 1)] if sampler == "cm" else []  # drawn in the eager loop's order
@@ -117,6 +137,22 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     if cuda_graph:
         warnings.warn(f"cuda_graph=True needs CUDA tensors; sampling on {z.device.type} without a graph", stacklevel=2)
     return loop(z, fresh, cond)
+
+
+def student_inputs(model, z: torch.Tensor, n_steps: int, guidance) -> dict:
+    """The inputs of a student beyond (z_t, t, label) for a batch like z: student_steps= [B] when it serves several
+    step counts (n_steps must be one of them), guidance= [B] when guidance is distilled into it (else None)."""
+    inputs = {}
+    steps = getattr(model, "student_steps", None)
+    if isinstance(steps, tuple):
+        if n_steps not in steps:
+            raise ValueError(f"n_steps: expected one of {steps} (the step counts this student was trained for), "
+                             f"got {n_steps!r}")
+        inputs["student_steps"] = torch.full((z.shape[0],), n_steps, dtype=torch.long, device=z.device)
+    if guidance is not None:
+        w = check_real("guidance", guidance, -sys.float_info.max, sys.float_info.max)
+        inputs["guidance"] = torch.full((z.shape[0],), w, dtype=torch.float32, device=z.device)
+    return inputs
 
 
 def _sampling_loop(model, z, times, schedule, sampler, fresh, cond):

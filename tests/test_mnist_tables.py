@@ -1,6 +1,8 @@
 """experiments/mnist_tables.py end to end at its smoke scale: every run trains, is scored once (scores.json),
-and the tables a-f and the plots are written; a second call reuses the scores."""
+and the tables a-f and the plots are written; a second call reuses the scores, also in a clone that has only
+the scores and logs git keeps (no checkpoints)."""
 import json
+from pathlib import Path
 
 from experiments.mnist_tables import SCALES, main, plan
 
@@ -10,7 +12,8 @@ def test_smoke_scale_writes_every_table_and_resumes(tmp_path, capsys):
     text = (tmp_path / "tables.md").read_text()
     for title in ("### a.", "### b.", "### c.", "### d.", "### e.", "### f."):
         assert title in text, f"{title} missing from tables.md"
-    assert (tmp_path / "fd-vs-steps.png").is_file() and (tmp_path / "training-curves.png").is_file()
+    for plot in ("fd-vs-steps.png", "training-curves.png", "fd-vs-training-steps.png"):
+        assert (tmp_path / plot).is_file(), plot
     runs = ["teacher"] + [run.name for run in plan(SCALES["smoke"])]
     scores = {name: json.loads((tmp_path / "seed0" / name / "scores.json").read_text()) for name in runs}
     assert all(row["fd_mnist"] > 0 and 0 <= row["precision"] <= 1 for rows in scores.values() for row in rows)
@@ -20,3 +23,11 @@ def test_smoke_scale_writes_every_table_and_resumes(tmp_path, capsys):
                                                                            "fd_mnist": 123.0}]))
     main(["--scale", "smoke", "--out", str(tmp_path)])  # resumes: trains nothing, rescoring nothing
     assert "| 123.0 |" in (tmp_path / "tables.md").read_text()  # one seed: no spread
+
+    kept = {path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.name in ("scores.json", "log.jsonl")}
+    for path in sorted(tmp_path.rglob("*"), reverse=True):  # what a fresh clone has: scores and logs only
+        if path.is_file() and path.relative_to(tmp_path) not in kept:
+            path.unlink()
+    main(["--scale", "smoke", "--out", str(tmp_path)])
+    assert {path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file()} == kept | {
+        Path(name) for name in ("tables.md", "fd-vs-steps.png", "training-curves.png", "fd-vs-training-steps.png")}

@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from mcm_fast.metrics.plots import plot_metric_vs_steps, plot_training_curves, read_log
+from mcm_fast.metrics.plots import _nested, plot_metric_vs_steps, plot_training_curves, read_log
 
 
 def test_metric_vs_steps_writes_a_png(tmp_path):
@@ -28,3 +28,13 @@ def test_training_curves_from_logs(tmp_path):
     assert path.is_file()
     with pytest.raises(FileNotFoundError, match="no training log here"):
         read_log(tmp_path / "missing")
+
+
+def test_training_curves_read_nested_keys(tmp_path):
+    rows = [{"step": 1, "loss": 2.0}, {"step": 2, "eval": {"fd": 30.0}}, {"step": 3, "eval": {"fd": 20.0}}]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [_nested(r, "eval.fd") for r in rows] == [None, 30.0, 20.0]
+    assert [_nested(r, "loss") for r in rows] == [2.0, None, None]
+    fd = plot_training_curves({"a": tmp_path}, tmp_path / "fd.png", key="eval.fd")
+    loss = plot_training_curves({"a": tmp_path}, tmp_path / "loss.png")
+    assert fd.read_bytes() != loss.read_bytes()

@@ -68,8 +68,18 @@ def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None
     return noise, {"label": labels}, generator
 
 
+def guidance_inputs(info: dict, guidance: float) -> dict:
+    """generate's guidance arguments for a model of this data: classifier-free guidance at scale w needs classes
+    (the null class is num_classes)."""
+    if guidance == 0:
+        return {}
+    if not info["num_classes"]:
+        raise ValueError(f"guidance: the model is unconditional, so it cannot be guided; expected 0, got {guidance!r}")
+    return {"guidance": guidance, "null_cond": {"label": info["num_classes"]}}
+
+
 def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
-                sampler: str = "addim", scale: int = 1, device: str = "cpu"):
+                sampler: str = "addim", scale: int = 1, device: str = "cpu", guidance: float = 0.0):
     """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path."""
     check_output_path(out)
     model, config, info = load_model(ckpt, device)
@@ -77,7 +87,8 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
     noise, cond, generator = sample_inputs(info, n, seed, device, label)
     steps = default_steps(config) if n_steps is None else n_steps
-    images = generate(model, config, steps, noise, sampler, generator=generator, **cond)
+    images = generate(model, config, steps, noise, sampler, generator=generator, **guidance_inputs(info, guidance),
+                      **cond)
     return save_grid(images, out, nrow=10 if info["num_classes"] == 10 else None, scale=scale)
 
 
@@ -93,7 +104,7 @@ def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list
 
 
 def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler: str = "addim", device: str = "cpu",
-                        out=None, echo=print) -> list[dict]:
+                        out=None, echo=print, guidance: float = 0.0) -> list[dict]:
     """Scores a checkpoint's EMA model at each step count against held-out data; prints and returns the rows.
 
     With out, a directory, also writes eval.json (the rows), the metric against the steps (metric.png) and,
@@ -109,7 +120,8 @@ def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler:
     for n_steps in steps or (default_steps(config),):
         noise, cond, generator = sample_inputs(info, n, seed, device)
         start = time.perf_counter()
-        samples = generate(model, config, n_steps, noise, sampler, generator=generator, **cond)
+        samples = generate(model, config, n_steps, noise, sampler, generator=generator,
+                           **guidance_inputs(info, guidance), **cond)
         row = {"steps": n_steps, **score(samples, reference, features, name), "seconds": time.perf_counter() - start}
         rows.append(row)
         echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))

@@ -51,17 +51,30 @@ def read_log(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(runs: dict[str, str | Path], path: str | Path, key: str = "loss") -> Path:
-    """rows[key] against the step for each run {label: run directory or log.jsonl}; log-scaled values."""
+    """rows[key] against the step for each run {label: run directory or log.jsonl}; log-scaled values.
+
+    A dotted key reads a nested value: "eval.fd_mnist" is the FD of the evaluations during training.
+    """
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for label, run in runs.items():
-        rows = [r for r in read_log(run) if key in r]
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, linewidth=1)
+        points = [(r["step"], _nested(r, key)) for r in read_log(run)]
+        points = [(step, value) for step, value in points if value is not None]
+        ax.plot([step for step, _ in points], [value for _, value in points], label=label, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _nested(row: dict, key: str):
+    """row["a"]["b"] for key "a.b"; None where the row has no such value."""
+    for part in key.split("."):
+        if not isinstance(row, dict) or part not in row:
+            return None
+        row = row[part]
+    return row
 
 
 def _save(fig, path) -> Path:

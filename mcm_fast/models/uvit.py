@@ -28,7 +28,7 @@ from torch import nn
 
 from mcm_fast._checks import can_read_values, check_float_tensor
 from mcm_fast.models.dropout import Dropout
-from mcm_fast.models.mlp import FourierEmbedding
+from mcm_fast.models.embeddings import FourierEmbedding, StudentInputs, check_student_steps
 from mcm_fast.ops.attention import attention
 from mcm_fast.ops.registry import BACKENDS
 
@@ -52,9 +52,14 @@ class UViTConfig:
     dropout: float = 0.0  # every block's, unless its level or the middle says otherwise
     middle_dropout: float | None = None
     attention_backend: str | None = None  # passed to mcm_fast.ops.attention.attention
+    student_steps: tuple = ()  # a student of several step counts: embeds each example's S (models.student_inputs)
+    guidance_distilled: bool = False  # a student with guidance distilled into it: embeds each example's w
 
     def __post_init__(self):
         self.levels = tuple(tuple(level) for level in self.levels)  # JSON gives lists
+        self.student_steps = check_student_steps(self.student_steps) if self.student_steps else ()
+        if not isinstance(self.guidance_distilled, bool):
+            raise ValueError(f"guidance_distilled: expected a bool, got {self.guidance_distilled!r}")
         for name in ("in_channels", "middle_channels", "emb_channels", "fourier_features", "head_dim", "mlp_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -179,7 +184,8 @@ class UViT(nn.Module):
     """The UViT: net(z [B, C, H, W], logsnr [B], label=None) -> [B, C, H, W] (see the module docstring).
 
     label: [B] integers in [0, num_classes] (num_classes: the null class); None on a conditional model means
-    the null class. Computes in z's dtype; H and W must be divisible by 2**len(levels).
+    the null class. Computes in z's dtype; H and W must be divisible by 2**len(levels). A student built with
+    config.student_steps or config.guidance_distilled also takes student_steps= and guidance= ([B] each).
     """
 
     def __init__(self, config: UViTConfig):
@@ -191,6 +197,9 @@ class UViT(nn.Module):
         self.fourier = FourierEmbedding(c.fourier_features)
         self.embed_logsnr = nn.Sequential(nn.Linear(c.fourier_features, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.embed_class = nn.Embedding(c.num_classes + 1, emb) if c.num_classes else None
+        self.student_inputs = StudentInputs(emb, c.student_steps, c.guidance_distilled, c.fourier_features)
+        self.student_steps = self.student_inputs.student_steps
+        self.guidance_distilled = c.guidance_distilled
 
         widths = [level[1] for level in c.levels]
         below = widths[1:] + [c.middle_channels]  # the width of the next lower level
@@ -242,18 +251,21 @@ class UViT(nn.Module):
             raise ValueError(f"label: expected classes in [0, {c.num_classes}] ({c.num_classes}: the null class), "
                              f"got {label.min().item()}..{label.max().item()}")
 
-    def embedding(self, logsnr: torch.Tensor, label: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """SiLU(MLP(Fourier(logsnr)) + class embedding) [B, emb_channels]: what every block is conditioned on."""
+    def embedding(self, logsnr: torch.Tensor, label: torch.Tensor | None, dtype: torch.dtype,
+                  student_steps: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """SiLU(MLP(Fourier(logsnr)) + class embedding (+ S and w embeddings)) [B, emb_channels]: what every block
+        is conditioned on."""
         emb = self.embed_logsnr(self.fourier(logsnr).to(dtype))
         if self.embed_class is not None:
             if label is None:
                 label = torch.full(logsnr.shape, self.config.num_classes, dtype=torch.long, device=logsnr.device)
             emb = emb + self.embed_class(label).to(emb.dtype)
-        return F.silu(emb)
+        return F.silu(self.student_inputs(emb, student_steps, guidance))
 
-    def forward(self, z: torch.Tensor, logsnr: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, logsnr: torch.Tensor, label: torch.Tensor | None = None,
+                student_steps: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         self._check(z, logsnr, label)
-        emb = self.embedding(logsnr, label, z.dtype)
+        emb = self.embedding(logsnr, label, z.dtype, student_steps, guidance)
         kinds = [level[0] for level in self.config.levels]
         # channels-last: faster convs (oneDNN, cuDNN), and the token views of transformer levels copy nothing
         h = self.conv_in(z.contiguous(memory_format=torch.channels_last))  # [B, C0, H, W]

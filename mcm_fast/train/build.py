@@ -38,10 +38,15 @@ def make_schedule(config: TrainConfig) -> Schedule:
 
 
 def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Module:
-    """The raw network for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for vectors."""
-    options = dict(config.model_options)
+    """The raw network for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for vectors; a student of
+    several step counts or with guidance distilled into it embeds those inputs too."""
+    options = {**config.model_options, **student_options(config)}
     try:
         if config.model in DIFFUSERS_MODELS:
+            if student_options(config):
+                key = "objective.student_steps" if "student_steps" in options else "objective.guidance"
+                raise ConfigError(f"{key}: a student of several step counts or distilled guidance embeds S and w, "
+                                  f"which the UViT and the MLP do; expected one of them, got model {config.model!r}")
             if len(shape) != 3:
                 raise ConfigError(f"model: {config.model!r} needs [C, H, W] images, got data of shape {tuple(shape)}")
             return DiffusersNet.build(config.model, options, shape, num_classes)
@@ -60,6 +65,27 @@ def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Mo
         raise ConfigError(f"model_options: {str(error).splitlines()[0]}") from None
 
 
+def student_options(config: TrainConfig) -> dict:
+    """The network options of an MCM student's extra inputs: student_steps (a tuple of S) and guidance_distilled."""
+    obj, options = config.objective, {}
+    if config.kind in ("cd", "ct", "direct"):
+        if isinstance(obj.student_steps, (list, tuple)):
+            options["student_steps"] = tuple(obj.student_steps)
+        if obj.guidance is not None:
+            options["guidance_distilled"] = True
+    return options
+
+
+def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """Starts a student from its teacher's weights; only the student's own inputs (the S and w embeddings, which
+    start at zero) are not in the teacher."""
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    own = [key for key in missing if not key.startswith("student_inputs.")]
+    if own or unexpected:
+        raise ConfigError(f"init: the teacher's network does not match the student's (missing {own[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+
+
 def wrap(net: torch.nn.Module, config: TrainConfig, schedule: Schedule) -> torch.nn.Module:
     """The model a kind trains and samples: f(x_sigma, sigma) of Song et al. for cm, else x_hat(z_t, t)."""
     if config.kind == "cm":
@@ -68,17 +94,23 @@ def wrap(net: torch.nn.Module, config: TrainConfig, schedule: Schedule) -> torch
 
 
 def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teacher_sampler: str = "addim",
-             generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+             generator: torch.Generator | None = None, guidance: float = 0.0, null_cond: dict | None = None,
+             **cond) -> torch.Tensor:
     """Samples from noise with n_steps model calls, the way the model's kind samples: Algorithm 2 for MCM
-    students, a teacher's aDDIM or DDIM, or Song et al.'s multistep sampling on the Karras grid."""
+    students, a teacher's aDDIM or DDIM, or Song et al.'s multistep sampling on the Karras grid; guidance w
+    with null_cond as mf.sample takes them (one call per step for a student with guidance distilled into it)."""
+    guide = {"guidance": guidance, "null_cond": null_cond}
     if config.kind == "teacher":
         if teacher_sampler not in TEACHER_SAMPLERS:
             raise ValueError(f"teacher_sampler: expected one of {TEACHER_SAMPLERS}, got {teacher_sampler!r}")
-        return sample_diffusion(model, n_steps, teacher_sampler, noise=noise, generator=generator, **cond)
+        return sample_diffusion(model, n_steps, teacher_sampler, noise=noise, generator=generator, **guide, **cond)
     if config.kind == "cm":
+        if guidance != 0:
+            raise ValueError(f"guidance: Song et al.'s consistency models sample without guidance here, got {guidance!r}")
         sigmas = KarrasGrid().sigmas(n_steps + 1).flip(0)[:n_steps]  # n_steps levels from sigma_max down
         return cm_sample(model, sigmas.tolist(), noise, generator=generator, **cond)
-    return sample(model, n_steps, noise=noise, generator=generator, boundaries=config.objective.boundaries, **cond)
+    return sample(model, n_steps, noise=noise, generator=generator, boundaries=config.objective.boundaries, **guide,
+                  **cond)
 
 
 def default_steps(config: TrainConfig) -> int:
@@ -87,7 +119,8 @@ def default_steps(config: TrainConfig) -> int:
         return config.sample_steps
     if config.kind == "teacher":
         return 64
-    return 1 if config.kind == "cm" else config.objective.student_steps
+    steps = config.objective.student_steps
+    return 1 if config.kind == "cm" else max(steps) if isinstance(steps, (list, tuple)) else steps
 
 
 def is_diffusers_pipeline(path: str | Path) -> bool:

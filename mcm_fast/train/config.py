@@ -44,7 +44,9 @@ class DataConfig:
 class ObjectiveConfig:
     """Algorithm 1 (kinds cd, ct, direct; math.md §4) and the teacher's label dropout for guidance."""
 
-    student_steps: int = 4
+    student_steps: int | list = 4  # a list (e.g. [1, 2, 4, 8, 16]): one student for each of these step counts
+    steps_probs: list | None = None  # how often each S of a list is drawn (None: uniformly)
+    guidance: list | None = None  # [lo, hi]: classifier-free guidance distilled into the student, w ~ U(lo, hi)
     teacher_steps: list | int = field(default_factory=lambda: [64, 1280, 100_000])  # start, end, anneal; or one int
     teacher_solver: str = "addim"
     xvar_frac: float | str = 0.75
@@ -373,7 +375,7 @@ def check_config(config: TrainConfig) -> None:
         CosineSchedule(), student_steps=obj.student_steps, teacher_steps=obj.teacher_steps,
         teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss, huber_eps=obj.huber_eps,
         weighting=obj.weighting, label_dropout=obj.label_dropout, null_label=0, multiscale=obj.multiscale,
-        boundaries=obj.boundaries))
+        boundaries=obj.boundaries, steps_probs=obj.steps_probs, guidance=obj.guidance))
     _delegate("song.", {"kind": "mode"}, lambda: ConsistencyLoss(
         kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps, total_steps=config.steps))
 

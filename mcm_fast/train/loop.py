@@ -28,6 +28,7 @@ from mcm_fast.train.build import (
     default_steps,
     generate,
     load_model,
+    load_teacher_weights,
     make_net,
     make_schedule,
     wrap,
@@ -85,7 +86,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the initial weights, the same on every rank
         net = make_net(config, tuple(self.info["shape"]), self.info["num_classes"])
         if teacher_net is not None and config.init == "teacher" and config.kind != "cm":
-            net.load_state_dict(teacher_net.state_dict())
+            load_teacher_weights(net, teacher_net)
         net = net.to(self.ranks.device)
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
         self.target = copy.deepcopy(net).requires_grad_(False) if config.kind == "cm" else None
@@ -156,7 +157,8 @@ class Trainer:
                                  huber_eps=obj.huber_eps, weighting=obj.weighting,
                                  target="direct" if config.kind == "direct" else "mcm",
                                  label_dropout=obj.label_dropout if null else 0.0, null_label=null,
-                                 multiscale=obj.multiscale, boundaries=obj.boundaries)
+                                 multiscale=obj.multiscale, boundaries=obj.boundaries,
+                                 steps_probs=obj.steps_probs, guidance=obj.guidance)
         teacher = self.teacher if config.kind in ("cd", "direct") else None
         loss_at = compiled(objective.loss_at)
         return lambda cond, x, step: loss_at(self.model, x, objective.segment_steps(step), teacher=teacher, **cond)
