@@ -10,7 +10,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import mcm_fast as mf  # noqa: E402
 from mcm_fast.integrations.diffusers import MCMScheduler  # noqa: E402
-from mcm_fast.train.build import load_model  # noqa: E402
+from mcm_fast.train.build import load_model, make_net  # noqa: E402
 from mcm_fast.train.config import ConfigError, load_config  # noqa: E402
 from mcm_fast.train.loop import train  # noqa: E402
 
@@ -91,3 +91,7 @@ def test_bad_diffusers_configs_name_the_key(tmp_path, pipeline_dir):
     with pytest.raises(ConfigError, match="^data.resolution|^teacher: trained on data"):
         train(tiny("tiny-cd", teacher=str(pipeline_dir), data={"resolution": 16}), tmp_path / "d", progress=False)
     assert json.loads((pipeline_dir / "unet" / "config.json").read_text())["num_class_embeds"] == 11
+    multi = tiny("tiny-cd", teacher=str(pipeline_dir), model="diffusers-unet2d", model_options=UNET,
+                 objective={"student_steps": [1, 2]})
+    with pytest.raises(ConfigError, match="^objective.student_steps: a student of several step counts"):
+        make_net(multi, (1, 8, 8), 10)
