@@ -187,7 +187,7 @@ def summarize(per_seed: list[dict[str, list[dict]]], key: str) -> dict[tuple[str
     return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in values.items()}
 
 
-def _cell(stats, key, digits: int = 1) -> str:
+def cell(stats, key, digits: int = 1) -> str:
     """mean ± standard deviation over seeds; "(1 seed)" and the like where fewer seeds than the table's have it."""
     if key not in stats:
         return "-"
@@ -205,33 +205,33 @@ def tables(per_seed, scale: Scale) -> str:
     ss = scale.student_steps
     head = "| | " + " | ".join(f"S = {s}" for s in ss) + " |\n|---|" + "---|" * len(ss) + "\n"
     title = (f"### a. Teacher against MCM (FD-MNIST; the teacher with {scale.teacher_budget} aDDIM steps: "
-             f"{_cell(fd, ('teacher', scale.teacher_budget, 'addim'))})\n")
+             f"{cell(fd, ('teacher', scale.teacher_budget, 'addim'))})\n")
     lines = [title, head]
     rows = [("teacher, DDIM", lambda s: ("teacher", s, "ddim")), ("teacher, aDDIM", lambda s: ("teacher", s, "addim")),
             ("MCM CD", lambda s: (f"cd-S{s}", s, "mcm")), ("MCM CT", lambda s: (f"ct-S{s}", s, "mcm"))]
-    lines += [f"| {label} | " + " | ".join(_cell(fd, key(s)) for s in ss) + " |\n" for label, key in rows]
+    lines += [f"| {label} | " + " | ".join(cell(fd, key(s)) for s in ss) + " |\n" for label, key in rows]
     lines += ["\n### b. The teacher's integrator in CD (FD-MNIST)\n", head]
     for label, prefix in (("DDIM teacher", "cd-ddim"), ("aDDIM teacher", "cd")):
-        lines.append(f"| {label} | " + " | ".join(_cell(fd, (f"{prefix}-S{s}", s, "mcm")) for s in ss) + " |\n")
+        lines.append(f"| {label} | " + " | ".join(cell(fd, (f"{prefix}-S{s}", s, "mcm")) for s in ss) + " |\n")
     lines += ["\n### c. Annealed against fixed teacher steps (FD-MNIST)\n", head]
     for label, prefix in ((f"annealed {scale.teacher_steps[0]} -> {scale.teacher_steps[1]}", "cd"),
                           (f"fixed {scale.teacher_steps[1]}", "cd-fixed")):
-        lines.append(f"| {label} | " + " | ".join(_cell(fd, (f"{prefix}-S{s}", s, "mcm")) for s in ss) + " |\n")
+        lines.append(f"| {label} | " + " | ".join(cell(fd, (f"{prefix}-S{s}", s, "mcm")) for s in ss) + " |\n")
     lines += ["\n### d. Direct CM against MCM at the same budget\n",
               "| S | method | ODE error | FD-MNIST | precision | recall |\n|---|---|---|---|---|---|\n"]
     for s in scale.direct_steps:
         for label, run in (("Direct CM", f"direct-S{s}"), ("MCM CD", f"cd-S{s}")):
             key = (run, s, "mcm")
-            lines.append(f"| {s} | {label} | {_cell(ode, key, 3)} | {_cell(fd, key)} | "
-                         f"{_cell(precision, key, 3)} | {_cell(recall, key, 3)} |\n")
+            lines.append(f"| {s} | {label} | {cell(ode, key, 3)} | {cell(fd, key)} | "
+                         f"{cell(precision, key, 3)} | {cell(recall, key, 3)} |\n")
     lines += ["\n### e. Song et al.'s consistency distillation (FD-MNIST)\n", "| steps | FD-MNIST |\n|---|---|\n"]
-    lines += [f"| {s} | {_cell(fd, ('song-cd', s, 'mcm'))} |\n" for s in (1, 2)]
+    lines += [f"| {s} | {cell(fd, ('song-cd', s, 'mcm'))} |\n" for s in (1, 2)]
     mid = ss[min(2, len(ss) - 1)]
     lines += [f"\n### f. Open questions at S = {mid} (FD-MNIST)\n", "| variant | FD-MNIST |\n|---|---|\n"]
     for label, run in (("CT from the teacher", f"ct-S{mid}"), ("CT from random init", f"ct-random-S{mid}"),
                        ("CD, segments uniform in t", f"cd-S{mid}"), ("CD, segments uniform in logSNR", f"cd-logsnr-S{mid}"),
                        ("CD, weighting sqrt(snr+1) (default)", f"cd-S{mid}"), ("CD, weighting snr+1 (paper)", f"cd-snr1-S{mid}")):
-        lines.append(f"| {label} | {_cell(fd, (run, mid, 'mcm'))} |\n")
+        lines.append(f"| {label} | {cell(fd, (run, mid, 'mcm'))} |\n")
     return "".join(lines)
 
 

@@ -8,7 +8,7 @@ from mcm_fast.ops import available_backends
 from mcm_fast.ops.attention import attention
 from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
 from mcm_fast.pretrained import load_pretrained, pretrained_models
-from mcm_fast.schedules import CosineSchedule
+from mcm_fast.schedules import CosineSchedule, DiscreteSchedule, EDMSchedule, FlowSchedule, Schedule
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, euler_step, heun_step, inv_ddim
 from mcm_fast.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -17,7 +17,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CosineSchedule",
     "Denoiser",
+    "DiscreteSchedule",
+    "EDMSchedule",
+    "FlowSchedule",
     "MCMObjective",
+    "Schedule",
     "XVarTable",
     "addim_step",
     "analytic_x_var",

@@ -10,7 +10,7 @@ from numbers import Integral, Real
 import torch
 
 from mcm_fast._checks import MAX_STEPS, batch_view, check_float_tensor, check_generator, check_int, check_real
-from mcm_fast.schedules import CosineSchedule
+from mcm_fast.schedules import Schedule
 
 CM_KINDS = ("cd", "ct")
 CM_SOLVERS = ("euler", "heun")
@@ -96,7 +96,7 @@ class VEDenoiser:
     """A VP model(z_t, t) -> x_hat seen as an EDM denoiser D(x_sigma, sigma): x_sigma = z_t / alpha_t and
     sigma = sigma_t / alpha_t = exp(-lambda / 2), so t = schedule.t_of_logsnr(-2 log sigma)."""
 
-    def __init__(self, model, schedule: CosineSchedule):
+    def __init__(self, model, schedule: Schedule):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
         self.model, self.schedule = model, schedule

@@ -22,7 +22,7 @@ from mcm_fast._checks import (
 )
 from mcm_fast.denoiser import eps_hat
 from mcm_fast.ops.registry import dispatch, needs_grad, register
-from mcm_fast.schedules import CosineSchedule, alpha_sigma
+from mcm_fast.schedules import Schedule, alpha_sigma
 from mcm_fast.solvers import _alpha_sigma_like, _compute_dtype
 
 LOSSES = ("pseudo_huber", "l2_squared")
@@ -139,8 +139,8 @@ def _target_logsnrs(x_ref, z_s, z_t, t, s, t_step, schedule):
     check_float_tensor("x_ref", x_ref)
     check_like("z_s", z_s, "x_ref", x_ref)
     check_like("z_t", z_t, "x_ref", x_ref)
-    if not isinstance(schedule, CosineSchedule):
-        raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
     batch, device = x_ref.shape[0], x_ref.device
     vecs = {name: per_sample(name, v, batch, device) for name, v in (("t", t), ("s", s), ("t_step", t_step))}
     for name, value in (("t", t), ("s", s), ("t_step", t_step)):

@@ -23,7 +23,7 @@ from mcm_fast.losses import (
 from mcm_fast.models.dropout import MaskTape, foreign_dropout
 from mcm_fast.models.embeddings import check_student_steps
 from mcm_fast.sampling import guided_outputs
-from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
+from mcm_fast.schedules import SPACINGS, Schedule, alpha_sigma
 from mcm_fast.solvers import (
     addim_step,
     analytic_x_var,
@@ -138,13 +138,13 @@ class MCMObjective:
     boundaries, the segment edges uniform in "t" (the paper) or in "logsnr" (sample with the same).
     """
 
-    def __init__(self, schedule: CosineSchedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
+    def __init__(self, schedule: Schedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
                  weighting: str = "sqrt(snr+1)", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
                  null_label: int | None = None, label_key: str = "label", multiscale: int = 0,
                  boundaries: str = "t", steps_probs=None, guidance=None, backend: str | None = None):
-        if not isinstance(schedule, CosineSchedule):
-            raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
         if isinstance(student_steps, (tuple, list)):
             steps = check_student_steps(student_steps)
             for value in steps:

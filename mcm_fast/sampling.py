@@ -22,7 +22,7 @@ from mcm_fast._checks import (
     check_real,
     check_shape,
 )
-from mcm_fast.schedules import SPACINGS, CosineSchedule, alpha_sigma
+from mcm_fast.schedules import GRIDS, SPACINGS, Schedule, alpha_sigma
 from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, endpoint_x_var, euler_step, heun_step
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
@@ -76,8 +76,8 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
     check_int("n_steps", n_steps, 1, MAX_STEPS)
     check_generator("generator", generator)
     schedule = getattr(model, "schedule", None) if schedule is None else schedule
-    if not isinstance(schedule, CosineSchedule):
-        raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a Schedule (or a model with .schedule), got {type(schedule).__name__}")
     if noise is None:
         if shape is None:
             raise ValueError("shape: expected (B, ...) when noise is not given, got None")
@@ -218,7 +218,7 @@ def _captured(model, key, loop, z, fresh, cond) -> torch.Tensor:
     return graphs[key](z, fresh, cond)
 
 
-def consistency_jumps(model, z: torch.Tensor, times, schedule: CosineSchedule, project=None, **cond) -> torch.Tensor:
+def consistency_jumps(model, z: torch.Tensor, times, schedule: Schedule, project=None, **cond) -> torch.Tensor:
     """Multistep consistency sampling along descending times (ending at 0): one model call per interval,
     DDIM jumps in between, x_hat passed through project (editing constraints) first; returns the last x_hat."""
     x_hat = None
@@ -248,7 +248,7 @@ class XVarTable:
 
     @classmethod
     @torch.no_grad()
-    def measure(cls, model, x: torch.Tensor, schedule: CosineSchedule, points: int = 33, generator=None, **cond):
+    def measure(cls, model, x: torch.Tensor, schedule: Schedule, points: int = 33, generator=None, **cond):
         """Measures the table on a batch of data x at `points` times spread evenly over [0, 1]."""
         check_int("points", points, 2, MAX_STEPS)
         check_batch("x", x, min_dim=2)
@@ -275,10 +275,14 @@ class XVarTable:
 
 @torch.no_grad()
 def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, schedule=None, noise=None, generator=None,
-                     x_var="analytic", guidance: float = 0.0, null_cond: dict | None = None, **cond) -> torch.Tensor:
-    """Samples a diffusion model with n_steps uniform steps in t of DDIM, aDDIM, Euler, Heun or ancestral
-    sampling; returns z_0 (alpha_0 ~ 1 - 2e-7 on the default schedule, so z_0 is the sample).
+                     x_var="analytic", guidance: float = 0.0, null_cond: dict | None = None, grid=None,
+                     **cond) -> torch.Tensor:
+    """Samples a diffusion model with n_steps steps of DDIM, aDDIM, Euler, Heun or ancestral sampling; returns
+    z_0 (alpha_0 ~ 1 - 2e-7 on the default schedule, so z_0 is the sample).
 
+    grid: the steps' times, uniform in "t", uniform in "logsnr", or EDM's rho = 7 grid "edm" (Schedule.segment_edges),
+    or n_steps + 1 falling times in [0, 1] (e.g. a diffusers scheduler's timesteps over T - 1, then 0); None is
+    "edm" for Heun (near t = 1 the cosine packs a logSNR range of about 3.8 into one uniform step) and "t" otherwise.
     x_var (aDDIM only): "analytic", a float, or an XVarTable measured on data. aDDIM's last step, into t = 0,
     is a DDIM step (solvers.endpoint_x_var): it returns x_hat.
     """
@@ -287,13 +291,14 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
     if not (x_var == "analytic" or isinstance(x_var, XVarTable) or (isinstance(x_var, Real) and not isinstance(x_var, bool))):
         raise ValueError(f"x_var: expected 'analytic', a float or an XVarTable, got {x_var!r}")
     model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
-    for k in range(n_steps, 0, -1):
-        t, s = _times(z, k / n_steps), _times(z, (k - 1) / n_steps)
+    times = time_grid(schedule, n_steps, ("edm" if solver == "heun" else "t") if grid is None else grid)
+    for t_k, s_k in zip(times[:-1], times[1:]):
+        t, s = _times(z, t_k), _times(z, s_k)
         x_hat = model(z, t, **cond)
         if solver == "ddim":
             z = ddim_step(x_hat, z, t, s, schedule)
         elif solver == "addim":
-            z = addim_step(x_hat, z, t, s, schedule, endpoint_x_var(_x_var_at(x_var, t, schedule), s))
+            z = addim_step(x_hat, z, t, s, schedule, endpoint_x_var(x_var_at(x_var, t, schedule), s))
         elif solver == "euler":
             z = euler_step(x_hat, z, t, s, schedule)
         elif solver == "heun":
@@ -303,7 +308,23 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
     return z
 
 
-def _x_var_at(x_var, t: torch.Tensor, schedule) -> torch.Tensor:
+def time_grid(schedule: Schedule, n_steps: int, grid) -> list[float]:
+    """The n_steps + 1 falling times of a sampler: a named grid from 1 to 0, or the given times, checked."""
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"grid: expected one of {GRIDS} or a sequence of times, got {grid!r}")
+        return schedule.segment_edges(n_steps, grid).flip(0).tolist()
+    if isinstance(grid, torch.Tensor):
+        grid = grid.tolist()
+    if not (isinstance(grid, (list, tuple)) and all(isinstance(v, Real) and not isinstance(v, bool) for v in grid)):
+        raise TypeError(f"grid: expected one of {GRIDS} or a sequence of times, got {grid!r:.60}")
+    times = [float(v) for v in grid]
+    if len(times) != n_steps + 1 or not all(1 >= a > b >= 0 for a, b in zip(times, times[1:])):
+        raise ValueError(f"grid: expected n_steps + 1 = {n_steps + 1} falling times in [0, 1], got {times!r:.80}")
+    return times
+
+
+def x_var_at(x_var, t: torch.Tensor, schedule) -> torch.Tensor:
     """aDDIM's x_var at times t ([B]) from "analytic", a float or an XVarTable."""
     if isinstance(x_var, XVarTable):
         return x_var(t)

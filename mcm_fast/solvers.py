@@ -14,7 +14,7 @@ import torch
 from mcm_fast._checks import batch_view, check_float_tensor, check_like, check_order, check_range, per_sample
 from mcm_fast.denoiser import eps_hat
 from mcm_fast.ops.registry import dispatch, needs_grad, register
-from mcm_fast.schedules import CosineSchedule, alpha_sigma
+from mcm_fast.schedules import Schedule, alpha_sigma
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -115,8 +115,8 @@ def _step_logsnrs(first, z_t, t, s, schedule, strict: bool, first_name: str = "x
     check_float_tensor(first_name, first)
     if z_t is not first:
         check_like("z_t", z_t, first_name, first)
-    if not isinstance(schedule, CosineSchedule):
-        raise TypeError(f"schedule: expected a CosineSchedule, got {type(schedule).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
     t_vec = per_sample("t", t, first.shape[0], first.device)
     s_vec = per_sample("s", s, first.shape[0], first.device)
     for name, value, vec in (("t", t, t_vec), ("s", s, s_vec)):  # Python numbers are checked even when compiling

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11), installs pinned torch (CPU build here) and triton, builds and installs
-# mcm_fast with its C++ extension against that torch. Safe to rerun: it only installs what is missing.
+# mcm_fast with its C++ extension against that torch, and the optional diffusers extra (so that its tests run).
+# Safe to rerun: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -10,3 +11,5 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 pip install torch==2.13.0 triton==3.6.0 "setuptools>=70" wheel ninja
 pip install --no-build-isolation -e ".[test]"
+# the diffusers extra, pinned, with torch pinned beside it so that pip never replaces the build above
+pip install diffusers==0.42.1 torch==2.13.0

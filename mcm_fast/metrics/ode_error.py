@@ -11,7 +11,11 @@ from mcm_fast.sampling import sample, sample_diffusion
 def ode_error(student, teacher, noise: torch.Tensor, n_steps: int, teacher_steps: int = 512,
               teacher_solver: str = "heun", schedule=None, **cond) -> float:
     """Root mean squared distance per dimension between the student's n_steps sample and the teacher's
-    teacher_steps-step probability-flow solution, both from the same noise."""
+    teacher_steps-step probability-flow solution, both from the same noise.
+
+    The default reference, 512 Heun steps on EDM's grid, is second order: on a Gaussian mixture it lies about
+    3e-5 from a converged solve, three orders of magnitude below a 16-step DDIM (tests/test_teacher_grids.py).
+    """
     check_float_tensor("noise", noise)
     x_student = sample(student, n_steps, schedule=schedule, noise=noise, **cond)
     x_teacher = sample_diffusion(teacher, teacher_steps, teacher_solver, schedule=schedule, noise=noise, **cond)

@@ -37,7 +37,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
                         split=config.data.split, n=config.data.n, seed=config.seed)
     net = make_net(config, tuple(data.shape), data.num_classes).to(device)
     schedule = make_schedule(config)
-    model = Denoiser(net, schedule, prediction=config.prediction)  # the train step's model (cm: the same network)
+    model = Denoiser(net, schedule, config.prediction, config.time_input)  # the train step's model (cm: the same network)
     batch_data = data.batch(torch.arange(batch) % len(data))
     x = batch_data.pop("x").to(device)
     cond = {k: v.to(device) for k, v in batch_data.items()}
@@ -46,7 +46,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
         def loss():
             return diffusion_loss(model, x, **cond)
     else:
-        teacher = Denoiser(copy.deepcopy(net).requires_grad_(False), schedule, prediction=config.prediction)
+        teacher = Denoiser(copy.deepcopy(net).requires_grad_(False), schedule, config.prediction, config.time_input)
         objective = MCMObjective(schedule, student_steps=config.objective.student_steps)
 
         def loss():

@@ -2,6 +2,7 @@
 samplers that turn a model into images; `load_model` rebuilds any of them from a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -9,17 +10,31 @@ import torch
 from mcm_fast.consistency import EDMConsistency, KarrasGrid, cm_sample
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import MLPNet, uvit
+from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, DiffusersNet
 from mcm_fast.sampling import sample, sample_diffusion
-from mcm_fast.schedules import CosineSchedule
+from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
 from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
 
 TEACHER_SAMPLERS = ("addim", "ddim")
 
 
-def make_schedule(config: TrainConfig) -> CosineSchedule:
-    """The cosine logSNR schedule, shifted when config.schedule_shift = (r, res) (math.md §1)."""
-    return CosineSchedule(shift=tuple(config.schedule_shift) if config.schedule_shift else None)
+def make_schedule(config: TrainConfig) -> Schedule:
+    """config.schedule with config.schedule_options: the cosine logSNR schedule (shifted when config.schedule_shift
+    = (r, res), math.md §1), rectified flow, EDM's sigma, or DDPM's discrete betas (diffusers' settings)."""
+    options = dict(config.schedule_options)
+    try:
+        if config.schedule == "discrete":
+            from mcm_fast.integrations.diffusers import schedule_from_betas
+
+            return schedule_from_betas(**options)
+        if config.schedule == "cosine":
+            return CosineSchedule(shift=tuple(config.schedule_shift) if config.schedule_shift else None, **options)
+        return {"flow": FlowSchedule, "edm": EDMSchedule}[config.schedule](**options)
+    except ImportError as error:
+        raise ConfigError(f"schedule: {config.schedule!r} needs {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"schedule_options: {error}") from None
 
 
 def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Module:
@@ -27,6 +42,14 @@ def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Mo
     several step counts or with guidance distilled into it embeds those inputs too."""
     options = {**config.model_options, **student_options(config)}
     try:
+        if config.model in DIFFUSERS_MODELS:
+            if student_options(config):
+                key = "objective.student_steps" if "student_steps" in options else "objective.guidance"
+                raise ConfigError(f"{key}: a student of several step counts or distilled guidance embeds S and w, "
+                                  f"which the UViT and the MLP do; expected one of them, got model {config.model!r}")
+            if len(shape) != 3:
+                raise ConfigError(f"model: {config.model!r} needs [C, H, W] images, got data of shape {tuple(shape)}")
+            return DiffusersNet.build(config.model, options, shape, num_classes)
         if config.model == "mlp":
             if len(shape) != 1:
                 raise ConfigError(f"model: 'mlp' needs vector data, got data of shape {tuple(shape)}")
@@ -34,8 +57,12 @@ def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Mo
         if len(shape) != 3:
             raise ConfigError(f"model: a UViT needs [C, H, W] images, got data of shape {tuple(shape)}; use model=mlp")
         return uvit(config.model, in_channels=shape[0], num_classes=num_classes, **options)
-    except (TypeError, KeyError) as error:
-        raise ConfigError(f"model_options: {error}") from None
+    except ConfigError:
+        raise
+    except ImportError as error:
+        raise ConfigError(f"model: {config.model!r} needs {error}") from None
+    except (TypeError, KeyError, ValueError) as error:
+        raise ConfigError(f"model_options: {str(error).splitlines()[0]}") from None
 
 
 def student_options(config: TrainConfig) -> dict:
@@ -59,11 +86,11 @@ def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> 
                           f"unexpected {unexpected[:3]})")
 
 
-def wrap(net: torch.nn.Module, config: TrainConfig, schedule: CosineSchedule) -> torch.nn.Module:
+def wrap(net: torch.nn.Module, config: TrainConfig, schedule: Schedule) -> torch.nn.Module:
     """The model a kind trains and samples: f(x_sigma, sigma) of Song et al. for cm, else x_hat(z_t, t)."""
     if config.kind == "cm":
         return EDMConsistency(net)
-    return Denoiser(net, schedule, prediction=config.prediction)
+    return Denoiser(net, schedule, prediction=config.prediction, time_input=config.time_input)
 
 
 def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teacher_sampler: str = "addim",
@@ -96,9 +123,31 @@ def default_steps(config: TrainConfig) -> int:
     return 1 if config.kind == "cm" else max(steps) if isinstance(steps, (list, tuple)) else steps
 
 
+def is_diffusers_pipeline(path: str | Path) -> bool:
+    """Whether path is a diffusers pipeline folder with a UNet and a scheduler (save_pretrained's layout)."""
+    return (Path(path) / "unet" / "config.json").is_file() and (Path(path) / "scheduler" / "scheduler_config.json").is_file()
+
+
+def adopt_teacher(config: TrainConfig) -> TrainConfig:
+    """config, with the network, schedule, prediction and time input of its teacher when that is a diffusers
+    pipeline folder: a student starts from its teacher's network, through the same wrapper."""
+    if config.teacher is None or not is_diffusers_pipeline(config.teacher):
+        return config
+    from mcm_fast.integrations.diffusers import pipeline_settings
+
+    return dataclasses.replace(config, **pipeline_settings(config.teacher)[0])
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True):
-    """(model, config, info) from a run or checkpoint directory: the EMA weights (or the online ones), in
-    eval mode; info holds the data's shape and classes."""
+    """(model, config, info) from a run or checkpoint directory, or a diffusers pipeline folder (a teacher): the
+    EMA weights (or the online ones), in eval mode; info holds the data's shape and classes."""
+    if is_diffusers_pipeline(path):
+        from mcm_fast.integrations.diffusers import load_pipeline_unet, pipeline_settings
+
+        settings, info = pipeline_settings(path)
+        config = load_config({"kind": "teacher", **settings})
+        net = load_pipeline_unet(path).to(device).requires_grad_(False)
+        return wrap(net, config, make_schedule(config)).eval(), config, info
     checkpoint = load_checkpoint(path, device=str(device))
     config, info, net = _rebuild(checkpoint)
     entry = "ema" if ema and "ema" in checkpoint else "model"

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 KINDS = ("teacher", "cd", "ct", "direct", "cm")
+SCHEDULES = ("cosine", "flow", "edm", "discrete")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 INITS = ("teacher", "random")
@@ -87,11 +88,14 @@ class TrainConfig:
     """A training run: kind, network, data, objective, optimizer and the loop's schedule."""
 
     kind: str = "teacher"
-    model: str = "tiny"  # a UViT preset (mcm_fast.models.UVIT_PRESETS) or "mlp" for 2-D data
-    model_options: dict = field(default_factory=dict)  # overrides of the preset's fields
-    prediction: str = "v"
+    model: str = "tiny"  # a UViT preset (mcm_fast.models.UVIT_PRESETS), "mlp" for 2-D data, or diffusers-unet2d/-dit
+    model_options: dict = field(default_factory=dict)  # overrides of the preset's fields; a diffusers model's arguments
+    prediction: str = "v"  # x, eps, v or flow (velocity eps - x); EDM's D is x on the edm schedule
+    schedule: str = "cosine"  # cosine, flow (rectified flow), edm (sigma) or discrete (DDPM betas; needs diffusers)
+    schedule_options: dict = field(default_factory=dict)  # the schedule's arguments (discrete: diffusers' beta settings)
     schedule_shift: list | None = None  # (r, res): the shifted cosine schedule of math.md §1
-    teacher: str | None = None  # checkpoint directory of the teacher (cd, direct; ct may start from it)
+    time_input: str = "logsnr"  # what the network sees: logsnr, t, or native (the schedule's own time)
+    teacher: str | None = None  # the teacher's checkpoint directory, or a diffusers pipeline folder (unet/, scheduler/)
     init: str = "teacher"  # students start from the teacher's EMA weights, or from random ones
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -208,7 +212,7 @@ def _build(cls, values: dict, prefix: str = ""):
 def _merge(base: dict, changes: dict) -> dict:
     out = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_options":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model_options", "schedule_options"):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -301,15 +305,18 @@ def _rules() -> dict:
     """dotted key -> (test, what is expected): the settings Algorithm 1's and Song et al.'s own checks do not
     cover (those run through _delegate). Built on first use: the constants live in modules that import torch."""
     from mcm_fast.data.images import DATASETS, MAX_POINTS
-    from mcm_fast.denoiser import PREDICTIONS
+    from mcm_fast.denoiser import PREDICTIONS, TIME_INPUTS
     from mcm_fast.models import UVIT_PRESETS
+    from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS
     from mcm_fast.sampling import MAX_STEPS
 
     positive, count = _int(1), _int(0)
     return {
         "kind": _one_of(KINDS), "precision": _one_of(PRECISIONS), "strategy": _one_of(STRATEGIES),
-        "init": _one_of(INITS), "device": _one_of(DEVICES), "model": _one_of(("mlp", *UVIT_PRESETS)),
-        "prediction": _one_of(tuple(PREDICTIONS)),
+        "init": _one_of(INITS), "device": _one_of(DEVICES),
+        "model": _one_of(("mlp", *UVIT_PRESETS, *DIFFUSERS_MODELS)), "prediction": _one_of(tuple(PREDICTIONS)),
+        "schedule": _one_of(SCHEDULES), "time_input": _one_of(TIME_INPUTS),
+        "schedule_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping"),
         "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))), "None or [r, res], two finite numbers > 0"),
         "teacher": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a checkpoint directory"),
         "data.name": _one_of(DATASETS),
@@ -353,10 +360,16 @@ def check_config(config: TrainConfig) -> None:
     if config.optim.batch_size % config.optim.accumulate:
         raise ConfigError(f"optim.accumulate: expected a divisor of optim.batch_size={config.optim.batch_size}, "
                           f"got {config.optim.accumulate}")
+    if config.schedule_shift is not None and config.schedule != "cosine":
+        raise ConfigError(f"schedule_shift: shifts the cosine schedule, expected None for schedule={config.schedule!r}")
     from mcm_fast.consistency import ConsistencyLoss
+    from mcm_fast.denoiser import Denoiser
     from mcm_fast.objectives import MCMObjective
     from mcm_fast.schedules import CosineSchedule
+    from mcm_fast.train.build import make_schedule
 
+    schedule = make_schedule(config)
+    _delegate("", {}, lambda: Denoiser(lambda z, time: z, schedule, config.prediction, config.time_input))
     obj, song = config.objective, config.song
     _delegate("objective.", {}, lambda: MCMObjective(
         CosineSchedule(), student_steps=obj.student_steps, teacher_steps=obj.teacher_steps,

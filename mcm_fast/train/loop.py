@@ -24,6 +24,7 @@ from mcm_fast.metrics.grid import save_grid
 from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_labels
 from mcm_fast.train import distributed
 from mcm_fast.train.build import (
+    adopt_teacher,
     default_steps,
     generate,
     load_model,
@@ -41,6 +42,8 @@ from mcm_fast.train.checkpoint import (
 from mcm_fast.train.config import ConfigError, TrainConfig
 
 LOG_NAME = "log.jsonl"
+PARAMETERIZATION_KEYS = ("model", "model_options", "prediction", "schedule", "schedule_options", "schedule_shift",
+                      "time_input")  # what a student shares with its teacher
 LOOP_KEYS = ("steps", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples", "sample_steps",
              "compile", "device", "precision")  # may change when a run resumes; every other key may not
 
@@ -64,6 +67,7 @@ class Trainer:
     is there, and trains to config.steps, writing checkpoints, log.jsonl, sample grids and evaluations."""
 
     def __init__(self, config: TrainConfig, out: str | Path, progress: bool = True):
+        config = adopt_teacher(config)
         self.config, self.out = config, Path(out)
         found = next(p for p in (self.out, *self.out.parents) if p.exists())
         if not found.is_dir():
@@ -119,9 +123,11 @@ class Trainer:
             raise ConfigError(f"teacher: {config.teacher} holds a {teacher_config.kind!r} run, expected a teacher")
         if info != self.info:
             raise ConfigError(f"teacher: trained on data {info}, but this run's data is {self.info}")
-        if config.kind != "cm" and (teacher_config.model, teacher_config.model_options) != (config.model, config.model_options):
-            raise ConfigError(f"model: a student starts from its teacher's network, expected model={teacher_config.model!r} "
-                              f"and model_options={teacher_config.model_options}, got {config.model!r} and {config.model_options}")
+        differ = [k for k in PARAMETERIZATION_KEYS if getattr(teacher_config, k) != getattr(config, k)]
+        if config.kind != "cm" and differ:
+            key = differ[0]
+            raise ConfigError(f"{key}: a student starts from its teacher's network, expected {key}="
+                              f"{getattr(teacher_config, key)!r}, got {getattr(config, key)!r}")
         return model, model.net
 
     def _make_loss(self):
@@ -166,7 +172,9 @@ class Trainer:
         saved, current = state.get("config"), self.config.to_dict()
         if not isinstance(saved, dict):
             raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast train")
-        changed = sorted(k for k in set(saved) | set(current) if k not in LOOP_KEYS and saved.get(k) != current.get(k))
+        defaults = TrainConfig().to_dict()  # for keys added since the run was saved
+        changed = sorted(k for k in set(saved) | set(current)
+                         if k not in LOOP_KEYS and saved.get(k, defaults.get(k)) != current.get(k))
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
                               "use a new --out, or change only " + ", ".join(LOOP_KEYS))

@@ -1,0 +1,1 @@
+"""Bridges to other libraries, each an optional extra: mcm_fast.integrations.diffusers."""
