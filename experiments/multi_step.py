@@ -8,8 +8,8 @@ Per seed, beside experiments/mnist_tables.py's runs (same directory, same teache
      recall, network calls and seconds per image.
 Runs are checkpointed and scored once (scores.json), so rerunning continues; --report writes the tables.
 
-    python experiments/multi_step.py --seeds 0 --threads 1        # one seed; the tables' seed-0 runs are reused
-    python experiments/multi_step.py --scale smoke --out /tmp/ms   # the pipeline end to end in minutes
+    python -m experiments.multi_step --seeds 0 --threads 1        # one seed; the tables' seed-0 runs are reused
+    python -m experiments.multi_step --scale smoke --out /tmp/ms   # the pipeline end to end in minutes
 """
 from __future__ import annotations
 
