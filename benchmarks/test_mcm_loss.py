@@ -15,7 +15,7 @@ from conftest import DEVICE, SIZES_MIB
 from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
 DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
-FUSED = [b for b in mf.available_backends("mcm_target_loss") if b != "reference" and _runs_on(b, DEVICE)]
+FUSED = [b for b in mf.available_backends("mcm_target_sqdist") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 
 
@@ -35,7 +35,7 @@ def reference_loss(x_hat, x_ref, z_s, z_t, logsnrs, weight):
 
 
 def fused_loss(backend):
-    impl = mf.ops.dispatch("mcm_target_loss", DEVICE, needs_grad=True, backend=backend)
+    impl = mf.ops.dispatch("mcm_target_sqdist", DEVICE, needs_grad=True, backend=backend)
 
     def loss(x_hat, x_ref, z_s, z_t, logsnrs, weight):
         return (weight * robust_loss(impl(x_hat, x_ref, z_s, z_t, *logsnrs), "pseudo_huber", 1e-4)).mean()

@@ -13,10 +13,9 @@ C++ and CUDA backends.
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import alpha_sigma, cast, ddim_coefs
+from mcm_fast.kernels.common import BLOCK, alpha_sigma, cast, compute_dtype, ddim_coefs, partial_dtype
 from torch.library import wrap_triton
 
-BLOCK = 4096
 ROW_MAX = 16384  # elements per sample that one aDDIM program holds (e.g. 3 x 64 x 64 images, 4 x 64 x 64 latents)
 
 
@@ -73,16 +72,6 @@ def _ddim_step_fwd_kernel(x_ptr, z_ptr, out_ptr, logsnr_t_ptr, logsnr_s_ptr, x_v
     z = tl.load(z_ptr + base + offs, mask=mask).to(COMPUTE)
     out = p.to(COMPUTE) * x + q.to(COMPUTE) * (z - r.to(COMPUTE) * x)
     tl.store(out_ptr + base + offs, cast(out, out_ptr.dtype.element_ty), mask=mask)
-
-
-def compute_dtype(x: torch.Tensor):
-    """The Triton arithmetic dtype for data x: float64 for float64, else float32."""
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
-
-
-def partial_dtype(x: torch.Tensor) -> torch.dtype:
-    """The torch dtype of per-program partial sums for data x: float64 for float64, else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def ddim_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):

@@ -13,8 +13,7 @@ sample in a fixed order by torch (deterministic). The pseudo-Huber and weighting
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import cast, target_coefs
-from mcm_fast.kernels.ddim import BLOCK, compute_dtype, partial_dtype
+from mcm_fast.kernels.common import BLOCK, cast, compute_dtype, partial_dtype, target_coefs
 from torch.library import wrap_triton
 
 

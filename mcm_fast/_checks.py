@@ -2,6 +2,8 @@
 and the per-sample broadcasting they prepare for."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from numbers import Integral, Real
 
@@ -11,10 +13,25 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_STEPS = 100_000  # network calls of one sampling run, teacher steps of one segment: more is a mistake
 MAX_ELEMENTS = 2**31  # elements of one batch drawn from noise (8 GiB in float32)
 
+_INPUTS_CHECKED = contextvars.ContextVar("inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Within it value checks read nothing back from the device: an inner loop (a sampler's steps, Algorithm 1,
+    a training step) runs in it after its public call has checked its inputs once, so that the model calls
+    and steps in it cost no host sync."""
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
+
 
 def can_read_values(x: torch.Tensor) -> bool:
-    """Whether checking x's values is allowed: not while compiling or capturing a CUDA graph (a host sync)."""
-    if torch.compiler.is_compiling():
+    """Whether checking x's values is allowed: not while compiling or capturing a CUDA graph (a host sync), nor
+    inside inputs_checked()."""
+    if torch.compiler.is_compiling() or _INPUTS_CHECKED.get():
         return False
     return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 

@@ -10,7 +10,7 @@ from mcm_fast.ops.native import NATIVE_ERROR, TRITON_ERROR, native_keys
 from parity import DTYPES, VIEWS, assert_parity, kernel_params, randn, shape_id
 
 SCHED = mf.CosineSchedule()
-KERNELS = kernel_params("mcm_target_loss")
+KERNELS = kernel_params("mcm_target_sqdist")
 SHAPES = [(3, 1, 5, 7), (2, 3, 17, 19), (1, 4, 9, 9), (7, 1000), (2, 3, 70000), (5, 0)]
 LOSSES = ["pseudo_huber", "l2_squared"]
 

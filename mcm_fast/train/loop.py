@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mcm_fast._checks import inputs_checked
 from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay, ema_update
 from mcm_fast.data import batch_indices, load_dataset, shard
 from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
@@ -194,30 +195,44 @@ class Trainer:
         if self.step:  # resumed: what a killed run left undone after its checkpoint
             self._outputs(writer)
         while self.step < config.steps:
-            loss, grad_norm = self._train_step(self.step)
+            window.append(self._train_step(self.step))
             self.step += 1
-            window.append(loss)
             images += config.optim.batch_size
+            saving = config.save_every and self.step % config.save_every == 0 or self.step == config.steps
             if self.step % config.log_every == 0 or self.step == config.steps:
                 now = time.perf_counter()
-                row = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": float(grad_norm),
+                losses = self._losses(window)
+                row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": float(self._grad_norm),
                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images / (now - tick),
                        "time": now - started}
                 rows.append(row)
                 self._log(row, writer)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
                 window, tick, images = [], now, 0
+            elif saving:
+                self._losses(window)  # no checkpoint after a non-finite loss
             bar.update(1)
-            if config.save_every and self.step % config.save_every == 0 or self.step == config.steps:
+            if saving:
                 self.save()
             self._outputs(writer)
         bar.close()
         return rows
 
-    def _train_step(self, step: int) -> tuple[float, torch.Tensor]:
-        """One optimizer step over the global batch: returns (mean loss over all ranks, gradient norm).
+    def _losses(self, window: list[torch.Tensor]) -> list[float]:
+        """The losses of the steps since the last read (one host read): a non-finite one stops the run before a
+        checkpoint or a log row holds its consequences."""
+        losses = torch.stack(window).tolist()
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"step {self.step - len(losses) + i + 1}: the loss is {value}; stopping "
+                                         f"(the last checkpoint in {self.out} is intact)")
+        return losses
 
-        The loss is read every step (a non-finite one must stop the run); the norm only when logged.
+    def _train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step over the global batch: returns the mean loss over all ranks (a 0-d tensor).
+
+        Nothing is read back from the device: the loss and the gradient norm (self._grad_norm) are read when
+        logged, and the model calls run in inputs_checked() (the data's labels were checked when loaded).
         """
         config, ranks = self.config, self.ranks
         accumulate = config.optim.accumulate
@@ -235,16 +250,12 @@ class Trainer:
             x = batch.pop("x").to(ranks.device)
             cond = {k: v.to(ranks.device) for k, v in batch.items()}
             sync = j == accumulate - 1 or not isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast(), inputs_checked():
                 loss = self.loss_fn(cond, x, step)
             (loss / accumulate).backward()
             total += loss.detach().float()
-        value = float(distributed.mean_over_ranks(total / accumulate, ranks))
-        if not math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"step {step + 1}: the loss is {value}; stopping before the optimizer step "
-                                     f"(the last checkpoint in {self.out} is intact)")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip)  # read at log time
+        loss = distributed.mean_over_ranks(total / accumulate, ranks)
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.ema, distributed.unwrap(self.net), ema_decay(config.optim.ema_decay, step))
@@ -253,7 +264,7 @@ class Trainer:
             decay = song.target_decay if song.target_decay is not None else (
                 0.95 if song.mode == "cd" else cm_ema_decay(step, config.steps))
             ema_update(self.target, distributed.unwrap(self.net), decay)
-        return value, grad_norm
+        return loss
 
     def _autocast(self):
         """bf16 autocast with precision bf16, and with auto on GPU and on CPUs with native bf16 (AVX-512 bf16 or
