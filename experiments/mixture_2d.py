@@ -13,7 +13,7 @@ import time
 import torch
 
 import mcm_fast as mf
-from mcm_fast.consistency import ema_update
+from mcm_fast.train.ema import ema_update
 from mcm_fast.data.toy import GaussianMixture
 from mcm_fast.metrics import sliced_wasserstein
 from mcm_fast.models import MLPNet

@@ -158,3 +158,10 @@ def check_order(s, t, s_vec: torch.Tensor, t_vec: torch.Tensor, strict: bool) ->
 def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A [B] tensor viewed as [B, 1, ..., 1] to broadcast against like ([B, ...])."""
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
+
+
+def describe(value) -> str:
+    """A tensor's dtype and shape, or another value's type, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return type(value).__name__

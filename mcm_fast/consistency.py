@@ -55,19 +55,6 @@ def cm_ema_decay(k: int, total: int, s0: int = 2, s1: int = 150, mu0: float = 0.
     return math.exp(s0 * math.log(mu0) / cm_steps(k, total, s0, s1))
 
 
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
-    """target <- decay target + (1 - decay) online, parameter by parameter (buffers are copied)."""
-    check_real("decay", decay, 0, 1)
-    for name, module in (("target", target), ("online", online)):
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"{name}: expected an nn.Module, got {type(module).__name__}")
-    for p_target, p_online in zip(target.parameters(), online.parameters(), strict=True):
-        p_target.lerp_(p_online, 1 - decay)
-    for b_target, b_online in zip(target.buffers(), online.buffers(), strict=True):
-        b_target.copy_(b_online)
-
-
 class EDMConsistency(torch.nn.Module):
     """f(x, sigma) = c_skip(sigma) x + c_out(sigma) net(c_in(sigma) x, c_noise(sigma), **cond) (Song et al. 2023):
     c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2), c_out = (sigma - sigma_min) sigma_data /

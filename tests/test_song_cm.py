@@ -12,7 +12,8 @@ import torch
 import mcm_fast as mf
 from closed_form import exact_denoiser
 from mcm_fast.consistency import (ConsistencyLoss, EDMConsistency, KarrasGrid, VEDenoiser, cm_ema_decay, cm_sample,
-                                  cm_steps, ema_update)
+                                  cm_steps)
+from mcm_fast.train.ema import ema_update
 
 C = 0.7
 SIGMA_MIN = 0.002

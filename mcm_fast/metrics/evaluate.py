@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mcm_fast.data import load_dataset
-from mcm_fast.data.images import TOYS
+from mcm_fast.data.points import TOYS
 from mcm_fast.metrics.distances import sliced_wasserstein
 from mcm_fast.metrics.features import mnist_features, pixel_features
 from mcm_fast.metrics.frechet import frechet_distance

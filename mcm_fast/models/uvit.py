@@ -28,7 +28,7 @@ from torch import nn
 
 from mcm_fast._checks import can_read_values, check_float_tensor
 from mcm_fast.models.dropout import Dropout
-from mcm_fast.models.mlp import FourierEmbedding
+from mcm_fast.models.embedding import FourierEmbedding
 from mcm_fast.ops.attention import attention
 from mcm_fast.ops.registry import BACKENDS
 

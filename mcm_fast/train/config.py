@@ -298,7 +298,8 @@ def _one_of(options):
 def _rules() -> dict:
     """dotted key -> (test, what is expected): the settings Algorithm 1's and Song et al.'s own checks do not
     cover (those run through _delegate). Built on first use: the constants live in modules that import torch."""
-    from mcm_fast.data.images import DATASETS, MAX_POINTS
+    from mcm_fast.data.images import DATASETS
+    from mcm_fast.data.points import MAX_POINTS
     from mcm_fast.denoiser import PREDICTIONS
     from mcm_fast.models import UVIT_PRESETS
     from mcm_fast.sampling import MAX_STEPS

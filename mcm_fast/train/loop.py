@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from mcm_fast._checks import inputs_checked
-from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay, ema_update
+from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay
 from mcm_fast.data import batch_indices, load_dataset, shard
 from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
 from mcm_fast.metrics.grid import save_grid
@@ -39,6 +39,7 @@ from mcm_fast.train.checkpoint import (
     save_checkpoint,
 )
 from mcm_fast.train.config import ConfigError, TrainConfig
+from mcm_fast.train.ema import ema_decay, ema_update
 
 LOG_NAME = "log.jsonl"
 LOOP_KEYS = ("steps", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples", "sample_steps",
@@ -52,11 +53,6 @@ class NonFiniteLossError(RuntimeError):
 def micro_seed(seed: int, step: int, micro: int) -> int:
     """The seed of micro-batch `micro` of step `step`: distinct for every (seed, step, micro)."""
     return (seed * 1_000_003 + step) * 1_009 + micro
-
-
-def ema_decay(decay: float, updates: int) -> float:
-    """The EMA decay after `updates` updates: min(decay, (1 + n) / (10 + n)), so early weights fade fast."""
-    return min(decay, (1 + updates) / (10 + updates))
 
 
 class Trainer:
