@@ -13,10 +13,10 @@ import time
 import torch
 
 import mcm_fast as mf
-from mcm_fast.train.ema import ema_update
 from mcm_fast.data.toy import GaussianMixture
 from mcm_fast.metrics import sliced_wasserstein
 from mcm_fast.models import MLPNet
+from mcm_fast.train.ema import ema_update
 
 MIXTURE = GaussianMixture.ring(modes=8, radius=1.0, std=0.05)
 SCHEDULE = mf.CosineSchedule()
@@ -50,12 +50,14 @@ def train_teacher(iters: int = 4000, seed: int = 0, hidden: int = 256, batch: in
     return fit(model, lambda m, x, i, g: mf.diffusion_loss(m, x, generator=g), iters, 2e-3, batch, seed)
 
 
-def distill(teacher: mf.Denoiser, student_steps: int, iters: int = 1500, seed: int = 0, batch: int = 1024) -> mf.Denoiser:
+def distill(teacher: mf.Denoiser, student_steps: int, iters: int = 1500, seed: int = 0,
+            batch: int = 1024) -> mf.Denoiser:
     """Multistep consistency distillation (Algorithm 1, aDDIM teacher), the student initialized from the teacher."""
     torch.manual_seed(seed)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     objective = mf.MCMObjective(SCHEDULE, student_steps=student_steps, teacher_steps=(64, 512, iters))
-    return fit(student, lambda m, x, i, g: objective(m, x, teacher=teacher, step=i, generator=g), iters, 5e-4, batch, seed)
+    return fit(student, lambda m, x, i, g: objective(m, x, teacher=teacher, step=i, generator=g), iters, 5e-4, batch,
+               seed)
 
 
 @torch.no_grad()
@@ -64,7 +66,8 @@ def distance(samples: torch.Tensor, seed: int) -> float:
     return sliced_wasserstein(samples.float(), truth, projections=512, generator=torch.Generator().manual_seed(seed))
 
 
-def evaluate(teacher, students: dict, n: int = 50_000, seed: int = 0, steps=STEPS, reference_steps: int | None = 256) -> dict:
+def evaluate(teacher, students: dict, n: int = 50_000, seed: int = 0, steps=STEPS,
+             reference_steps: int | None = 256) -> dict:
     """Sliced Wasserstein to fresh true samples, the same noise for every sampler: {(name, steps): SW}.
     reference_steps adds the teacher's many-step DDIM; the last row is the floor: fresh data against data."""
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(20_000 + seed))
@@ -75,7 +78,8 @@ def evaluate(teacher, students: dict, n: int = 50_000, seed: int = 0, steps=STEP
         if k in students:
             rows["MCM (CD)", k] = distance(mf.sample(students[k], k, noise=noise), seed)
     if reference_steps:
-        rows["teacher DDIM", reference_steps] = distance(mf.sample_diffusion(teacher, reference_steps, "ddim", noise=noise), seed)
+        rows["teacher DDIM",
+             reference_steps] = distance(mf.sample_diffusion(teacher, reference_steps, "ddim", noise=noise), seed)
     rows["data (fresh samples)", 0] = distance(MIXTURE.sample(n, torch.Generator().manual_seed(seed)).float(), seed)
     return rows
 

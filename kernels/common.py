@@ -43,7 +43,8 @@ def ddim_coefs(logsnr_t, logsnr_s):
 
 @triton.jit
 def target_coefs(logsnr_t, logsnr_s, logsnr_step):
-    """(a, b, c) of x_target = a x_ref + b z_s + c z_t: DDIM s -> t_step then invDDIM t -> t_step; a = 0 at s = t_step."""
+    """(a, b, c) of x_target = a x_ref + b z_s + c z_t: DDIM s -> t_step then invDDIM t -> t_step; a = 0 at s =
+    t_step."""
     alpha_t, sigma_t = alpha_sigma(logsnr_t)
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
     alpha_q, sigma_q = alpha_sigma(logsnr_step)

@@ -6,15 +6,16 @@ program owns BLOCK elements of one sample. aDDIM on samples of at most ROW_MAX e
 sample that holds it in registers: one read of x_hat and z_t, one write (not float64, which spilled there: the
 sm_90a table of docs/benchmarks.md). Larger samples, and float64, take two kernels:
 one partial sum of (z_t - alpha_t x_hat)^2 per program, summed per sample by torch in a fixed order
-(deterministic), then the update, which reads x_hat and z_t a second time. Arithmetic in float32 (float64 for float64 data), coefficients in float64. Inputs
-are made contiguous once. The backward is the closed form of mcm_fast.solvers (plain PyTorch), as for the
-C++ and CUDA backends.
+(deterministic), then the update, which reads x_hat and z_t a second time. Arithmetic in float32 (float64 for float64
+data), coefficients in float64. Inputs are made contiguous once. The backward is the closed form of
+mcm_fast.solvers (plain PyTorch), as for the C++ and CUDA backends.
 """
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import BLOCK, alpha_sigma, cast, compute_dtype, ddim_coefs, partial_dtype
 from torch.library import wrap_triton
+
+from mcm_fast.kernels.common import BLOCK, alpha_sigma, cast, compute_dtype, ddim_coefs, partial_dtype
 
 ROW_MAX = 16384  # elements per sample that one aDDIM program holds (e.g. 3 x 64 x 64 images, 4 x 64 x 64 latents)
 

@@ -5,8 +5,8 @@ from mcm_fast.ops import available_backends
 from mcm_fast.ops.attention import attention
 from mcm_fast.ops.losses import mcm_loss, mcm_target, mcm_target_loss
 from mcm_fast.ops.steps import addim_step, ddim_step, euler_step, heun_step, inv_ddim
-from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
 from mcm_fast.pretrained import load_pretrained, pretrained_models
+from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule
 from mcm_fast.solvers import analytic_x_var
 from mcm_fast.train.checkpoint import load_checkpoint, save_checkpoint

@@ -43,7 +43,8 @@ def check_float_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() < min_dim:
-        raise ValueError(f"{name}: expected a [B, ...] tensor with at least {min_dim} dim(s), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected a [B, ...] tensor with at least {min_dim} dim(s), got shape "
+                         f"{tuple(x.shape)}")
     return x
 
 
@@ -152,7 +153,8 @@ def check_order(s, t, s_vec: torch.Tensor, t_vec: torch.Tensor, strict: bool) ->
     bad = (s_vec >= t_vec) if strict else (s_vec > t_vec)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"s: expected {need} for every sample, got s={s_vec[i].item()!r} and t={t_vec[i].item()!r} at index {i}")
+        raise ValueError(f"s: expected {need} for every sample, got s={s_vec[i].item()!r} and t={t_vec[i].item()!r} "
+                         f"at index {i}")
 
 
 def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

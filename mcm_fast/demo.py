@@ -3,7 +3,8 @@
 Trains the tiny UViT teacher on MNIST at 16x16 (v-loss, class-conditional), distills a 4-step multistep
 consistency model from it (Algorithm 1 with an aDDIM teacher), writes sample grids and prints FD-MNIST (the
 Frechet distance in the shipped MNIST classifier's features), precision and recall against MNIST's test
-digits of the student and of the teacher at the same and at a large budget. Each stage is an ordinary run directory under `out`, so an interrupted demo resumes where it stopped.
+digits of the student and of the teacher at the same and at a large budget. Each stage is an ordinary run directory
+under `out`, so an interrupted demo resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
     teacher_dir, student_dir = out / "teacher", out / f"mcm{STUDENT_STEPS}"
     common = {"seed": seed}
     stages = (
-        ("teacher", teacher_dir, load_config("tiny-teacher", {**common, **({"steps": teacher_iters} if teacher_iters else {})})),
+        ("teacher", teacher_dir,
+         load_config("tiny-teacher", {**common, **({"steps": teacher_iters} if teacher_iters else {})})),
         (f"{STUDENT_STEPS}-step MCM distillation", student_dir, load_config(
             "tiny-cd", {**common, "teacher": str(teacher_dir), "objective": {"student_steps": STUDENT_STEPS},
                         **({"steps": student_iters} if student_iters else {})})),
@@ -83,7 +85,8 @@ def claim(rows: list[dict]) -> list[str]:
              f"{100 * (1 - student / teacher[sampler, STUDENT_STEPS]):.0f}% lower than with {sampler.upper()}"
              for sampler in ("ddim", "addim")]
     best = min(teacher[sampler, 64] for sampler in ("ddim", "addim"))
-    lines.append(f"{STUDENT_STEPS}-step student against its teacher's best at 64 steps: FD {100 * (student / best - 1):+.0f}%")
+    lines.append(f"{STUDENT_STEPS}-step student against its teacher's best at 64 steps: FD "
+                 f"{100 * (student / best - 1):+.0f}%")
     return lines
 
 

@@ -38,14 +38,17 @@ def inpaint(model, x_known: torch.Tensor, mask: torch.Tensor, n_steps: int = 4, 
     try:
         torch.broadcast_shapes(mask.shape, x_known.shape)
     except RuntimeError:
-        raise ValueError(f"mask: expected a shape that broadcasts to {tuple(x_known.shape)}, got {tuple(mask.shape)}") from None
+        raise ValueError(f"mask: expected a shape that broadcasts to {tuple(x_known.shape)}, got "
+                         f"{tuple(mask.shape)}") from None
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask: expected values 0 (to fill) or 1 (known)")
     mask = mask.to(x_known.dtype)
-    model, schedule, z = _setup(model, n_steps, x_known.shape, schedule, noise, generator, 0.0, None, cond, x_known.device, x_known.dtype)
+    model, schedule, z = _setup(model, n_steps, x_known.shape, schedule, noise, generator, 0.0, None, cond,
+                                x_known.device, x_known.dtype)
     check_like("noise", z, "x_known", x_known)
     project = lambda x_hat: mask * x_known + (1 - mask) * x_hat  # noqa: E731
-    return consistency_jumps(model, z, _segment_starts(schedule, n_steps, boundaries), schedule, project=project, **cond)
+    return consistency_jumps(model, z, _segment_starts(schedule, n_steps, boundaries), schedule, project=project,
+                             **cond)
 
 
 def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -64,10 +67,12 @@ def super_resolve(model, x_low: torch.Tensor, factor: int, n_steps: int = 4, sch
         raise ValueError(f"factor: expected an output of at most {MAX_ELEMENTS} elements, got shape {shape}")
     up = lambda y: y.repeat_interleave(factor, -2).repeat_interleave(factor, -1)  # noqa: E731
     low_up = up(x_low)
-    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device, x_low.dtype)
+    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device,
+                                x_low.dtype)
     # replace the block means of x_hat by x_low's: down(project(x)) = x_low exactly
     project = lambda x_hat: x_hat - up(downsample(x_hat, factor)) + low_up  # noqa: E731
-    return consistency_jumps(model, z, _segment_starts(schedule, n_steps, boundaries), schedule, project=project, **cond)
+    return consistency_jumps(model, z, _segment_starts(schedule, n_steps, boundaries), schedule, project=project,
+                             **cond)
 
 
 @torch.no_grad()
@@ -79,7 +84,8 @@ def sdedit(model, x_guide: torch.Tensor, t_start: float, n_steps: int = 4, sched
     if isinstance(t_start, bool) or not isinstance(t_start, Real) or not 0 < t_start <= 1:
         raise ValueError(f"t_start: expected a time in (0, 1], got {t_start!r}")
     n_steps = _positive_int("n_steps", n_steps)
-    model, schedule, eps = _setup(model, n_steps, x_guide.shape, schedule, noise, generator, 0.0, None, cond, x_guide.device, x_guide.dtype)
+    model, schedule, eps = _setup(model, n_steps, x_guide.shape, schedule, noise, generator, 0.0, None, cond,
+                                  x_guide.device, x_guide.dtype)
     alpha, sigma = schedule.alpha_sigma(float(t_start))
     z = (alpha * x_guide.double() + sigma * eps.double()).to(x_guide.dtype)
     starts = [e for e in _segment_starts(schedule, n_steps, boundaries) if e < t_start - 1e-9 / n_steps]

@@ -71,7 +71,8 @@ class TeacherSteps:
         for name in ("start", "end", "anneal"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                raise ValueError(f"teacher_steps: expected positive integers (start, end, anneal), got {name}={value!r}")
+                raise ValueError(f"teacher_steps: expected positive integers (start, end, anneal), got "
+                                 f"{name}={value!r}")
         if max(self.start, self.end) > MAX_STEPS:
             raise ValueError(f"teacher_steps: expected start and end <= {MAX_STEPS}, got {self.start} and {self.end}")
 
@@ -125,7 +126,8 @@ def _addim(obj, teacher, x_teacher, x, z_t, s, logsnr_t, logsnr_s, cond):
 
 TEACHER_INTEGRATORS = {  # Algorithm 1, step 5: z_s from x_teacher = teacher(z_t, t) (x from data)
     "addim": _addim,
-    "ddim": lambda obj, teacher, x_teacher, x, z_t, s, lt, ls, cond: ddim_unchecked(x_teacher, z_t, lt, ls, obj.backend),
+    "ddim": lambda obj, teacher, x_teacher, x, z_t, s, lt, ls, cond: ddim_unchecked(
+        x_teacher, z_t, lt, ls, obj.backend),
     "euler": lambda obj, teacher, x_teacher, x, z_t, s, lt, ls, cond: euler_step_reference(x_teacher, z_t, lt, ls),
     "heun": lambda obj, teacher, x_teacher, x, z_t, s, lt, ls, cond: heun_step_reference(
         teacher, x_teacher, z_t, s, lt, ls, **cond),
@@ -167,7 +169,8 @@ def _direct_target(obj, student, reference, teacher, x, z_t, t, s, grid_point, c
 
 
 TARGETS = {"mcm": _consistency_target, "direct": _direct_target}
-WEIGHTINGS = {"snr+1": lambda logsnr: torch.exp(logsnr) + 1, "sqrt(snr+1)": lambda logsnr: (torch.exp(logsnr) + 1).sqrt()}
+WEIGHTINGS = {"snr+1": lambda logsnr: torch.exp(logsnr) + 1,
+              "sqrt(snr+1)": lambda logsnr: (torch.exp(logsnr) + 1).sqrt()}
 
 
 def _choice(name: str, value, allowed) -> str:
@@ -283,7 +286,8 @@ class MCMObjective:
         check_generator("generator", generator)
         for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
             if (model is not None or name == "student") and not callable(model):
-                raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
+                raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got "
+                                f"{type(model).__name__}")
         if teacher is None and self.teacher_solver == "heun":
             raise ValueError("teacher: teacher_solver='heun' needs a teacher model (training from data has none)")
         if (self.reference == "ema") != (reference_model is not None):

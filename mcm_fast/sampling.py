@@ -33,7 +33,8 @@ def guided(model, scale: float, null_cond: dict):
     """Classifier-free guidance: x_hat = (1 + w) model(z, t, cond) - w model(z, t, null_cond), one batched call."""
     scale = check_real("guidance", scale, -sys.float_info.max, sys.float_info.max)  # a float: big ints overflow
     if not isinstance(null_cond, dict) or not null_cond:
-        raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got {null_cond!r}")
+        raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got "
+                         f"{null_cond!r}")
 
     def guided_model(z, t, **cond):
         batch = z.shape[0]
@@ -63,7 +64,8 @@ def _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_con
     check_generator("generator", generator)
     schedule = getattr(model, "schedule", None) if schedule is None else schedule
     if not isinstance(schedule, CosineSchedule):
-        raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got {type(schedule).__name__}")
+        raise TypeError(f"schedule: expected a CosineSchedule (or a model with .schedule), got "
+                        f"{type(schedule).__name__}")
     if noise is None:
         if shape is None:
             raise ValueError("shape: expected (B, ...) when noise is not given, got None")
@@ -207,7 +209,8 @@ class XVarTable:
         check_float_tensor("t", t)
         check_float_tensor("x_var", x_var)
         if t.dim() != 1 or t.shape != x_var.shape or t.numel() < 2:
-            raise ValueError(f"t: expected matching 1-D tensors of at least 2 points, got {tuple(t.shape)} and {tuple(x_var.shape)}")
+            raise ValueError(f"t: expected matching 1-D tensors of at least 2 points, got {tuple(t.shape)} and "
+                             f"{tuple(x_var.shape)}")
         if not bool((t[1:] > t[:-1]).all()):
             raise ValueError("t: expected strictly increasing times")
         if not bool((x_var >= 0).all() & torch.isfinite(x_var).all()):
@@ -252,7 +255,8 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
     """
     if solver not in DIFFUSION_SOLVERS:
         raise ValueError(f"solver: expected one of {DIFFUSION_SOLVERS}, got {solver!r}")
-    if not (x_var == "analytic" or isinstance(x_var, XVarTable) or (isinstance(x_var, Real) and not isinstance(x_var, bool))):
+    number = isinstance(x_var, Real) and not isinstance(x_var, bool)
+    if not (x_var == "analytic" or isinstance(x_var, XVarTable) or number):
         raise ValueError(f"x_var: expected 'analytic', a float or an XVarTable, got {x_var!r}")
     model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
     with inputs_checked():

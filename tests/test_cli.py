@@ -100,12 +100,15 @@ def a_file(tmp_path):
     (["train", "--config", "tiny-teacher", "--out", "{tmp}/r", "--set", "steps=1", "--set", "steps.x=2"],
      "steps was set"),
     (["bench", "--set", "optim.lr=-1"], "optim.lr: expected a finite number > 0"),
-    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{file}/grid.png"], "{file}: a file; expected a directory"),
-    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{tmp}"], "{tmp}: a directory; expected the path of a file"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{file}/grid.png"],
+     "{file}: a file; expected a directory"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{tmp}"],
+     "{tmp}: a directory; expected the path of a file"),
     (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--label", "99", "--out", "{tmp}/g.png"], "label:"),
     (["sample", "--ckpt", "{run}", "--steps", "1000000", "--n", "2", "--out", "{tmp}/g.png"], "n_steps: expected"),
     (["sample", "--ckpt", "{file}", "--out", "{tmp}/g.png"], "expected a run directory"),
-    (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "20", "--out", "{file}"], "{file}: a file; expected a directory"),
+    (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "20", "--out", "{file}"],
+     "{file}: a file; expected a directory"),
     (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "2"], "n"),
 ])
 def test_every_failure_is_one_line_and_exit_status_1(argv, message, run_dir, a_file, tmp_path, capsys):

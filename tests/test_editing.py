@@ -123,7 +123,8 @@ EDITS = {
     "inpaint": lambda model, **kw: inpaint(model, randn(2, 3, 4, 4), torch.ones(4, 4, dtype=torch.float64), 4, **kw),
     "super_resolve": lambda model, **kw: super_resolve(model, randn(2, 3, 2, 2), 2, 4, **kw),
     "sdedit": lambda model, **kw: sdedit(model, randn(2, 3, 4, 4), 1.0, 4, **kw),
-    "interpolate": lambda model, noise, **kw: interpolate(model, randn(2, 3, 4, 4), randn(2, 3, 4, 4, seed=1), 0.5, 4, **kw),
+    "interpolate": lambda model, noise, **kw: interpolate(model, randn(2, 3, 4, 4), randn(2, 3, 4, 4, seed=1), 0.5, 4,
+                                                          **kw),
 }
 
 

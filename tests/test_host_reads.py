@@ -72,7 +72,8 @@ def test_diffusion_sampling_reads_nothing_per_step(solver):
 
 
 @pytest.mark.parametrize("options, distill", [
-    ({}, True), ({}, False), ({"teacher_solver": "heun"}, True), ({"teacher_solver": "euler", "xvar_frac": "analytic"}, True),
+    ({}, True), ({}, False), ({"teacher_solver": "heun"}, True),
+    ({"teacher_solver": "euler", "xvar_frac": "analytic"}, True),
     ({"target": "direct"}, True), ({"boundaries": "logsnr", "weighting": "snr+1"}, False),
     ({"multiscale": 1, "label_dropout": 0.5, "null_label": 10}, True)])
 def test_an_algorithm_1_loss_reads_nothing(options, distill):
@@ -84,7 +85,8 @@ def test_an_algorithm_1_loss_reads_nothing(options, distill):
 
 
 @pytest.mark.parametrize("changes", [{}, {"kind": "ct", "init": "random"},
-                                     {"kind": "cm", "init": "random", "song": {"mode": "ct"}}], ids=["teacher", "ct", "cm"])
+                                     {"kind": "cm", "init": "random", "song": {"mode": "ct"}}],
+                         ids=["teacher", "ct", "cm"])
 def test_a_training_step_reads_nothing_outside_the_logging_interval(tmp_path, changes):
     config = load_config({"preset": "tiny-teacher", "data": {"resolution": 8}, "optim": {"batch_size": 4},
                           "log_every": 100, "steps": 10, **changes})

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from closed_form import C, alpha_sigma, consistency_function as exact_consistency, exact_denoiser, inv_ddim
-from closed_form import marginal_var, per_sample as col, posterior_var
+from closed_form import C, alpha_sigma, exact_denoiser, inv_ddim, marginal_var, posterior_var
+from closed_form import consistency_function as exact_consistency
+from closed_form import per_sample as col
 from mcm_fast.metrics import ode_error, sliced_wasserstein
 
 SCHED = mf.CosineSchedule()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcm_fast._checks import check_int, describe
+from mcm_fast._checks import describe
 from mcm_fast.data.points import TOYS, PointData, load_toy
 
 MNIST_FILE = Path(__file__).with_name("mnist.npz")

@@ -47,7 +47,8 @@ def score(samples: torch.Tensor, reference: torch.Tensor, features=pixel_feature
     """{"fd_<name>", "precision", "recall"} for images in the space of `features` (any callable images ->
     [N, F]), {"sliced_w2"} for vectors."""
     if samples.dim() == 2:
-        return {"sliced_w2": sliced_wasserstein(samples.cpu(), reference.cpu(), generator=torch.Generator().manual_seed(0))}
+        return {"sliced_w2": sliced_wasserstein(samples.cpu(), reference.cpu(),
+                                                generator=torch.Generator().manual_seed(0))}
     fake, real = features(samples).cpu(), features(reference).cpu()
     return {f"fd_{name}": frechet_distance(fake, real), **precision_recall(real, fake)}
 
@@ -114,7 +115,8 @@ def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler:
         rows.append(row)
         echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         if out is not None and samples.dim() == 4:
-            save_grid(samples[:100], Path(out) / f"samples-{n_steps}.png", nrow=10 if info["num_classes"] == 10 else None)
+            save_grid(samples[:100], Path(out) / f"samples-{n_steps}.png",
+                      nrow=10 if info["num_classes"] == 10 else None)
     if out is not None:
         from mcm_fast.metrics.plots import plot_metric_vs_steps
 

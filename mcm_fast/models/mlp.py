@@ -14,11 +14,13 @@ class MLPNet(nn.Module):
 
     def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, classes: int = 0, dropout: float = 0.0):
         super().__init__()
-        self.embed_time = nn.Sequential(FourierEmbedding(32), nn.Linear(32, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.embed_time = nn.Sequential(FourierEmbedding(32), nn.Linear(32, hidden), nn.SiLU(),
+                                        nn.Linear(hidden, hidden))
         self.embed_class = nn.Embedding(classes + 1, hidden) if classes else None  # the extra class is "null"
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), Dropout(dropout)) for _ in range(depth)
+            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                          Dropout(dropout)) for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 

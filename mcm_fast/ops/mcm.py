@@ -81,7 +81,8 @@ def _save_diff(ctx, inputs, output):
 
 
 def _sqdist_autograd(backward_op):
-    """Backward of a squared-distance op: dL/dx_hat from the saved diff; x_hat - target gives dL/dtarget = -dL/dx_hat."""
+    """Backward of a squared-distance op: dL/dx_hat from the saved diff; x_hat - target gives dL/dtarget =
+    -dL/dx_hat."""
 
     def backward(ctx, grad_dist_sq, _grad_diff):
         grad_x = backward_op(ctx.saved_tensors[0], grad_dist_sq, ctx.dtype)

@@ -131,7 +131,8 @@ def _mnist(**changes) -> TrainConfig:
 def _ring(**changes) -> TrainConfig:
     """The 8-mode ring in 2-D with the residual MLP."""
     return TrainConfig(**{"model": "mlp", "data": DataConfig("ring", resolution=None, n=50_000),
-                          "objective": ObjectiveConfig(label_dropout=0.0), "optim": OptimConfig(lr=1e-3, batch_size=512),
+                          "objective": ObjectiveConfig(label_dropout=0.0),
+                          "optim": OptimConfig(lr=1e-3, batch_size=512),
                           "steps": 4000, "save_every": 1000, **changes})
 
 
@@ -263,7 +264,8 @@ def load_config(name_or_file: str | dict, overrides: list[str] | dict = ()) -> T
     elif Path(name_or_file).suffix in (".yaml", ".yml", ".json"):
         data = read_config_file(Path(name_or_file))
     else:
-        raise ConfigError(f"--config: expected a preset ({', '.join(PRESETS)}) or a .yaml/.json file, got {name_or_file!r}")
+        raise ConfigError(f"--config: expected a preset ({', '.join(PRESETS)}) or a .yaml/.json file, got "
+                          f"{name_or_file!r}")
     preset = data.pop("preset", None)
     if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise ConfigError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
@@ -309,7 +311,8 @@ def _rules() -> dict:
         "kind": _one_of(KINDS), "precision": _one_of(PRECISIONS), "strategy": _one_of(STRATEGIES),
         "init": _one_of(INITS), "device": _one_of(DEVICES), "model": _one_of(("mlp", *UVIT_PRESETS)),
         "prediction": _one_of(tuple(PREDICTIONS)),
-        "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))), "None or [r, res], two finite numbers > 0"),
+        "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))),
+                           "None or [r, res], two finite numbers > 0"),
         "teacher": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a checkpoint directory"),
         "data.name": _one_of(DATASETS),
         "data.path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),

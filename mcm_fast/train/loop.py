@@ -115,9 +115,12 @@ class Trainer:
             raise ConfigError(f"teacher: {config.teacher} holds a {teacher_config.kind!r} run, expected a teacher")
         if info != self.info:
             raise ConfigError(f"teacher: trained on data {info}, but this run's data is {self.info}")
-        if config.kind != "cm" and (teacher_config.model, teacher_config.model_options) != (config.model, config.model_options):
-            raise ConfigError(f"model: a student starts from its teacher's network, expected model={teacher_config.model!r} "
-                              f"and model_options={teacher_config.model_options}, got {config.model!r} and {config.model_options}")
+        same_network = (teacher_config.model, teacher_config.model_options) == (config.model, config.model_options)
+        if config.kind != "cm" and not same_network:
+            raise ConfigError(f"model: a student starts from its teacher's network, expected "
+                              f"model={teacher_config.model!r} "
+                              f"and model_options={teacher_config.model_options}, got {config.model!r} and "
+                              f"{config.model_options}")
         return model, model.net
 
     def _make_loss(self):
@@ -160,7 +163,8 @@ class Trainer:
         state = load_checkpoint(self.out)
         saved, current = state.get("config"), self.config.to_dict()
         if not isinstance(saved, dict):
-            raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast train")
+            raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast "
+                              f"train")
         changed = sorted(k for k in set(saved) | set(current) if k not in LOOP_KEYS and saved.get(k) != current.get(k))
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
