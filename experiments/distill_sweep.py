@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from mnist_tables import write_scores
 
-from mcm_fast.metrics.evaluate import score_budgets
+from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.metrics.plots import plot_metric_vs_steps
 from mcm_fast.train.checkpoint import latest_checkpoint
 from mcm_fast.train.config import load_config

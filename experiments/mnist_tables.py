@@ -26,15 +26,11 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.metrics.evaluate import (
-    default_features,
-    reference_set,
-    sample_inputs,
-    score,
-)
+from mcm_fast.commands.evaluate import sampler_of
+from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.ode_error import ode_error
 from mcm_fast.metrics.plots import plot_metric_vs_steps, plot_training_curves
-from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.build import load_model
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
 
@@ -127,16 +123,13 @@ def evaluate(directory: Path, steps_and_samplers, scale: Scale, seed: int,
              ode_teacher: Path | None = None) -> list[dict]:
     """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler); with ode_teacher, the ODE error."""
     model, config, info = load_model(directory)
-    reference = reference_set(config, scale.eval_n)
-    name, features = default_features(config)
+    scorer = Scorer(config, info, scale.eval_n, seed + 1000)
     rows = []
     for steps, sampler in steps_and_samplers:
-        noise, cond, generator = sample_inputs(info, scale.eval_n, seed + 1000)
         start = time.perf_counter()
         with torch.no_grad():
-            images = generate(model, config, steps, noise, sampler, generator=generator, **cond)
-        row = {"steps": steps, "sampler": sampler, **score(images, reference, features, name),
-               "seconds": time.perf_counter() - start}
+            scores, _ = scorer(sampler_of(model, config, steps, sampler))
+        row = {"steps": steps, "sampler": sampler, **scores, "seconds": time.perf_counter() - start}
         if ode_teacher is not None:
             teacher, _, _ = load_model(ode_teacher)
             noise, cond, _ = sample_inputs(info, scale.ode_n, seed + 2000)

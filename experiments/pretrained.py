@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from mnist_tables import scores_of
 
-from mcm_fast.metrics.evaluate import score_budgets
+from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.pretrained import PRETRAINED_DIR
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mcm_fast.train.config import load_config

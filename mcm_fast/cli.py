@@ -155,17 +155,17 @@ def _run(args) -> int:
 
         train(load_config(args.config, args.set), args.out, progress=not args.no_progress)
     elif args.command == "sample":
-        from mcm_fast.metrics.evaluate import sample_grid
+        from mcm_fast.commands.evaluate import sample_grid
 
         print(sample_grid(_checkpoint(args), args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
                           sampler=args.sampler, scale=args.scale))
     elif args.command == "eval":
-        from mcm_fast.metrics.evaluate import evaluate_checkpoint
+        from mcm_fast.commands.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler,
                             out=args.out)
     elif args.command == "bench":
-        from mcm_fast.train.bench import bench
+        from mcm_fast.commands.bench import bench
 
         bench(args.config, args.set, batch=args.batch, iters=args.iters, steps=args.steps)
     return 0

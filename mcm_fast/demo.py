@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from mcm_fast.commands.evaluate import sampler_of
 from mcm_fast.data import load_dataset
-from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import Scorer, default_features, reference_set, score
 from mcm_fast.metrics.grid import save_grid
-from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.build import load_model
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
 
@@ -48,17 +49,15 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
 
     teacher, teacher_config, info = load_model(teacher_dir)
     student, student_config, _ = load_model(student_dir)
-    reference = reference_set(student_config, n)
-    name, features = default_features(student_config)
-    noise, cond, _ = sample_inputs(info, n, seed + 1)
+    scorer = Scorer(student_config, info, n, seed + 1)
     candidates = [("teacher", teacher, teacher_config, sampler, steps) for sampler, steps in TEACHER_BUDGETS]
     candidates.insert(0, (f"MCM (S={STUDENT_STEPS})", student, student_config, "ddim", STUDENT_STEPS))
     rows = []
     for label, model, config, sampler, steps in candidates:
         start = time.perf_counter()
         with torch.no_grad():
-            images = generate(model, config, steps, noise, sampler, **cond)
-        rows.append({"model": label, "sampler": sampler, "steps": steps, **score(images, reference, features, name),
+            scores, images = scorer(sampler_of(model, config, steps, sampler))
+        rows.append({"model": label, "sampler": sampler, "steps": steps, **scores,
                      "seconds": time.perf_counter() - start})
         save_grid(images[:100], out / f"{label.split()[0].lower()}-{sampler}-{steps}.png", nrow=10, scale=4)
 

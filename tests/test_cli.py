@@ -124,12 +124,12 @@ def test_every_failure_is_one_line_and_exit_status_1(argv, message, run_dir, a_f
 
 
 def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys):
-    import mcm_fast.train.bench
+    import mcm_fast.commands.bench
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(mcm_fast.train.bench, "bench", broken)
+    monkeypatch.setattr(mcm_fast.commands.bench, "bench", broken)
     assert main(["bench"]) == 1
     assert capsys.readouterr().err == "mcm-fast bench: unexpected KeyError: 'a bug'\n"
 
@@ -141,11 +141,11 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
-    import mcm_fast.train.bench
+    import mcm_fast.commands.bench
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mcm_fast.train.bench, "bench", interrupted)
+    monkeypatch.setattr(mcm_fast.commands.bench, "bench", interrupted)
     assert main(["bench"]) == 130
     assert capsys.readouterr().err == "mcm-fast bench: interrupted\n"

@@ -5,7 +5,7 @@ import torch
 
 import mcm_fast as mf
 from mcm_fast.cli import main
-from mcm_fast.metrics.evaluate import score_budgets
+from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.metrics.features import mnist_classifier
 from mcm_fast.pretrained import pretrained_path
 

@@ -1,20 +1,16 @@
-"""From a TrainConfig to modules: the schedule, the raw network, the model wrapper of each kind, and the
-samplers that turn a model into images; `load_model` rebuilds any of them from a checkpoint."""
+"""From a TrainConfig to modules: the schedule, the raw network, and through the run's kind (train.kinds) the
+model around it and its sampler; `load_model` rebuilds any of them from a checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from mcm_fast.consistency import EDMConsistency, KarrasGrid, cm_sample
-from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import MLPNet, uvit
-from mcm_fast.sampling import sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule
 from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
-
-TEACHER_SAMPLERS = ("addim", "ddim")
+from mcm_fast.train.kinds import KINDS
 
 
 def make_schedule(config: TrainConfig) -> CosineSchedule:
@@ -38,33 +34,19 @@ def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Mo
 
 
 def wrap(net: torch.nn.Module, config: TrainConfig, schedule: CosineSchedule) -> torch.nn.Module:
-    """The model a kind trains and samples: f(x_sigma, sigma) of Song et al. for cm, else x_hat(z_t, t)."""
-    if config.kind == "cm":
-        return EDMConsistency(net)
-    return Denoiser(net, schedule, prediction=config.prediction)
+    """The model a run's kind trains and samples around its network (train.kinds)."""
+    return KINDS[config.kind].wrap(net, config, schedule)
 
 
 def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teacher_sampler: str = "addim",
              generator: torch.Generator | None = None, **cond) -> torch.Tensor:
-    """Samples from noise with n_steps model calls, the way the model's kind samples: Algorithm 2 for MCM
-    students, a teacher's aDDIM or DDIM, or Song et al.'s multistep sampling on the Karras grid."""
-    if config.kind == "teacher":
-        if teacher_sampler not in TEACHER_SAMPLERS:
-            raise ValueError(f"teacher_sampler: expected one of {TEACHER_SAMPLERS}, got {teacher_sampler!r}")
-        return sample_diffusion(model, n_steps, teacher_sampler, noise=noise, generator=generator, **cond)
-    if config.kind == "cm":
-        sigmas = KarrasGrid().sigmas(n_steps + 1).flip(0)[:n_steps]  # n_steps levels from sigma_max down
-        return cm_sample(model, sigmas.tolist(), noise, generator=generator, **cond)
-    return sample(model, n_steps, noise=noise, generator=generator, boundaries=config.objective.boundaries, **cond)
+    """Samples from noise with n_steps model calls, the way the model's kind samples (train.kinds)."""
+    return KINDS[config.kind].sample(model, config, n_steps, noise, teacher_sampler, generator, **cond)
 
 
 def default_steps(config: TrainConfig) -> int:
     """The step count of grids and evaluation when config.sample_steps is None."""
-    if config.sample_steps is not None:
-        return config.sample_steps
-    if config.kind == "teacher":
-        return 64
-    return 1 if config.kind == "cm" else config.objective.student_steps
+    return KINDS[config.kind].default_steps(config)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-KINDS = ("teacher", "cd", "ct", "direct", "cm")
+from mcm_fast.train.kinds import KINDS
+
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 INITS = ("teacher", "random")
@@ -350,7 +351,7 @@ def check_config(config: TrainConfig) -> None:
         value = _get(config, key)
         if not test(value):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    if config.kind in ("cd", "direct") and config.teacher is None:
+    if KINDS[config.kind].needs_teacher(config) and config.teacher is None:
         raise ConfigError(f"teacher: kind {config.kind!r} distills a teacher: expected its checkpoint directory")
     if config.optim.batch_size % config.optim.accumulate:
         raise ConfigError(f"optim.accumulate: expected a divisor of optim.batch_size={config.optim.batch_size}, "

@@ -18,19 +18,14 @@ import torch
 from tqdm import tqdm
 
 from mcm_fast._checks import inputs_checked
-from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay
 from mcm_fast.data import batch_indices, load_dataset, shard
-from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.grid import save_grid
-from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_labels
 from mcm_fast.train import distributed
 from mcm_fast.train.build import (
-    default_steps,
-    generate,
     load_model,
     make_net,
     make_schedule,
-    wrap,
 )
 from mcm_fast.train.checkpoint import (
     check_state_dict,
@@ -40,6 +35,7 @@ from mcm_fast.train.checkpoint import (
 )
 from mcm_fast.train.config import ConfigError, TrainConfig
 from mcm_fast.train.ema import ema_decay, ema_update
+from mcm_fast.train.kinds import KINDS
 
 LOG_NAME = "log.jsonl"
 LOOP_KEYS = ("steps", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples", "sample_steps",
@@ -53,6 +49,15 @@ class NonFiniteLossError(RuntimeError):
 def micro_seed(seed: int, step: int, micro: int) -> int:
     """The seed of micro-batch `micro` of step `step`: distinct for every (seed, step, micro)."""
     return (seed * 1_000_003 + step) * 1_009 + micro
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast with precision bf16, and with auto on GPU and on CPUs with native bf16 (AVX-512 bf16 or
+    AMX: 1.1-1.4x faster here, to the same FD; docs/results.md); float32 otherwise."""
+    native = device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if precision == "bf16" or (precision == "auto" and native):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -73,21 +78,21 @@ class Trainer:
         if config.optim.batch_size % micro_batches:
             raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
                               f"got {config.optim.batch_size}")
+        self.kind = KINDS[config.kind]
         self.teacher, teacher_net = self._load_teacher()
         self.schedule = self.teacher.schedule if self.teacher is not None else make_schedule(config)
         torch.manual_seed(config.seed)  # the initial weights, the same on every rank
         net = make_net(config, tuple(self.info["shape"]), self.info["num_classes"])
-        if teacher_net is not None and config.init == "teacher" and config.kind != "cm":
+        if teacher_net is not None and config.init == "teacher" and self.kind.same_network_as_teacher:
             net.load_state_dict(teacher_net.state_dict())
         net = net.to(self.ranks.device)
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
-        self.target = copy.deepcopy(net).requires_grad_(False) if config.kind == "cm" else None
+        self.extra = self.kind.extra_state(net)  # e.g. Song et al.'s EMA target network
         self.net = distributed.parallel(net, config.strategy, self.ranks)
         if config.strategy == "fsdp" and self.ranks.world > 1:  # shard the copies alike, so updates stay local
             self.ema = distributed.parallel(self.ema, "fsdp", self.ranks)
-            if self.target is not None:
-                self.target = distributed.parallel(self.target, "fsdp", self.ranks)
-        self.model = wrap(self.net, config, self.schedule)
+            self.extra = {name: distributed.parallel(m, "fsdp", self.ranks) for name, m in self.extra.items()}
+        self.model = self.kind.wrap(self.net, config, self.schedule)
         self.loss_fn = self._make_loss()
         fused = self.ranks.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
@@ -97,15 +102,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- setup
     def _load_teacher(self):
-        """The frozen teacher (its EMA weights) for cd, direct, cm-cd and students started from it."""
+        """The frozen teacher (its EMA weights) of a kind that distills it or starts from it (config validation has
+        checked that a kind which needs one names it)."""
         config = self.config
-        needs = config.kind in ("cd", "direct") or (config.kind == "cm" and config.song.mode == "cd")
-        wants = config.kind == "ct" and config.init == "teacher"
-        if config.teacher is None:
-            if needs:
-                raise ConfigError(f"teacher: kind {config.kind!r} needs a teacher checkpoint directory")
-            return None, None
-        if not (needs or wants):
+        if config.teacher is None or not self.kind.uses_teacher(config):
             return None, None
         try:
             model, teacher_config, info = load_model(config.teacher, self.ranks.device)
@@ -116,7 +116,7 @@ class Trainer:
         if info != self.info:
             raise ConfigError(f"teacher: trained on data {info}, but this run's data is {self.info}")
         same_network = (teacher_config.model, teacher_config.model_options) == (config.model, config.model_options)
-        if config.kind != "cm" and not same_network:
+        if self.kind.same_network_as_teacher and not same_network:
             raise ConfigError(f"model: a student starts from its teacher's network, expected "
                               f"model={teacher_config.model!r} "
                               f"and model_options={teacher_config.model_options}, got {config.model!r} and "
@@ -126,34 +126,9 @@ class Trainer:
     def _make_loss(self):
         """loss(batch, step) -> the mean loss over the micro-batch, for this run's kind; with config.compile the
         whole loss (every forward, the target and the loss; so its backward too) is one compiled graph."""
-        config, obj = self.config, self.config.objective
-        null = self.info["num_classes"] or None
-        compiled = torch.compile if config.compile else (lambda fn: fn)
-        if config.kind == "teacher":
-            v_loss = compiled(diffusion_loss)
-
-            def teacher_loss(cond, x, step):
-                cond = drop_labels(cond, obj.label_dropout if null else 0.0, null)
-                return v_loss(self.model, x, multiscale=obj.multiscale, **cond)
-            return teacher_loss
-        if config.kind == "cm":
-            song = config.song
-            loss = ConsistencyLoss(kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps,
-                                   total_steps=config.steps)
-            teacher = VEDenoiser(self.teacher, self.schedule) if self.teacher is not None else None
-            target = wrap(self.target, config, self.schedule)
-            song_loss = compiled(loss)
-            return lambda cond, x, step: song_loss(self.model, target, x, step=step, teacher=teacher, **cond)
-        teacher_steps = obj.teacher_steps if isinstance(obj.teacher_steps, int) else tuple(obj.teacher_steps)
-        objective = MCMObjective(self.schedule, student_steps=obj.student_steps, teacher_steps=teacher_steps,
-                                 teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss,
-                                 huber_eps=obj.huber_eps, weighting=obj.weighting,
-                                 target="direct" if config.kind == "direct" else "mcm",
-                                 label_dropout=obj.label_dropout if null else 0.0, null_label=null,
-                                 multiscale=obj.multiscale, boundaries=obj.boundaries)
-        teacher = self.teacher if config.kind in ("cd", "direct") else None
-        loss_at = compiled(objective.loss_at)
-        return lambda cond, x, step: loss_at(self.model, x, objective.segment_steps(step), teacher=teacher, **cond)
+        compiled = torch.compile if self.config.compile else (lambda fn: fn)
+        null_label = self.info["num_classes"] or None
+        return self.kind.loss(self.config, self.model, self.teacher, self.extra, null_label, compiled)
 
     def _resume(self):
         """Continues from the newest checkpoint in out that loads and verifies; damaged ones are skipped with a
@@ -169,14 +144,12 @@ class Trainer:
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
                               "use a new --out, or change only " + ", ".join(LOOP_KEYS))
-        modules = {"model": self.net, "ema": self.ema, "target": self.target}
+        modules = {"model": self.net, "ema": self.ema, **self.extra}
         for name, module in modules.items():
-            if module is not None:
-                check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module)
+            check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module)
         distributed.load_full_state(self.net, state["model"], self.optimizer, state["optimizer"])
-        distributed.load_full_state(self.ema, state["ema"])
-        if self.target is not None:
-            distributed.load_full_state(self.target, state["target"])
+        for name in ("ema", *self.extra):
+            distributed.load_full_state(modules[name], state[name])
         self.step = state["step"]
         if self.ranks.main:
             self._truncate_log(self.step)
@@ -259,21 +232,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.ema, distributed.unwrap(self.net), ema_decay(config.optim.ema_decay, step))
-        if self.target is not None:
-            song = config.song
-            decay = song.target_decay if song.target_decay is not None else (
-                0.95 if song.mode == "cd" else cm_ema_decay(step, config.steps))
-            ema_update(self.target, distributed.unwrap(self.net), decay)
+        self.kind.after_step(self.extra, distributed.unwrap(self.net), step, config)
         return loss
 
     def _autocast(self):
-        """bf16 autocast with precision bf16, and with auto on GPU and on CPUs with native bf16 (AVX-512 bf16 or
-        AMX: 1.1-1.4x faster here, to the same FD; docs/results.md); float32 otherwise."""
-        precision, device = self.config.precision, self.ranks.device.type
-        native = device == "cuda" or (device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        if precision == "bf16" or (precision == "auto" and native):
-            return torch.autocast(device, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.precision, self.ranks.device)
 
     # ----------------------------------------------------------------- outputs
     def save(self) -> None:
@@ -282,9 +245,8 @@ class Trainer:
             "model": distributed.full_state_dict(self.net, self.ranks),
             "ema": distributed.full_state_dict(self.ema, self.ranks),
             "optimizer": distributed.full_optimizer_state(self.net, self.optimizer, self.ranks),
+            **{name: distributed.full_state_dict(module, self.ranks) for name, module in self.extra.items()},
         }
-        if self.target is not None:
-            state["target"] = distributed.full_state_dict(self.target, self.ranks)
         if self.ranks.main:
             model = state.pop("model")
             save_checkpoint(self.out, model, step=self.step, keep=self.config.keep, config=self.config.to_dict(),
@@ -310,11 +272,11 @@ class Trainer:
 
     def sample(self, n: int, n_steps: int | None = None, seed: int | None = None, teacher_sampler: str = "addim"):
         """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional."""
-        n_steps = default_steps(self.config) if n_steps is None else n_steps
+        n_steps = self.kind.default_steps(self.config) if n_steps is None else n_steps
         seed = self.config.seed if seed is None else seed
         noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device)
-        model = wrap(self.ema, self.config, self.schedule)
-        return generate(model, self.config, n_steps, noise, teacher_sampler, generator=generator, **cond)
+        model = self.kind.wrap(self.ema, self.config, self.schedule)
+        return self.kind.sample(model, self.config, n_steps, noise, teacher_sampler, generator, **cond)
 
     def write_grid(self) -> Path | None:
         """A grid of 100 samples (a column per class for 10 classes) under out/samples; images only."""
@@ -328,11 +290,13 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict:
-        """Sample quality of the EMA model at its default step count against held-out data (see score)."""
-        reference = reference_set(self.config, self.config.eval_samples)
-        samples = self.sample(self.config.eval_samples, seed=self.config.seed + 1)
-        name, features = default_features(self.config)
-        return {"steps": default_steps(self.config), **score(samples, reference, features, name)}
+        """Sample quality of the EMA model at its default step count against held-out data (metrics.Scorer)."""
+        config, steps = self.config, self.kind.default_steps(self.config)
+        model = self.kind.wrap(self.ema, config, self.schedule)
+        scorer = Scorer(config, self.info, config.eval_samples, config.seed + 1, self.ranks.device)
+        scores, _ = scorer(lambda noise, generator, **cond: self.kind.sample(model, config, steps, noise, "addim",
+                                                                             generator, **cond))
+        return {"steps": steps, **scores}
 
     def _log(self, row: dict, writer) -> None:
         if not self.ranks.main:
