@@ -132,7 +132,6 @@ TEACHER_INTEGRATORS = {  # Algorithm 1, step 5: z_s from x_teacher = teacher(z_t
     "heun": lambda obj, teacher, x_teacher, x, z_t, s, lt, ls, cond: heun_step_reference(
         teacher, x_teacher, z_t, s, lt, ls, **cond),
 }
-TEACHER_SOLVERS = tuple(TEACHER_INTEGRATORS)
 
 
 def _consistency_target(obj, student, reference, teacher, x, z_t, t, s, grid_point, cond):

@@ -1,4 +1,6 @@
 """The training loop shared by every kind: teacher (v-loss), cd, ct, direct (Algorithm 1) and cm (Song et al.).
+What differs between them is the kind's object (train.kinds); the loop never branches on it, and a training
+step reads nothing back from the device (the loss and gradient norm are read when logged or checkpointed).
 
 Every random draw of step k (data order, t, noise, dropout) comes from seeds derived from (seed, k, micro-batch),
 so a run resumed from a checkpoint at step k continues exactly as the uninterrupted run would, and a DDP run on
