@@ -174,6 +174,7 @@ class Trainer:
             self.step += 1
             images += config.optim.batch_size
             saving = config.save_every and self.step % config.save_every == 0 or self.step == config.steps
+            sampling = any(every and self.step % every == 0 for every in (config.sample_every, config.eval_every))
             if self.step % config.log_every == 0 or self.step == config.steps:
                 now = time.perf_counter()
                 losses = self._losses(window)
@@ -184,8 +185,8 @@ class Trainer:
                 self._log(row, writer)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
                 window, tick, images = [], now, 0
-            elif saving:
-                self._losses(window)  # no checkpoint after a non-finite loss
+            elif saving or sampling:
+                self._losses(window)  # no checkpoint, grid or evaluation after a non-finite loss
             bar.update(1)
             if saving:
                 self.save()
