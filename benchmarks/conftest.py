@@ -12,9 +12,8 @@ import time
 from collections import defaultdict
 
 import pytest
-import torch
-
 import roofline
+import torch
 from workloads import GPU_SIZES_MIB
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

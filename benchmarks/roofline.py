@@ -4,9 +4,17 @@ the fractions of that rate FlashAttention-2 and -3 report on the H100. Used by s
 prediction) and benchmarks/conftest.py (measured against it on a GPU).
 """
 import torch
-
-from workloads import (ATTENTION_HEAD_DIMS, ATTENTION_TOKENS, ELEMENTWISE_DTYPES, GPU_SIZES_MIB, TENSORS_MOVED,
-                       attention_bytes, attention_flops, attention_shape, elementwise_bytes)
+from workloads import (
+    ATTENTION_HEAD_DIMS,
+    ATTENTION_TOKENS,
+    ELEMENTWISE_DTYPES,
+    GPU_SIZES_MIB,
+    TENSORS_MOVED,
+    attention_bytes,
+    attention_flops,
+    attention_shape,
+    elementwise_bytes,
+)
 
 # NVIDIA's H100 (SXM5) and H200 product specifications: HBM bandwidth in B/s, dense bf16 tensor FLOP/s (the
 # sheets print 1979 TFLOP/s "with sparsity"), streaming multiprocessors.

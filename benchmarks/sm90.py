@@ -187,7 +187,7 @@ def triton_calls():
     for name in COMPILED_DTYPES + ("float64",):
         dtype = getattr(torch, name)
         d = elementwise_numel(16, dtype.itemsize) // BATCH
-        x = lambda d=d: meta((BATCH, d), dtype)  # noqa: E731
+        x = lambda d=d, dtype=dtype: meta((BATCH, d), dtype)  # noqa: E731
         logsnrs = (per_sample(), per_sample())
         yield f"ddim_step d{d}", name, ddim.ddim_step, (x(), x(), *logsnrs)
         for size in (d, ROW_MAX, 28 * 28):

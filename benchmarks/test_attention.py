@@ -9,14 +9,19 @@ filling the GPU (65536 tokens per call). On CPU, small shapes and float32. Run: 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from workloads import (
+    ATTENTION_HEAD_DIMS,
+    ATTENTION_TOKENS,
+    ATTENTION_TOTAL_TOKENS,
+    attention_bytes,
+    attention_flops,
+    attention_shape,
+)
 
 import mcm_fast as mf
 from mcm_fast.ops.registry import _runs_on
-
-from conftest import DEVICE
-from workloads import (ATTENTION_HEAD_DIMS, ATTENTION_TOKENS, ATTENTION_TOTAL_TOKENS, attention_bytes, attention_flops,
-                       attention_shape)
 
 CUDA = DEVICE.type == "cuda"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
@@ -24,9 +29,10 @@ TOKENS = ATTENTION_TOKENS if CUDA else [64, 256]
 HEAD_DIMS = ATTENTION_HEAD_DIMS if CUDA else [64]
 TOTAL_TOKENS = ATTENTION_TOTAL_TOKENS if CUDA else 1024  # batch x heads x tokens per call
 SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
-        "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION} if CUDA else {"sdpa-flash": SDPBackend.FLASH_ATTENTION,
-                                                                        "sdpa-math": SDPBackend.MATH}
-IMPLS = list(SDPA) + (["triton"] if _runs_on("triton", DEVICE) and "triton" in mf.available_backends("attention") else [])
+        "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION} if CUDA else {
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-math": SDPBackend.MATH}
+IMPLS = list(SDPA) + (["triton"] if _runs_on("triton",
+                                             DEVICE) and "triton" in mf.available_backends("attention") else [])
 
 
 def attention_fn(impl):

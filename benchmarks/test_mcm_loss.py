@@ -2,20 +2,20 @@
 torch.compile of the reference, in the same run.
 
 Bytes counted are the least each call must move (benchmarks/workloads.py): 4 tensors for mcm_target and
-mcm_target_loss, 5 with its backward. Run: pytest benchmarks/test_mcm_loss.py (MCM_FAST_BENCH_MIB=1,16,64 sets the sizes).
+mcm_target_loss, 5 with its backward. Run: pytest benchmarks/test_mcm_loss.py (MCM_FAST_BENCH_MIB=1,16,64
+sets the sizes).
 """
 import pytest
 import torch
-
-import mcm_fast as mf
-from mcm_fast.losses import mcm_target_reference, robust_loss, squared_error, target_squared_distance_reference
-from mcm_fast.ops.registry import _runs_on
-
 from conftest import DEVICE, SIZES_MIB
 from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
+import mcm_fast as mf
+from mcm_fast.losses import mcm_target_reference, robust_loss, target_squared_distance_reference
+from mcm_fast.ops.registry import _runs_on
+
 DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
-FUSED = [b for b in mf.available_backends("mcm_target_loss") if b != "reference" and _runs_on(b, DEVICE)]
+FUSED = [b for b in mf.available_backends("mcm_target_sqdist") if b != "reference" and _runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 
 
@@ -35,7 +35,7 @@ def reference_loss(x_hat, x_ref, z_s, z_t, logsnrs, weight):
 
 
 def fused_loss(backend):
-    impl = mf.ops.dispatch("mcm_target_loss", DEVICE, needs_grad=True, backend=backend)
+    impl = mf.ops.dispatch("mcm_target_sqdist", DEVICE, needs_grad=True, backend=backend)
 
     def loss(x_hat, x_ref, z_s, z_t, logsnrs, weight):
         return (weight * robust_loss(impl(x_hat, x_ref, z_s, z_t, *logsnrs), "pseudo_huber", 1e-4)).mean()

@@ -4,7 +4,8 @@ compiled network's forward alone, in images/s and as a fraction of the matmul ra
 (FLOPs counted from the model). bf16 autocast on GPU, float32 on CPU.
 
 Sizes (resolution x batch) from MCM_FAST_BENCH_SAMPLING; by default 64 px at batch 1 to 256 and 32 and 128 px at
-batch 64 on GPU (a UViT with 6 transformer blocks of width 512 in the middle, 25M parameters), the tiny UViT at 16 px on CPU.
+batch 64 on GPU (a UViT with 6 transformer blocks of width 512 in the middle,
+                 25M parameters), the tiny UViT at 16 px on CPU.
 Run: pytest benchmarks/test_sampling.py
 """
 import contextlib
@@ -12,21 +13,22 @@ import os
 
 import pytest
 import torch
+from conftest import DEVICE, forward_flops
 
 import mcm_fast as mf
 from mcm_fast.models import uvit
 
-from conftest import DEVICE, forward_flops
-
 CUDA = DEVICE.type == "cuda"
 N_STEPS = 4
 DEFAULT = "64x1,64x16,64x64,64x256,32x64,128x64" if CUDA else "16x1,16x16,16x64"
-SIZES = [tuple(int(v) for v in size.split("x")) for size in os.environ.get("MCM_FAST_BENCH_SAMPLING", DEFAULT).split(",")]
+SIZES = [tuple(int(v) for v in size.split("x"))
+         for size in os.environ.get("MCM_FAST_BENCH_SAMPLING", DEFAULT).split(",")]
 IMPLS = ["eager", "compiled", "graph", "forward x S"] if CUDA else ["eager", "compiled", "forward x S"]
 
 
 def bench_network(channels: int = 3) -> torch.nn.Module:
-    """The benchmark's UViT: the mnist preset widened in the middle on GPU (6 transformer blocks of width 512); the tiny preset on CPU."""
+    """The benchmark's UViT: the mnist preset widened in the middle on GPU (6 transformer blocks of width 512); the
+    tiny preset on CPU."""
     torch.manual_seed(0)
     if CUDA:
         return uvit("mnist", in_channels=channels, num_classes=10, middle_channels=512, middle_blocks=6,

@@ -1,4 +1,4 @@
-// Shared by the CPU and CUDA kernels of the DDIM family (math.md §2-3) and of the MCM target (Algorithm 1).
+// Shared by the CPU and CUDA kernels of the DDIM family (math.md §2-3); mcm.h builds the MCM target on it.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
@@ -10,25 +10,6 @@ namespace mcm_fast {
 C10_HOST_DEVICE inline void alpha_sigma(double logsnr, double& alpha, double& sigma) {
   alpha = sqrt(1.0 / (1.0 + exp(-logsnr)));
   sigma = sqrt(1.0 / (1.0 + exp(logsnr)));
-}
-
-// x_target = a x_ref + b z_s + c z_t: DDIM of x_ref from s to t_step, then invDDIM from t to t_step against
-// z_t (Algorithm 1, steps 6-7). Where s = t_step the jump is the identity: a = 0 and x_ref is never read.
-struct TargetCoefs {
-  double a, b, c;
-};
-
-C10_HOST_DEVICE inline TargetCoefs target_coefs(double logsnr_t, double logsnr_s, double logsnr_step) {
-  double alpha_t, sigma_t, alpha_s, sigma_s, alpha_q, sigma_q;
-  alpha_sigma(logsnr_t, alpha_t, sigma_t);
-  alpha_sigma(logsnr_s, alpha_s, sigma_s);
-  alpha_sigma(logsnr_step, alpha_q, sigma_q);
-  const bool identity = logsnr_s == logsnr_step;
-  const double q1 = identity ? 1.0 : sigma_q / sigma_s;  // z_ref = k1 x_ref + q1 z_s
-  const double k1 = identity ? 0.0 : alpha_q - alpha_s * q1;
-  const double ratio = sigma_q / sigma_t;
-  const double k = alpha_q - alpha_t * ratio;
-  return {k1 / k, q1 / k, -ratio / k};
 }
 
 // Both updates are z_s = p * x_hat + q * (z_t - r * x_hat) with per-sample p = alpha_s, r = alpha_t and
@@ -62,19 +43,6 @@ inline int64_t check_update_args(const at::Tensor& x_hat, const at::Tensor& z_t,
   check_like("z_t", z_t, "x_hat", x_hat);
   check_per_sample("logsnr_t", logsnr_t, B);
   check_per_sample("logsnr_s", logsnr_s, B);
-  return B;
-}
-
-// Checks the arguments of the MCM target and returns the batch size B.
-inline int64_t check_target_args(const at::Tensor& x_ref, const at::Tensor& z_s, const at::Tensor& z_t,
-                                 const at::Tensor& logsnr_t, const at::Tensor& logsnr_s,
-                                 const at::Tensor& logsnr_step) {
-  const int64_t B = check_batch("x_ref", x_ref);
-  check_like("z_s", z_s, "x_ref", x_ref);
-  check_like("z_t", z_t, "x_ref", x_ref);
-  check_per_sample("logsnr_t", logsnr_t, B);
-  check_per_sample("logsnr_s", logsnr_s, B);
-  check_per_sample("logsnr_step", logsnr_step, B);
   return B;
 }
 

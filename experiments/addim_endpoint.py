@@ -12,8 +12,9 @@ import json
 import torch
 
 import mcm_fast as mf
-from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
-from mcm_fast.train.build import generate, load_model
+from mcm_fast.commands.evaluate import sampler_of
+from mcm_fast.metrics.evaluate import Scorer
+from mcm_fast.train.build import load_model
 
 
 @torch.no_grad()
@@ -36,17 +37,21 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16])
     args = parser.parse_args(argv)
     model, config, info = load_model(args.ckpt)
-    reference, (name, features) = reference_set(config, args.n), default_features(config)
-    noise, cond, _ = sample_inputs(info, args.n, args.seed)
+    scorer = Scorer(config, info, args.n, args.seed)
     rows = []
     for steps in args.steps:
         for sampler in ("ddim", "addim"):
             with torch.no_grad():
-                images = generate(model, config, steps, noise, sampler, **cond)
-            rows.append({"steps": steps, "sampler": sampler, **score(images, reference, features, name)})
-        images, added = addim_every_step(model, steps, noise, **cond)
-        rows.append({"steps": steps, "sampler": "addim, formula into t = 0", "last_step_rms": added,
-                     **score(images, reference, features, name)})
+                scores, _ = scorer(sampler_of(model, config, steps, sampler))
+            rows.append({"steps": steps, "sampler": sampler, **scores})
+        added = {}
+
+        def formula_into_zero(noise, generator, steps=steps, added=added, **cond):
+            images, added["rms"] = addim_every_step(model, steps, noise, **cond)
+            return images
+
+        scores, _ = scorer(formula_into_zero)
+        rows.append({"steps": steps, "sampler": "addim, formula into t = 0", "last_step_rms": added["rms"], **scores})
         for row in rows[-3:]:
             print(json.dumps(row), flush=True)
 

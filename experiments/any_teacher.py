@@ -46,7 +46,8 @@ SCALES = {
 
 
 def teacher_config(scale: Scale, seed: int, name: str):
-    return load_config("tiny-teacher", {"seed": seed, "steps": scale.teacher_iters, "data": {"resolution": scale.resolution},
+    return load_config("tiny-teacher", {"seed": seed, "steps": scale.teacher_iters,
+                                        "data": {"resolution": scale.resolution},
                                         "eval_samples": min(200, scale.eval_n), **TEACHERS[name]})
 
 
@@ -66,7 +67,8 @@ def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> None:
             echo(f"== seed {seed}: teacher {name} -> {teacher_dir}")
             train(teacher_config(scale, seed, name), teacher_dir, progress=False)
         budgets = [(s, sampler) for sampler in ("ddim", "addim") for s in scale.student_steps]
-        scores_of(teacher_dir, lambda: evaluate(teacher_dir, [*budgets, (scale.teacher_budget, "addim")], scale, seed))
+        every = [*budgets, (scale.teacher_budget, "addim")]
+        scores_of(teacher_dir, lambda d=teacher_dir, b=every: evaluate(d, b, scale, seed))
         for steps, directory in students.items():
             if not (directory / "scores.json").is_file():
                 echo(f"== seed {seed}: {name} MCM CD, S = {steps} -> {directory}")
@@ -78,7 +80,8 @@ def scored(scale: Scale, seed: int, out: Path) -> dict[str, list[dict]]:
     """{run name: score rows} of the runs of a seed scored so far."""
     root = out / f"seed{seed}"
     names = [n for t in TEACHERS for n in (t, *(f"{t}-cd-S{s}" for s in scale.student_steps))]
-    return {n: json.loads((root / n / "scores.json").read_text()) for n in names if (root / n / "scores.json").is_file()}
+    return {n: json.loads((root / n / "scores.json").read_text()) for n in names
+            if (root / n / "scores.json").is_file()}
 
 
 def table(per_seed, scale: Scale) -> str:
@@ -89,8 +92,9 @@ def table(per_seed, scale: Scale) -> str:
              "| teacher | sampler | " + " | ".join(f"S = {s}" for s in ss) + f" | {scale.teacher_budget} |\n",
              "|---|---|" + "---|" * (len(ss) + 1) + "\n"]
     for name in TEACHERS:
-        for label, key in (("teacher, DDIM", lambda s: (name, s, "ddim")), ("teacher, aDDIM", lambda s: (name, s, "addim")),
-                           ("MCM CD", lambda s: (f"{name}-cd-S{s}", s, "mcm"))):
+        for label, key in (("teacher, DDIM", lambda s, n=name: (n, s, "ddim")),
+                           ("teacher, aDDIM", lambda s, n=name: (n, s, "addim")),
+                           ("MCM CD", lambda s, n=name: (f"{n}-cd-S{s}", s, "mcm"))):
             last = cell(fd, (name, scale.teacher_budget, "addim")) if label == "teacher, aDDIM" else ""
             lines.append(f"| {name} | {label} | " + " | ".join(cell(fd, key(s)) for s in ss) + f" | {last} |\n")
     return "".join(lines)
@@ -114,7 +118,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(text)
     print(text)
-    print(f"table of {len(per_seed)} seed(s) in {out}/tables.md; this process ran {(time.perf_counter() - start) / 60:.1f} min")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"table of {len(per_seed)} seed(s) in {out}/tables.md; this process ran {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -61,9 +61,10 @@ def main(argv=None):
         for kind, preset in (("teacher", "tiny-teacher"), ("cd S=4", "tiny-cd")):
             for name in args.variants:
                 overrides, channels_last = VARIANTS[name]
-                config = load_config(preset, {**overrides, "teacher": str(teacher_dir)} if kind != "teacher" else overrides)
-                row = {"kind": kind, "variant": name, **time_steps(config, Path(tmp) / f"{kind}-{name}", channels_last,
-                                                                   args.warmup, args.steps)}
+                config = load_config(preset,
+                                     {**overrides, "teacher": str(teacher_dir)} if kind != "teacher" else overrides)
+                row = {"kind": kind, "variant": name, **time_steps(config, Path(tmp) / f"{kind}-{name}",
+                                                                   channels_last, args.warmup, args.steps)}
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
     for row in results["rows"]:

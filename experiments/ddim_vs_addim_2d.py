@@ -13,8 +13,8 @@ import argparse
 import torch
 
 from mcm_fast.data.toy import GaussianMixture
+from mcm_fast.ops.steps import addim_step, ddim_step
 from mcm_fast.schedules import CosineSchedule
-from mcm_fast.solvers import addim_step, ddim_step
 
 SAMPLERS = ("ddim", "addim-analytic", "addim-posterior")
 XVAR_FRAC = 0.75  # the paper's fraction of the estimated posterior variance (math.md §4)

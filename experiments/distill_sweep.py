@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
+from mnist_tables import write_scores
 
-from mcm_fast.metrics.evaluate import score_budgets
+from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.metrics.plots import plot_metric_vs_steps
 from mcm_fast.train.checkpoint import latest_checkpoint
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
-from mnist_tables import write_scores
 
 EVAL_N = 2000
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (2, 4, 8, 16, 64)] + [(256, "addim")]
@@ -82,7 +82,8 @@ def report(out: Path) -> str:
     for name, curve in curves.items():
         if curve:
             cells = dict(curve)
-            lines.append(f"| {name} | {RUNS[name][0]} | " + " | ".join(f"{cells[s]:.1f}" if s in cells else "" for s in steps) + " |\n")
+            row = " | ".join(f"{cells[s]:.1f}" if s in cells else "" for s in steps)
+            lines.append(f"| {name} | {RUNS[name][0]} | {row} |\n")
     rows = [{"run": name, "steps": step, "fd_mnist": fd} for name, curve in curves.items() for step, fd in curve]
     if rows:
         plot_metric_vs_steps(rows, out / "fd-vs-training-steps.png", "fd_mnist", series="run", log_metric=True,

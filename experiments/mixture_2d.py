@@ -13,11 +13,11 @@ import time
 import torch
 
 import mcm_fast as mf
-from mcm_fast.consistency import ema_update
 from mcm_fast.data.toy import GaussianMixture
 from mcm_fast.metrics import sliced_wasserstein
 from mcm_fast.models import MLPNet
 from mcm_fast.train.build import load_teacher_weights
+from mcm_fast.train.ema import ema_update
 
 MIXTURE = GaussianMixture.ring(modes=8, radius=1.0, std=0.05)
 SCHEDULE = mf.CosineSchedule()
@@ -60,7 +60,8 @@ def distill(teacher: mf.Denoiser, student_steps, iters: int = 1500, seed: int = 
         student.net = MLPNet(**student.net.options, student_steps=student_steps)
         load_teacher_weights(student.net, teacher.net)
     objective = mf.MCMObjective(SCHEDULE, student_steps=student_steps, teacher_steps=(64, 512, iters))
-    return fit(student, lambda m, x, i, g: objective(m, x, teacher=teacher, step=i, generator=g), iters, 5e-4, batch, seed)
+    return fit(student, lambda m, x, i, g: objective(m, x, teacher=teacher, step=i, generator=g), iters, 5e-4, batch,
+               seed)
 
 
 @torch.no_grad()
@@ -69,7 +70,8 @@ def distance(samples: torch.Tensor, seed: int) -> float:
     return sliced_wasserstein(samples.float(), truth, projections=512, generator=torch.Generator().manual_seed(seed))
 
 
-def evaluate(teacher, students: dict, n: int = 50_000, seed: int = 0, steps=STEPS, reference_steps: int | None = 256) -> dict:
+def evaluate(teacher, students: dict, n: int = 50_000, seed: int = 0, steps=STEPS,
+             reference_steps: int | None = 256) -> dict:
     """Sliced Wasserstein to fresh true samples, the same noise for every sampler: {(name, steps): SW}.
     reference_steps adds the teacher's many-step DDIM; the last row is the floor: fresh data against data."""
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(20_000 + seed))
@@ -80,7 +82,8 @@ def evaluate(teacher, students: dict, n: int = 50_000, seed: int = 0, steps=STEP
         if k in students:
             rows["MCM (CD)", k] = distance(mf.sample(students[k], k, noise=noise), seed)
     if reference_steps:
-        rows["teacher DDIM", reference_steps] = distance(mf.sample_diffusion(teacher, reference_steps, "ddim", noise=noise), seed)
+        rows["teacher DDIM",
+             reference_steps] = distance(mf.sample_diffusion(teacher, reference_steps, "ddim", noise=noise), seed)
     rows["data (fresh samples)", 0] = distance(MIXTURE.sample(n, torch.Generator().manual_seed(seed)).float(), seed)
     return rows
 

@@ -26,15 +26,11 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.metrics.evaluate import (
-    default_features,
-    reference_set,
-    sample_inputs,
-    score,
-)
+from mcm_fast.commands.evaluate import sampler_of
+from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.ode_error import ode_error
 from mcm_fast.metrics.plots import plot_metric_vs_steps, plot_training_curves
-from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.build import load_model
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
 
@@ -93,7 +89,8 @@ def plan(scale: Scale) -> list[Run]:
 
 
 def teacher_config(scale: Scale, seed: int):
-    return load_config("tiny-teacher", {"seed": seed, "steps": scale.teacher_iters, "data": {"resolution": scale.resolution},
+    return load_config("tiny-teacher",
+                       {"seed": seed, "steps": scale.teacher_iters, "data": {"resolution": scale.resolution},
                                         "eval_samples": min(200, scale.eval_n)})
 
 
@@ -124,24 +121,23 @@ def write_scores(path: Path, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def evaluate(directory: Path, steps_and_samplers, scale: Scale, seed: int, ode_teacher: Path | None = None) -> list[dict]:
+def evaluate(directory: Path, steps_and_samplers, scale: Scale, seed: int,
+             ode_teacher: Path | None = None) -> list[dict]:
     """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler); with ode_teacher, the ODE error."""
     model, config, info = load_model(directory)
-    reference = reference_set(config, scale.eval_n)
-    name, features = default_features(config)
+    scorer = Scorer(config, info, scale.eval_n, seed + 1000)
     rows = []
     for steps, sampler in steps_and_samplers:
-        noise, cond, generator = sample_inputs(info, scale.eval_n, seed + 1000)
         start = time.perf_counter()
         with torch.no_grad():
-            images = generate(model, config, steps, noise, sampler, generator=generator, **cond)
-        row = {"steps": steps, "sampler": sampler, **score(images, reference, features, name),
-               "seconds": time.perf_counter() - start}
+            scores, _ = scorer(sampler_of(model, config, steps, sampler))
+        row = {"steps": steps, "sampler": sampler, **scores, "seconds": time.perf_counter() - start}
         if ode_teacher is not None:
             teacher, _, _ = load_model(ode_teacher)
             noise, cond, _ = sample_inputs(info, scale.ode_n, seed + 2000)
             with torch.no_grad():
-                row["ode_error"] = ode_error(model, teacher, noise, steps, teacher_steps=scale.ode_teacher_steps, **cond)
+                row["ode_error"] = ode_error(model, teacher, noise, steps, teacher_steps=scale.ode_teacher_steps,
+                                             **cond)
         rows.append(row)
     return rows
 
@@ -229,8 +225,10 @@ def tables(per_seed, scale: Scale) -> str:
     mid = ss[min(2, len(ss) - 1)]
     lines += [f"\n### f. Open questions at S = {mid} (FD-MNIST)\n", "| variant | FD-MNIST |\n|---|---|\n"]
     for label, run in (("CT from the teacher", f"ct-S{mid}"), ("CT from random init", f"ct-random-S{mid}"),
-                       ("CD, segments uniform in t", f"cd-S{mid}"), ("CD, segments uniform in logSNR", f"cd-logsnr-S{mid}"),
-                       ("CD, weighting sqrt(snr+1) (default)", f"cd-S{mid}"), ("CD, weighting snr+1 (paper)", f"cd-snr1-S{mid}")):
+                       ("CD, segments uniform in t", f"cd-S{mid}"),
+                       ("CD, segments uniform in logSNR", f"cd-logsnr-S{mid}"),
+                       ("CD, weighting sqrt(snr+1) (default)", f"cd-S{mid}"),
+                       ("CD, weighting snr+1 (paper)", f"cd-snr1-S{mid}")):
         lines.append(f"| {label} | {cell(fd, (run, mid, 'mcm'))} |\n")
     return "".join(lines)
 
@@ -243,7 +241,8 @@ def plots(per_seed, scale: Scale, out: Path) -> None:
                        ("MCM CD", lambda s: (f"cd-S{s}", s, "mcm")), ("MCM CT", lambda s: (f"ct-S{s}", s, "mcm"))):
         rows += [{"series": label, "steps": s, "fd_mnist": fd[key(s)][0], "spread": fd[key(s)][1]}
                  for s in scale.student_steps if key(s) in fd]
-    plot_metric_vs_steps(rows, out / "fd-vs-steps.png", "fd_mnist", series="series", title="MNIST: FD-MNIST against steps",
+    plot_metric_vs_steps(rows, out / "fd-vs-steps.png", "fd_mnist", series="series",
+                         title="MNIST: FD-MNIST against steps",
                          log_metric=True)
     seed = out / f"seed{scale.seeds[0]}"
     plot_training_curves({name: seed / name for name in ("teacher", f"cd-S{scale.student_steps[-1]}")
@@ -276,7 +275,8 @@ def main(argv=None):
     (out / "tables.md").write_text(text)
     plots(per_seed, scale, out)
     print(text)
-    print(f"tables of {len(per_seed)} seed(s) in {out}/tables.md; this process ran {(time.perf_counter() - start) / 60:.1f} min")
+    print(f"tables of {len(per_seed)} seed(s) in {out}/tables.md; this process ran "
+          f"{(time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

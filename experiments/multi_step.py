@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from experiments.mnist_tables import SCALES, Run, Scale, evaluate, scores_of, student_config, summarize, teacher_config
-from mcm_fast.metrics.evaluate import default_features, guidance_inputs, reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import Scorer, guidance_inputs
 from mcm_fast.train.build import generate, load_model
 from mcm_fast.train.loop import train
 
@@ -45,20 +45,24 @@ def runs(scale: Scale) -> list[Run]:
 
 @torch.no_grad()
 def evaluate_guided(directory: Path, scale: Scale, seed: int) -> list[dict]:
-    """FD-MNIST, precision, recall, network calls and seconds per image of a 4-step student at each guidance
-    scale: one call per step when guidance is distilled into it, else two (classifier-free guidance)."""
+    """FD-MNIST, precision, recall, network calls and seconds per image (sampling only) of a student at each
+    guidance scale: one call per step when guidance is distilled into it, else two (classifier-free guidance)."""
     model, config, info = load_model(directory)
-    reference, (name, features) = reference_set(config, scale.eval_n), default_features(config)
-    steps = guided_steps(scale)
+    scorer, steps = Scorer(config, info, scale.eval_n, seed + 1000), guided_steps(scale)
     calls = steps * (1 if model.guidance_distilled else 2)
     rows = []
     for w in GUIDANCE:
-        noise, cond, generator = sample_inputs(info, scale.eval_n, seed + 1000)
-        start = time.perf_counter()
-        images = generate(model, config, steps, noise, generator=generator, **guidance_inputs(info, w), **cond)
-        seconds = (time.perf_counter() - start) / scale.eval_n
+        seconds = []
+
+        def timed(noise, generator, w=w, seconds=seconds, **cond):
+            start = time.perf_counter()
+            images = generate(model, config, steps, noise, generator=generator, **guidance_inputs(info, w), **cond)
+            seconds.append((time.perf_counter() - start) / len(noise))
+            return images
+
+        scores, _ = scorer(timed)
         rows.append({"steps": steps, "sampler": f"w={w:g}", "guidance": w, "calls": calls,
-                     "seconds_per_image": seconds, **score(images, reference, features, name)})
+                     "seconds_per_image": seconds[0], **scores})
     return rows
 
 
@@ -79,11 +83,12 @@ def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> dict[str, list[d
             train(student_config(scale, seed, run, teacher_dir), directory, progress=False)
         if run.name == "cd-multi":
             budgets = [(s, "mcm") for s in scale.student_steps]
-            results[run.name] = scores_of(directory, lambda d=directory: evaluate(d, budgets, scale, seed))
+            results[run.name] = scores_of(directory, lambda d=directory, b=budgets: evaluate(d, b, scale, seed))
         elif run.table == "guidance":
             results[run.name] = scores_of(directory, lambda d=directory: evaluate_guided(d, scale, seed))
         else:
-            results[run.name] = scores_of(directory, lambda d=directory, s=run.steps: evaluate(d, [(s, "mcm")], scale, seed))
+            results[run.name] = scores_of(directory, lambda d=directory, s=run.steps: evaluate(d, [(s, "mcm")], scale,
+                                                                                                seed))
         if directory == two_call.parent:
             two_call.mkdir(exist_ok=True)
             results["cd-two-call"] = scores_of(two_call, lambda d=directory: evaluate_guided(d, scale, seed))

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from mnist_tables import scores_of
 
-from mcm_fast.metrics.evaluate import score_budgets
+from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.pretrained import PRETRAINED_DIR
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
-from mnist_tables import scores_of
 
 EVAL_N = 2000
 EVAL_SEED = 1
@@ -78,7 +78,8 @@ def model_card(cards: dict[str, dict]) -> str:
         for row in card["scores"]:
             same = [teacher.get((row["steps"], s), {}).get("fd_mnist") for s in ("ddim", "addim")]
             same = [f"{v:.1f}" if v is not None and not name.endswith("teacher") else "" for v in same]
-            lines.append(f"| {name} | {'teacher' if name.endswith('teacher') else 'MCM CD'} | {card['training_steps']} | "
+            lines.append(f"| {name} | {'teacher' if name.endswith('teacher') else 'MCM CD'} | "
+                         f"{card['training_steps']} | "
                          f"{row['sampler']} | {row['steps']} | {row['fd_mnist']:.1f} | {row['precision']:.3f} | "
                          f"{row['recall']:.3f} | {same[0]} | {same[1]} |\n")
     first = next(iter(cards.values()))
@@ -96,7 +97,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     root, cwd = Path(__file__).resolve().parents[1], Path.cwd().resolve()
     command = (f"cd {cwd.relative_to(root)} && " if cwd != root else "") + \
-        f"python {os.path.relpath(Path(__file__).resolve(), cwd)} " + " ".join(argv if argv is not None else sys.argv[1:])
+        f"python {os.path.relpath(Path(__file__).resolve(), cwd)} " + " ".join(argv if argv is not None else
+        sys.argv[1:])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cards = {}
     for name, (directory, config) in configs(Path(args.out)).items():

@@ -81,7 +81,8 @@ def main(argv=None):
     record = {"test_accuracy": accuracy(net, x_test, y_test), "epochs": args.epochs, "seed": args.seed,
               "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
               "torch": torch.__version__, "seconds": round(time.perf_counter() - start)}
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, args.out, metadata={"record": json.dumps(record)})
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, args.out,
+              metadata={"record": json.dumps(record)})
     print(json.dumps(record))
 
 

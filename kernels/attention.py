@@ -229,13 +229,14 @@ def attention_backward(do, q, k, v, o, lse):
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty_like(lse)
-    wrap_triton(_attention_bwd_preprocess_kernel)[(triton.cdiv(N, 64), B * H)](o, do, delta, N=N, HEAD_DIM=D,
-                                                                               BLOCK_M=64)
+    wrap_triton(_attention_bwd_preprocess_kernel)[(triton.cdiv(N, 64), B * H)](
+        o, do, delta, N=N, HEAD_DIM=D, BLOCK_M=64)
     scale = 1 / math.sqrt(D)
     scale_log2 = LOG2E * scale
     strides = (*_strides(q), *_strides(k), *_strides(v))
     grid_kv = lambda meta: (triton.cdiv(M, meta["BLOCK_N"]), B * H)  # noqa: E731
-    wrap_triton(_attention_bwd_dkdv_kernel)[grid_kv](q, k, v, do, lse, delta, dk, dv, *strides, H, scale, scale_log2, N=N, M=M,
+    wrap_triton(_attention_bwd_dkdv_kernel)[grid_kv](q, k, v, do, lse, delta, dk, dv, *strides, H, scale, scale_log2,
+                                                     N=N, M=M,
                                                      HEAD_DIM=D, PRECISION=_precision(q))
     grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)  # noqa: E731
     wrap_triton(_attention_bwd_dq_kernel)[grid_q](q, k, v, do, lse, delta, dq, *strides, H, scale, scale_log2, N=N, M=M,

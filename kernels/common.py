@@ -1,15 +1,28 @@
-"""Device functions shared by the Triton kernels: the per-sample coefficients of the DDIM family (math.md
-§1-2) in float64, and the two places where Triton's interpreter needs help (cast, dot_operand).
+"""What the Triton kernels share: the per-sample coefficients of the DDIM family (math.md §1-2) in float64,
+the two places where Triton's interpreter needs help (cast, dot_operand), and the launchers' block size and
+dtypes.
 
 Each program computes its sample's coefficients from the [B] logSNRs itself: no host sync and no extra
 launch, so the kernels can be captured in a CUDA graph.
 """
 import os
 
+import torch
 import triton
 import triton.language as tl
 
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+BLOCK = 4096  # elements of one sample per program
+
+
+def compute_dtype(x: torch.Tensor):
+    """The Triton arithmetic dtype for data x: float64 for float64, else float32."""
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+def partial_dtype(x: torch.Tensor) -> torch.dtype:
+    """The torch dtype of per-program partial sums for data x: float64 for float64, else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -30,7 +43,8 @@ def ddim_coefs(logsnr_t, logsnr_s):
 
 @triton.jit
 def target_coefs(logsnr_t, logsnr_s, logsnr_step):
-    """(a, b, c) of x_target = a x_ref + b z_s + c z_t: DDIM s -> t_step then invDDIM t -> t_step; a = 0 at s = t_step."""
+    """(a, b, c) of x_target = a x_ref + b z_s + c z_t: DDIM s -> t_step then invDDIM t -> t_step; a = 0 at s =
+    t_step."""
     alpha_t, sigma_t = alpha_sigma(logsnr_t)
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
     alpha_q, sigma_q = alpha_sigma(logsnr_step)

@@ -6,17 +6,17 @@ program owns BLOCK elements of one sample. aDDIM on samples of at most ROW_MAX e
 sample that holds it in registers: one read of x_hat and z_t, one write (not float64, which spilled there: the
 sm_90a table of docs/benchmarks.md). Larger samples, and float64, take two kernels:
 one partial sum of (z_t - alpha_t x_hat)^2 per program, summed per sample by torch in a fixed order
-(deterministic), then the update, which reads x_hat and z_t a second time. Arithmetic in float32 (float64 for float64 data), coefficients in float64. Inputs
-are made contiguous once. The backward is the closed form of mcm_fast.solvers (plain PyTorch), as for the
-C++ and CUDA backends.
+(deterministic), then the update, which reads x_hat and z_t a second time. Arithmetic in float32 (float64 for float64
+data), coefficients in float64. Inputs are made contiguous once. The backward is the closed form of
+mcm_fast.solvers (plain PyTorch), as for the C++ and CUDA backends.
 """
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import alpha_sigma, cast, ddim_coefs
 from torch.library import wrap_triton
 
-BLOCK = 4096
+from mcm_fast.kernels.common import BLOCK, alpha_sigma, cast, compute_dtype, ddim_coefs, partial_dtype
+
 ROW_MAX = 16384  # elements per sample that one aDDIM program holds (e.g. 3 x 64 x 64 images, 4 x 64 x 64 latents)
 
 
@@ -73,16 +73,6 @@ def _ddim_step_fwd_kernel(x_ptr, z_ptr, out_ptr, logsnr_t_ptr, logsnr_s_ptr, x_v
     z = tl.load(z_ptr + base + offs, mask=mask).to(COMPUTE)
     out = p.to(COMPUTE) * x + q.to(COMPUTE) * (z - r.to(COMPUTE) * x)
     tl.store(out_ptr + base + offs, cast(out, out_ptr.dtype.element_ty), mask=mask)
-
-
-def compute_dtype(x: torch.Tensor):
-    """The Triton arithmetic dtype for data x: float64 for float64, else float32."""
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
-
-
-def partial_dtype(x: torch.Tensor) -> torch.dtype:
-    """The torch dtype of per-program partial sums for data x: float64 for float64, else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def ddim_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):

@@ -6,16 +6,17 @@ the loss kernel writes one partial sum of (x_hat - x_target)^2 per program and, 
 needed, diff = x_hat - x_target in float32 (float64 for float64 data): the gradient up to the per-sample
 factor 2 dL/d||.||^2 that only the full sum fixes (style.md: a loss computes its cheap gradient in forward).
 The backward kernel applies that factor and rounds once to x_hat's dtype: one read of diff, one write. (A
-float16/bfloat16 diff would save a quarter of the bytes but round the gradient twice.) The grid is (chunk, sample); partial sums are added per
+float16/bfloat16 diff would save a quarter of the bytes but round the gradient twice.) The grid is
+(chunk, sample); partial sums are added per
 sample in a fixed order by torch (deterministic). The pseudo-Huber and weighting on [B] stay in PyTorch
 (mcm_fast.losses). Arithmetic in float32 (float64 for float64 data).
 """
 import torch
 import triton
 import triton.language as tl
-from mcm_fast.kernels.common import cast, target_coefs
-from mcm_fast.kernels.ddim import BLOCK, compute_dtype, partial_dtype
 from torch.library import wrap_triton
+
+from mcm_fast.kernels.common import BLOCK, cast, compute_dtype, partial_dtype, target_coefs
 
 
 @triton.jit

@@ -2,6 +2,8 @@
 and the per-sample broadcasting they prepare for."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from numbers import Integral, Real
 
@@ -11,10 +13,25 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_STEPS = 100_000  # network calls of one sampling run, teacher steps of one segment: more is a mistake
 MAX_ELEMENTS = 2**31  # elements of one batch drawn from noise (8 GiB in float32)
 
+_INPUTS_CHECKED = contextvars.ContextVar("inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Within it value checks read nothing back from the device: an inner loop (a sampler's steps, Algorithm 1,
+    a training step) runs in it after its public call has checked its inputs once, so that the model calls
+    and steps in it cost no host sync."""
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
+
 
 def can_read_values(x: torch.Tensor) -> bool:
-    """Whether checking x's values is allowed: not while compiling or capturing a CUDA graph (a host sync)."""
-    if torch.compiler.is_compiling():
+    """Whether checking x's values is allowed: not while compiling or capturing a CUDA graph (a host sync), nor
+    inside inputs_checked()."""
+    if torch.compiler.is_compiling() or _INPUTS_CHECKED.get():
         return False
     return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
@@ -26,7 +43,8 @@ def check_float_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() < min_dim:
-        raise ValueError(f"{name}: expected a [B, ...] tensor with at least {min_dim} dim(s), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected a [B, ...] tensor with at least {min_dim} dim(s), got shape "
+                         f"{tuple(x.shape)}")
     return x
 
 
@@ -135,9 +153,17 @@ def check_order(s, t, s_vec: torch.Tensor, t_vec: torch.Tensor, strict: bool) ->
     bad = (s_vec >= t_vec) if strict else (s_vec > t_vec)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"s: expected {need} for every sample, got s={s_vec[i].item()!r} and t={t_vec[i].item()!r} at index {i}")
+        raise ValueError(f"s: expected {need} for every sample, got s={s_vec[i].item()!r} and t={t_vec[i].item()!r} "
+                         f"at index {i}")
 
 
 def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A [B] tensor viewed as [B, 1, ..., 1] to broadcast against like ([B, ...])."""
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
+
+
+def describe(value) -> str:
+    """A tensor's dtype and shape, or another value's type, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return type(value).__name__

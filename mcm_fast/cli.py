@@ -51,7 +51,8 @@ def _finite(text: str) -> float:
 def _model_source(command: argparse.ArgumentParser) -> None:
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="run or checkpoint directory")
-    source.add_argument("--pretrained", metavar="NAME", help="a shipped model: mnist-teacher, mnist-mcm1, -mcm2, -mcm4, -mcm8")
+    source.add_argument("--pretrained", metavar="NAME",
+                        help="a shipped model: mnist-teacher, mnist-mcm1, -mcm2, -mcm4, -mcm8")
 
 
 def _checkpoint(args):
@@ -76,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "train a tiny teacher on MNIST, distill a 4-step MCM, write a sample grid and FD table",
                    "mcm-fast demo --out runs/demo")
-    demo.add_argument("--out", default="runs/demo", help="run directory; an interrupted demo resumes (default runs/demo)")
+    demo.add_argument("--out", default="runs/demo",
+                      help="run directory; an interrupted demo resumes (default runs/demo)")
     demo.add_argument("--teacher-iters", type=_positive, default=None, help="teacher training steps (default: preset)")
     demo.add_argument("--student-iters", type=_positive, default=None, help="distillation steps (default: preset)")
     demo.add_argument("--n", type=_positive, default=2000, help="samples per FD estimate (default 2000)")
@@ -84,8 +86,10 @@ def parser() -> argparse.ArgumentParser:
     train = command("train", "train or resume a run: kinds teacher, cd, ct, direct, cm",
                     "mcm-fast train --config tiny-teacher --out runs/t --set steps=200 --set optim.lr=1e-4")
     train.add_argument("--config", required=True, help="a preset name or a .yaml/.json file")
-    train.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, samples/); resumes if present")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument("--out", required=True,
+                       help="run directory (checkpoints, log.jsonl, samples/); resumes if present")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = command("sample", "write a grid of samples from a checkpoint",
@@ -103,7 +107,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate = command("eval", "FD (MNIST features for MNIST), precision and recall per step count",
                        "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000 --out runs/mnist-cd4/eval")
     _model_source(evaluate)
-    evaluate.add_argument("--steps", type=_step_list, default=None, help="comma-separated step counts (default: the run's)")
+    evaluate.add_argument("--steps", type=_step_list, default=None,
+                          help="comma-separated step counts (default: the run's)")
     evaluate.add_argument("--n", type=_positive, default=1000, help="samples per estimate (default 1000)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--sampler", choices=("addim", "ddim"), default="addim", help="a teacher's sampler")
@@ -163,17 +168,17 @@ def _run(args) -> int:
 
         train(load_config(args.config, args.set), args.out, progress=not args.no_progress)
     elif args.command == "sample":
-        from mcm_fast.metrics.evaluate import sample_grid
+        from mcm_fast.commands.evaluate import sample_grid
 
         print(sample_grid(_checkpoint(args), args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
                           sampler=args.sampler, scale=args.scale, guidance=args.guidance))
     elif args.command == "eval":
-        from mcm_fast.metrics.evaluate import evaluate_checkpoint
+        from mcm_fast.commands.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler,
                             out=args.out, guidance=args.guidance)
     elif args.command == "bench":
-        from mcm_fast.train.bench import bench
+        from mcm_fast.commands.bench import bench
 
         bench(args.config, args.set, batch=args.batch, iters=args.iters, steps=args.steps)
     return 0

@@ -27,7 +27,8 @@ class KarrasGrid:
 
     def __post_init__(self):
         if not 0 < self.sigma_min < self.sigma_max < math.inf:
-            raise ValueError(f"sigma_min: expected 0 < sigma_min < sigma_max < inf, got {self.sigma_min}, {self.sigma_max}")
+            raise ValueError(f"sigma_min: expected 0 < sigma_min < sigma_max < inf, got {self.sigma_min}, "
+                             f"{self.sigma_max}")
         if not 0 < self.rho < math.inf:
             raise ValueError(f"rho: expected a finite number > 0, got {self.rho!r}")
 
@@ -53,19 +54,6 @@ def cm_ema_decay(k: int, total: int, s0: int = 2, s1: int = 150, mu0: float = 0.
     if check_real("mu0", mu0, 0, 1) == 0:
         raise ValueError("mu0: expected a number in (0, 1], got 0")
     return math.exp(s0 * math.log(mu0) / cm_steps(k, total, s0, s1))
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
-    """target <- decay target + (1 - decay) online, parameter by parameter (buffers are copied)."""
-    check_real("decay", decay, 0, 1)
-    for name, module in (("target", target), ("online", online)):
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"{name}: expected an nn.Module, got {type(module).__name__}")
-    for p_target, p_online in zip(target.parameters(), online.parameters(), strict=True):
-        p_target.lerp_(p_online, 1 - decay)
-    for b_target, b_online in zip(target.buffers(), online.buffers(), strict=True):
-        b_target.copy_(b_online)
 
 
 class EDMConsistency(torch.nn.Module):
@@ -116,8 +104,10 @@ class ConsistencyLoss:
     """
 
     def __init__(self, kind: str = "cd", grid: KarrasGrid = KarrasGrid(), solver: str = "heun", distance: str = "l2",
-                 steps: int | None = 18, total_steps: int = 100_000, s0: int = 2, s1: int = 150, huber_c: float = 0.00054):
-        for name, value, allowed in (("kind", kind, CM_KINDS), ("solver", solver, CM_SOLVERS), ("distance", distance, CM_DISTANCES)):
+                 steps: int | None = 18, total_steps: int = 100_000, s0: int = 2, s1: int = 150,
+                 huber_c: float = 0.00054):
+        for name, value, allowed in (("kind", kind, CM_KINDS), ("solver", solver, CM_SOLVERS),
+                                     ("distance", distance, CM_DISTANCES)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         if steps is not None:
@@ -132,7 +122,8 @@ class ConsistencyLoss:
     def n_steps(self, step: int) -> int:
         return self.steps if self.steps is not None else cm_steps(step, self.total_steps, self.s0, self.s1)
 
-    def __call__(self, online, target, x: torch.Tensor, step: int = 0, teacher=None, generator=None, **cond) -> torch.Tensor:
+    def __call__(self, online, target, x: torch.Tensor, step: int = 0, teacher=None, generator=None,
+                 **cond) -> torch.Tensor:
         check_float_tensor("x", x)
         if (self.kind == "cd") != (teacher is not None):
             raise ValueError(f"teacher: expected a teacher D(x, sigma) exactly for kind='cd', got kind={self.kind!r}")
@@ -175,7 +166,8 @@ def cm_sample(model, sigmas, noise: torch.Tensor, sigma_min: float = 0.002, gene
     check_float_tensor("noise", noise)
     if isinstance(sigmas, torch.Tensor):
         sigmas = sigmas.tolist()
-    if not isinstance(sigmas, (list, tuple)) or not all(isinstance(s, Real) and not isinstance(s, bool) for s in sigmas):
+    numbers = isinstance(sigmas, (list, tuple)) and all(isinstance(s, Real) and not isinstance(s, bool) for s in sigmas)
+    if not numbers:
         raise TypeError(f"sigmas: expected a list of noise levels, got {sigmas!r:.60}")
     check_generator("generator", generator)
     sigmas = [float(s) for s in sigmas]

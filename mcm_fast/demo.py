@@ -3,7 +3,8 @@
 Trains the tiny UViT teacher on MNIST at 16x16 (v-loss, class-conditional), distills a 4-step multistep
 consistency model from it (Algorithm 1 with an aDDIM teacher), writes sample grids and prints FD-MNIST (the
 Frechet distance in the shipped MNIST classifier's features), precision and recall against MNIST's test
-digits of the student and of the teacher at the same and at a large budget. Each stage is an ordinary run directory under `out`, so an interrupted demo resumes where it stopped.
+digits of the student and of the teacher at the same and at a large budget. Each stage is an ordinary run directory
+under `out`, so an interrupted demo resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from mcm_fast.commands.evaluate import sampler_of
 from mcm_fast.data import load_dataset
-from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import Scorer, default_features, reference_set, score
 from mcm_fast.metrics.grid import save_grid
-from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.build import load_model
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
 
@@ -31,7 +33,8 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
     teacher_dir, student_dir = out / "teacher", out / f"mcm{STUDENT_STEPS}"
     common = {"seed": seed}
     stages = (
-        ("teacher", teacher_dir, load_config("tiny-teacher", {**common, **({"steps": teacher_iters} if teacher_iters else {})})),
+        ("teacher", teacher_dir,
+         load_config("tiny-teacher", {**common, **({"steps": teacher_iters} if teacher_iters else {})})),
         (f"{STUDENT_STEPS}-step MCM distillation", student_dir, load_config(
             "tiny-cd", {**common, "teacher": str(teacher_dir), "objective": {"student_steps": STUDENT_STEPS},
                         **({"steps": student_iters} if student_iters else {})})),
@@ -46,17 +49,15 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
 
     teacher, teacher_config, info = load_model(teacher_dir)
     student, student_config, _ = load_model(student_dir)
-    reference = reference_set(student_config, n)
-    name, features = default_features(student_config)
-    noise, cond, _ = sample_inputs(info, n, seed + 1)
+    scorer = Scorer(student_config, info, n, seed + 1)
     candidates = [("teacher", teacher, teacher_config, sampler, steps) for sampler, steps in TEACHER_BUDGETS]
     candidates.insert(0, (f"MCM (S={STUDENT_STEPS})", student, student_config, "ddim", STUDENT_STEPS))
     rows = []
     for label, model, config, sampler, steps in candidates:
         start = time.perf_counter()
         with torch.no_grad():
-            images = generate(model, config, steps, noise, sampler, **cond)
-        rows.append({"model": label, "sampler": sampler, "steps": steps, **score(images, reference, features, name),
+            scores, images = scorer(sampler_of(model, config, steps, sampler))
+        rows.append({"model": label, "sampler": sampler, "steps": steps, **scores,
                      "seconds": time.perf_counter() - start})
         save_grid(images[:100], out / f"{label.split()[0].lower()}-{sampler}-{steps}.png", nrow=10, scale=4)
 
@@ -83,7 +84,8 @@ def claim(rows: list[dict]) -> list[str]:
              f"{100 * (1 - student / teacher[sampler, STUDENT_STEPS]):.0f}% lower than with {sampler.upper()}"
              for sampler in ("ddim", "addim")]
     best = min(teacher[sampler, 64] for sampler in ("ddim", "addim"))
-    lines.append(f"{STUDENT_STEPS}-step student against its teacher's best at 64 steps: FD {100 * (student / best - 1):+.0f}%")
+    lines.append(f"{STUDENT_STEPS}-step student against its teacher's best at 64 steps: FD "
+                 f"{100 * (student / best - 1):+.0f}%")
     return lines
 
 

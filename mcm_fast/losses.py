@@ -1,10 +1,10 @@
-"""The MCM target and per-sample loss of Algorithm 1, steps 6-8 (math.md §4), as fused ops.
+"""The MCM target and per-sample loss of Algorithm 1, steps 6-8 (math.md §4): formulas only.
 
 The reference functions here are the specification and the "reference" backend of the ops "mcm_target",
-"mcm_loss" and "mcm_target_loss"; the kernels of csrc/ and kernels/ register beside them (mcm_fast.ops.mcm).
+"mcm_sqdist" and "mcm_target_sqdist" (mcm_fast.ops.mcm registers them beside the kernels of csrc/ and kernels/).
 A backend does the work over whole tensors: the target, the per-sample squared distance ||x_hat - x_target||^2
-and its gradient. The per-sample pseudo-Huber and weighting act on [B] numbers, so they run here in PyTorch
-for every backend, with autograd.
+and its gradient. The per-sample pseudo-Huber and weighting act on [B] numbers (robust_loss), so they run in
+PyTorch for every backend, with autograd; the public, checked functions are in mcm_fast.ops.losses.
 """
 from __future__ import annotations
 
@@ -12,17 +12,9 @@ from numbers import Integral, Real
 
 import torch
 
-from mcm_fast._checks import (
-    batch_view,
-    check_float_tensor,
-    check_like,
-    check_order,
-    check_range,
-    per_sample,
-)
+from mcm_fast._checks import batch_view
 from mcm_fast.denoiser import eps_hat
-from mcm_fast.ops.registry import dispatch, needs_grad, register
-from mcm_fast.schedules import Schedule, alpha_sigma
+from mcm_fast.schedules import alpha_sigma
 from mcm_fast.solvers import _alpha_sigma_like, _compute_dtype
 
 LOSSES = ("pseudo_huber", "l2_squared")
@@ -55,7 +47,6 @@ def check_multiscale(multiscale, x: torch.Tensor | None = None) -> int:
     return int(multiscale)
 
 
-@register("mcm_target", "reference", differentiable=True)
 def mcm_target_reference(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
     """x_target = invDDIM_{t->t_step}(DDIM_{s->t_step}(x_ref, z_s), z_t) (Algorithm 1, steps 6-7).
 
@@ -94,13 +85,11 @@ def target_coefficients(logsnr_t, logsnr_s, logsnr_step) -> torch.Tensor:
     return torch.stack([k1 / k, q1 / k, -ratio / k], dim=1)
 
 
-@register("mcm_loss", "reference", differentiable=True)
 def squared_distance_reference(x_hat, target):
     """||x_hat - target||^2 per sample [B]. Reads x_hat and target: 2 tensors' bytes."""
     return squared_error(x_hat, target)
 
 
-@register("mcm_target_loss", "reference", differentiable=True)
 def target_squared_distance_reference(x_hat, x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
     """||x_hat - sg(x_target)||^2 per sample [B]: steps 6-8 in one pass over x_hat, x_ref, z_s and z_t."""
     with torch.no_grad():
@@ -115,78 +104,7 @@ def robust_loss(dist_sq: torch.Tensor, loss: str, huber_eps: float) -> torch.Ten
     return dist_sq / (torch.sqrt(dist_sq + huber_eps**2) + huber_eps)
 
 
-def _check_loss_options(loss, huber_eps) -> None:
-    if loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
-    check_huber_eps(huber_eps)
-
-
 def check_huber_eps(huber_eps) -> None:
     """huber_eps must be a number in (0, MAX_HUBER_EPS]: its square must stay finite in float32."""
     if isinstance(huber_eps, bool) or not isinstance(huber_eps, Real) or not 0 < huber_eps <= MAX_HUBER_EPS:
         raise ValueError(f"huber_eps: expected a number in (0, {MAX_HUBER_EPS:g}], got {huber_eps!r}")
-
-
-def _weighted(dist_sq, weight, loss, huber_eps):
-    if not isinstance(weight, torch.Tensor):  # a tensor's values are not read: that would sync every step
-        check_range("weight", weight, 0, float("inf"))
-    weight = per_sample("weight", weight, dist_sq.shape[0], dist_sq.device, dist_sq.dtype)
-    return weight.to(dist_sq.dtype) * robust_loss(dist_sq, loss, float(huber_eps))  # float: an int may overflow
-
-
-def _target_logsnrs(x_ref, z_s, z_t, t, s, t_step, schedule):
-    """Checks t_step <= s <= t and t_step < t per sample; returns the three [B] logSNRs."""
-    check_float_tensor("x_ref", x_ref)
-    check_like("z_s", z_s, "x_ref", x_ref)
-    check_like("z_t", z_t, "x_ref", x_ref)
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
-    batch, device = x_ref.shape[0], x_ref.device
-    vecs = {name: per_sample(name, v, batch, device) for name, v in (("t", t), ("s", s), ("t_step", t_step))}
-    for name, value in (("t", t), ("s", s), ("t_step", t_step)):
-        check_range(name, vecs[name] if isinstance(value, torch.Tensor) else value, 0.0, 1.0)
-    check_order(s, t, vecs["s"], vecs["t"], strict=False)
-    try:
-        check_order(t_step, s, vecs["t_step"], vecs["s"], strict=False)
-        check_order(t_step, t, vecs["t_step"], vecs["t"], strict=True)
-    except ValueError as error:
-        raise ValueError(f"t_step: expected t_step <= s and t_step < t ({error})") from None
-    return tuple(schedule.logsnr_unchecked(vecs[name]) for name in ("t", "s", "t_step"))
-
-
-def mcm_target(x_ref, z_s, z_t, t, s, t_step, schedule, backend=None):
-    """x_target: the x_hat whose DDIM jump from (z_t, t) to t_step lands where x_ref's jump from (z_s, s) does.
-
-    Algorithm 1, steps 6-7: DDIM_{s->t_step}(x_ref, z_s), then invDDIM_{t->t_step} against z_t; t_step <= s <= t,
-    t_step < t, each a float, 0-d or [B] tensor. Differentiable (a per-sample linear map).
-    """
-    lt, ls, lq = _target_logsnrs(x_ref, z_s, z_t, t, s, t_step, schedule)
-    impl = dispatch("mcm_target", x_ref.device, needs_grad(x_ref, z_s, z_t), backend)
-    return impl(x_ref, z_s, z_t, lt, ls, lq)
-
-
-def mcm_loss(x_hat, target, weight=1.0, loss="pseudo_huber", huber_eps=1e-4, backend=None):
-    """Per-sample weight * rho(||x_hat - target||^2) [B] (Algorithm 1, step 8), rho = pseudo-Huber or identity.
-
-    weight: a float or a [B] tensor (e.g. SNR(t) + 1). Float32 result (float64 for float64 inputs);
-    differentiable in x_hat, target and weight.
-    """
-    check_float_tensor("x_hat", x_hat)
-    check_like("target", target, "x_hat", x_hat)
-    _check_loss_options(loss, huber_eps)
-    impl = dispatch("mcm_loss", x_hat.device, needs_grad(x_hat, target), backend)
-    return _weighted(impl(x_hat, target), weight, loss, huber_eps)
-
-
-def mcm_target_loss(x_hat, x_ref, z_s, z_t, t, s, t_step, schedule, weight=1.0, loss="pseudo_huber",
-                    huber_eps=1e-4, backend=None):
-    """mcm_loss(x_hat, sg(mcm_target(x_ref, z_s, z_t, t, s, t_step))) in one pass, the target never stored.
-
-    The target is a stop-gradient (Algorithm 1): gradients flow to x_hat and weight only.
-    """
-    check_float_tensor("x_hat", x_hat)
-    lt, ls, lq = _target_logsnrs(x_ref, z_s, z_t, t, s, t_step, schedule)
-    check_like("x_hat", x_hat, "x_ref", x_ref)
-    _check_loss_options(loss, huber_eps)
-    impl = dispatch("mcm_target_loss", x_hat.device, needs_grad(x_hat), backend)
-    return _weighted(impl(x_hat, x_ref, z_s, z_t, lt, ls, lq), weight, loss, huber_eps)

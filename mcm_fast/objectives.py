@@ -1,41 +1,31 @@
 """Training objectives: the diffusion (v-) loss of a teacher (math.md §1) and the multistep consistency
-objective of Algorithm 1 (math.md §4), with the Direct CM target of Vouitsis et al. 2024 (math.md §6)."""
+objective of Algorithm 1 (math.md §4), with the Direct CM target of Vouitsis et al. 2024 (math.md §6).
+
+MCMObjective is composed of parts chosen once from its options: a segment grid (edges uniform in t or logSNR),
+a teacher integrator (TEACHER_INTEGRATORS), a target (TARGETS: one teacher step and the student's stop-gradient
+jump, or Direct CM's teacher solve), a weighting and a loss; loss_at is the numbered steps of Algorithm 1.
+"""
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
 
-from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_generator, check_int
+from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_generator, check_int, inputs_checked
 from mcm_fast.denoiser import Denoiser
-from mcm_fast.losses import (
-    LOSSES,
-    check_huber_eps,
-    check_multiscale,
-    mcm_target,
-    mcm_target_loss,
-    robust_loss,
-    squared_error,
-)
+from mcm_fast.losses import LOSSES, check_huber_eps, check_multiscale, robust_loss, squared_error
 from mcm_fast.models.dropout import MaskTape, foreign_dropout
 from mcm_fast.models.embeddings import check_student_steps
+from mcm_fast.ops.losses import target_loss_unchecked, target_unchecked
+from mcm_fast.ops.steps import addim_unchecked, ddim_unchecked
 from mcm_fast.sampling import guided_outputs
 from mcm_fast.schedules import SPACINGS, Schedule, alpha_sigma
-from mcm_fast.solvers import (
-    addim_step,
-    analytic_x_var,
-    ddim_step,
-    endpoint_x_var,
-    euler_step,
-    heun_step,
-)
+from mcm_fast.solvers import analytic_x_var, endpoint_x_var, euler_step_reference, heun_step_reference
 
-TEACHER_SOLVERS = ("addim", "ddim", "euler", "heun")
-WEIGHTINGS = ("snr+1", "sqrt(snr+1)")
-TARGETS = ("mcm", "direct")
 REFERENCES = ("online", "ema")
 
 
@@ -84,13 +74,127 @@ class TeacherSteps:
         for name in ("start", "end", "anneal"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                raise ValueError(f"teacher_steps: expected positive integers (start, end, anneal), got {name}={value!r}")
+                raise ValueError(f"teacher_steps: expected positive integers (start, end, anneal), got "
+                                 f"{name}={value!r}")
         if max(self.start, self.end) > MAX_STEPS:
             raise ValueError(f"teacher_steps: expected start and end <= {MAX_STEPS}, got {self.start} and {self.end}")
 
     def __call__(self, step: int) -> float:
         frac = min(max(step / self.anneal, 0.0), 1.0)
         return math.exp(math.log(self.start) + frac * (math.log(self.end) - math.log(self.start)))
+
+
+class GridPoints(NamedTuple):
+    """The examples' places on the grid: segment and n_rel ([B]); n_seg, S (ints, or [B] for a student of several
+    S) and the segment edges ([S + 1], or [B, max S + 1]); rounds, the largest n_seg (Direct CM's solve)."""
+
+    segment: torch.Tensor
+    n_rel: torch.Tensor
+    n_seg: int | torch.Tensor
+    steps: int | torch.Tensor
+    edges: torch.Tensor
+    rounds: int
+
+
+class SegmentGrid:
+    """S segments between edges uniform in t (the paper) or in logSNR, each split into n_seg teacher steps
+    uniform in t (Algorithm 1, steps 1-2). A student of several S (multi) has each example draw its S first, with
+    probabilities probs, and then its segment and grid point on that S's grid."""
+
+    def __init__(self, schedule: Schedule, steps: tuple, spacing: str = "t", probs=None, multi: bool = False):
+        self.steps, self.spacing, self.probs, self.multi = steps, spacing, probs, multi
+        # [len(steps), max S + 1], float64, on the CPU: row i the edges of steps[i] (padded with 0)
+        self.edges = torch.zeros(len(steps), max(steps) + 1, dtype=torch.float64)
+        for i, n in enumerate(steps):
+            self.edges[i, :n + 1] = schedule.segment_edges(n, spacing)
+
+    def draw(self, batch: int, n_segs: tuple, generator, device) -> GridPoints:
+        """segment ~ U{0..S-1} and n_rel ~ U{1..n_seg} per example (n_segs: one n_seg per S). n_rel is drawn so that
+        a compiled graph does not specialize on n_seg (as randint's bound would); float64 keeps u n_seg < n_seg."""
+        if self.multi:
+            row = torch.multinomial(self.probs.to(device), batch, replacement=True, generator=generator)
+            steps, n_seg = torch.tensor(self.steps, device=device)[row], torch.tensor(n_segs, device=device)[row]
+            segment = (torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * steps).long()
+            edges = self.edges.to(device)[row]
+        else:
+            steps, n_seg, edges = self.steps[0], n_segs[0], self.edges[0, :self.steps[0] + 1].to(device)
+            segment = torch.randint(0, steps, (batch,), generator=generator, device=device)
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        return GridPoints(segment, (u * n_seg).long() + 1, n_seg, steps, edges, max(n_segs))
+
+    def time(self, points: GridPoints, position: torch.Tensor) -> torch.Tensor:
+        """The time (float64) of grid point `position` of each example's segment: exactly (segment n_seg +
+        position) / (n_seg S) when the edges are uniform in t."""
+        if self.spacing == "t":
+            return (points.segment * points.n_seg + position).double() / (points.n_seg * points.steps)
+        if self.multi:
+            lo = points.edges.gather(1, points.segment[:, None])[:, 0]
+            hi = points.edges.gather(1, points.segment[:, None] + 1)[:, 0]
+        else:
+            lo, hi = points.edges[points.segment], points.edges[points.segment + 1]
+        return lo + (hi - lo) * (position.double() / points.n_seg)
+
+
+def _addim(obj, teacher, x_teacher, x_cond, x, z_t, s, logsnr_t, logsnr_s, cond):
+    """aDDIM with x_var 0 from data, else xvar_frac ||x_cond - x||^2 / d (or the analytic value), and 0 into
+    s = 0 (solvers.endpoint_x_var); x_cond is the guided teacher's conditional output (else x_teacher)."""
+    if teacher is None:
+        x_var = torch.zeros_like(s)
+    elif obj.xvar_frac == "analytic":
+        x_var = endpoint_x_var(analytic_x_var(logsnr_t), s)
+    else:
+        x_var = endpoint_x_var(obj.xvar_frac * (x_cond.double() - x.double()).flatten(1).square().mean(1), s)
+    return addim_unchecked(x_teacher, z_t, logsnr_t, logsnr_s, x_var, obj.backend)
+
+
+TEACHER_INTEGRATORS = {  # Algorithm 1, step 5: z_s from x_teacher = teacher(z_t, t) (x from data)
+    "addim": _addim,
+    "ddim": lambda obj, teacher, x_teacher, x_cond, x, z_t, s, lt, ls, cond: ddim_unchecked(
+        x_teacher, z_t, lt, ls, obj.backend),
+    "euler": lambda obj, teacher, x_teacher, x_cond, x, z_t, s, lt, ls, cond: euler_step_reference(
+        x_teacher, z_t, lt, ls),
+    "heun": lambda obj, teacher, x_teacher, x_cond, x, z_t, s, lt, ls, cond: heun_step_reference(
+        teacher, x_teacher, z_t, s, lt, ls, **cond),
+}
+
+
+def _consistency_target(obj, student, reference, teacher, x, z_t, t, s, points, inputs, cond):
+    """Steps 4-6 of Algorithm 1: one teacher step t -> s, the stop-gradient reference at s and the student at t
+    (both with the student's own inputs), the reference's dropout masks replayed to the student (a forked RNG
+    state covers other random layers in eager mode). Returns (x_hat, x_ref, z_s, s)."""
+    w = inputs.get("guidance")
+    with torch.no_grad():
+        x_teacher, x_cond = obj.teacher_call(teacher, x, z_t, t, w, cond)  # step 4
+        z_s = obj.teacher_step(teacher, x_teacher, x_cond, x, z_t, t, s, w, cond)  # step 5
+    fork = contextlib.nullcontext() if torch.compiler.is_compiling() else torch.random.fork_rng(
+        devices=[x.device] if x.device.type == "cuda" else [])
+    with MaskTape() as tape:
+        with torch.no_grad(), fork:
+            x_ref = reference(z_s, s, **cond, **inputs)  # step 6
+        tape.replay()
+        return student(z_t, t, **cond, **inputs), x_ref, z_s, s
+
+
+def _direct_target(obj, student, reference, teacher, x, z_t, t, s, points, inputs, cond):
+    """Direct CM (Vouitsis et al. 2024): the teacher's integrator over every grid step from t down to t_step
+    (n_rel per sample; the batch runs the largest n_seg's rounds, so that no value is read back from the device).
+    It lands on t_step itself, so the jump from s = t_step is the identity and x_ref is not read."""
+    w = inputs.get("guidance")
+    z = z_t
+    with torch.no_grad():
+        for k in range(points.rounds):
+            left = (points.n_rel - k).clamp(min=0)  # grid steps still to go; 0 = arrived (the step is the identity)
+            t_k = obj.grid.time(points, left)
+            s_k = obj.grid.time(points, (left - 1).clamp(min=0))
+            x_teacher, x_cond = obj.teacher_call(teacher, x, z, t_k, w, cond)
+            z = obj.teacher_step(teacher, x_teacher, x_cond, x, z, t_k, s_k, w, cond)
+    t_step = obj.grid.time(points, torch.zeros_like(points.n_rel))
+    return student(z_t, t, **cond, **inputs), z, z, t_step
+
+
+TARGETS = {"mcm": _consistency_target, "direct": _direct_target}
+WEIGHTINGS = {"snr+1": lambda logsnr: torch.exp(logsnr) + 1,
+              "sqrt(snr+1)": lambda logsnr: (torch.exp(logsnr) + 1).sqrt()}
 
 
 def _probabilities(probs, count: int) -> torch.Tensor:
@@ -117,7 +221,7 @@ def _guidance_range(guidance):
 
 def _choice(name: str, value, allowed) -> str:
     if value not in allowed:
-        raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+        raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {value!r}")
     return value
 
 
@@ -128,8 +232,9 @@ class MCMObjective:
     one teacher step t -> s followed by its own stop-gradient jump s -> t_step. Options: student_steps S, or a
     tuple of S for one student serving each (every example draws its S, with probabilities steps_probs or
     uniformly, and the student and reference get student_steps= [B]); guidance (lo, hi): classifier-free
-    guidance distilled into the student (every example draws w ~ U(lo, hi); the teacher is guided at w with two
-    calls, its aDDIM x_var comes from the conditional output, and the student and reference get guidance= [B]);
+    guidance distilled into the student (every example draws w ~ U(lo, hi); the teacher is guided at w with one
+    batched call on [cond, null], its aDDIM x_var reads the conditional output, and the student and reference
+    get guidance= [B]);
     teacher_steps (start, end, anneal) or one int; teacher_solver; xvar_frac (a float, or "analytic");
     loss and huber_eps; weighting; target "mcm" or "direct" (regress onto the teacher's many-step solve to
     t_step); reference "online" (the student under stop-gradient, the paper) or "ema" (a model passed at each
@@ -140,18 +245,16 @@ class MCMObjective:
 
     def __init__(self, schedule: Schedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
-                 weighting: str = "sqrt(snr+1)", target: str = "mcm", reference: str = "online", label_dropout: float = 0.0,
-                 null_label: int | None = None, label_key: str = "label", multiscale: int = 0,
-                 boundaries: str = "t", steps_probs=None, guidance=None, backend: str | None = None):
+                 weighting: str = "sqrt(snr+1)", target: str = "mcm", reference: str = "online",
+                 label_dropout: float = 0.0, null_label: int | None = None, label_key: str = "label",
+                 multiscale: int = 0, boundaries: str = "t", steps_probs=None, guidance=None,
+                 backend: str | None = None):
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
-        if isinstance(student_steps, (tuple, list)):
-            steps = check_student_steps(student_steps)
-            for value in steps:
-                check_int("student_steps", value, 1, MAX_STEPS)
-        else:
-            steps = (check_int("student_steps", student_steps, 1, MAX_STEPS),)
-        self.steps_probs = _probabilities(steps_probs, len(steps))
+        multi = isinstance(student_steps, (tuple, list))
+        steps = check_student_steps(student_steps) if multi else (check_int("student_steps", student_steps, 1),)
+        for value in steps:
+            check_int("student_steps", value, 1, MAX_STEPS)
         self.guidance = _guidance_range(guidance)
         if self.guidance is not None and null_label is None:
             raise ValueError("null_label: expected the null class index of the guided teacher's unconditional call "
@@ -162,7 +265,8 @@ class MCMObjective:
             raise ValueError(f"teacher_steps: expected an int or (start, end, anneal), got {teacher_steps!r}")
         self.teacher_steps = TeacherSteps(*teacher_steps)
         if min(self.teacher_steps.start, self.teacher_steps.end) < max(steps):
-            raise ValueError(f"teacher_steps: expected start and end >= student_steps={max(steps)}, got {teacher_steps!r}")
+            raise ValueError(f"teacher_steps: expected start and end >= student_steps={max(steps)}, "
+                             f"got {teacher_steps!r}")
         if xvar_frac != "analytic" and (isinstance(xvar_frac, bool) or not isinstance(xvar_frac, Real)
                                         or not 0 <= xvar_frac < math.inf):
             raise ValueError(f"xvar_frac: expected a finite number >= 0 or 'analytic', got {xvar_frac!r}")
@@ -175,8 +279,8 @@ class MCMObjective:
             raise ValueError("null_label: expected the null class index when label_dropout > 0, got None")
         self.schedule = schedule
         self.steps = steps  # the S this student serves; student_steps is the one S, or the tuple
-        self.student_steps = steps if isinstance(student_steps, (tuple, list)) else steps[0]
-        self.teacher_solver = _choice("teacher_solver", teacher_solver, TEACHER_SOLVERS)
+        self.student_steps = steps if multi else steps[0]
+        self.teacher_solver = _choice("teacher_solver", teacher_solver, TEACHER_INTEGRATORS)
         self.xvar_frac = xvar_frac
         self.loss = _choice("loss", loss, LOSSES)
         self.huber_eps = float(huber_eps)
@@ -188,45 +292,83 @@ class MCMObjective:
         self.label_key = label_key
         self.multiscale = check_multiscale(multiscale)
         self.boundaries = _choice("boundaries", boundaries, SPACINGS)
-        # [len(steps), max S + 1] float64 on the CPU: row i the segment edges of steps[i] (padded with 0)
-        self.edges = torch.zeros(len(steps), max(steps) + 1, dtype=torch.float64)
-        for i, n in enumerate(steps):
-            self.edges[i, :n + 1] = schedule.segment_edges(n, self.boundaries)
+        self.grid = SegmentGrid(schedule, steps, self.boundaries, _probabilities(steps_probs, len(steps)), multi)
         self.backend = backend
 
     def segment_steps(self, step: int):
         """n_seg = round(N(step) / S): teacher steps per segment at training iteration `step` (Algorithm 1, step 1);
         a tuple (one per S) for a student of several S."""
         check_int("step", step, 0)
-        n_seg = tuple(max(1, round(self.teacher_steps(step) / n)) for n in self.steps)
-        return n_seg if isinstance(self.student_steps, tuple) else n_seg[0]
+        n_segs = tuple(max(1, round(self.teacher_steps(step) / n)) for n in self.steps)
+        return n_segs if self.grid.multi else n_segs[0]
 
     def __call__(self, student, x: torch.Tensor, teacher=None, step: int = 0, generator: torch.Generator | None = None,
                  reference_model=None, diagnostics: bool = False, **cond):
         """The mean loss over the batch at training iteration `step`; with diagnostics=True also {"t", "segment",
         "loss"} per sample."""
-        return self.loss_at(student, x, self.segment_steps(step), teacher, generator, reference_model, diagnostics, **cond)
+        return self.loss_at(student, x, self.segment_steps(step), teacher, generator, reference_model, diagnostics,
+                            **cond)
 
     def loss_at(self, student, x: torch.Tensor, n_seg, teacher=None, generator: torch.Generator | None = None,
-             reference_model=None, diagnostics: bool = False, **cond):
-        """The loss with n_seg teacher steps per segment (a tuple, one per S, for a student of several S): the part
-        of a training step that torch.compile takes as one graph (n_seg is an input, so the annealed schedule
-        does not recompile at every change)."""
+                reference_model=None, diagnostics: bool = False, **cond):
+        """The loss with n_seg teacher steps per segment (a tuple, one per S, for a student of several S): the
+        part of a training step that torch.compile takes as one graph (n_seg is an input, so the annealed
+        schedule does not recompile at every change). The inputs are checked here once; the steps below read no
+        value back from the device."""
+        n_segs = tuple(n_seg) if self.grid.multi and isinstance(n_seg, (tuple, list)) else (n_seg,)
+        reference = self._check_call(student, x, n_segs, teacher, generator, reference_model)
+        logsnr = self.schedule.logsnr_unchecked
+        with contextlib.nullcontext() if torch.compiler.is_compiling() else inputs_checked():
+            # 1-2. (for a student of several S, an S per example first) a segment and a grid point in it per
+            # example; t_step, then s and t one teacher step apart
+            points = self.grid.draw(x.shape[0], n_segs, generator, x.device)
+            t_step, t, s = (self.grid.time(points, k) for k in (torch.zeros_like(points.n_rel), points.n_rel,
+                                                                 points.n_rel - 1))
+            # 3. z_t = alpha_t x + sigma_t eps
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            logsnr_t = logsnr(t)
+            alpha_t, sigma_t = (batch_view(v, x) for v in alpha_sigma(logsnr_t))
+            z_t = (alpha_t * x + sigma_t * eps).to(x.dtype)
+            cond = drop_labels(cond, self.label_dropout, self.null_label, self.label_key, generator)
+            inputs = self._student_inputs(points, x.shape[0], generator, x.device)
+            # 4-6. the teacher's z_s, the stop-gradient reference x_ref at s, the student's x_hat at t
+            x_hat, x_ref, z_s, s = TARGETS[self.target](self, student, reference, teacher, x, z_t, t, s, points,
+                                                        inputs, cond)
+            # 6-8. x_ref's DDIM jump to t_step (the identity where s = t_step: x_ref unused, even if not finite),
+            # invDDIM against z_t, and the weighted pseudo-Huber distance, fused unless the loss is multiscale
+            weight = WEIGHTINGS[self.weighting](logsnr_t)
+            per_sample = self._distance(x_hat, x_ref, z_s, z_t, (logsnr_t, logsnr(s), logsnr(t_step)), weight)
+        loss = per_sample.mean()
+        if diagnostics:
+            return loss, {"t": t, "segment": points.segment, "loss": per_sample.detach()}
+        return loss
+
+    def _student_inputs(self, points: GridPoints, batch: int, generator, device) -> dict:
+        """What the student and its reference get beyond (z_t, t, cond): each example's S (a student of several
+        S) and its guidance scale w ~ U(lo, hi) (guidance distilled)."""
+        inputs = {"student_steps": points.steps} if self.grid.multi else {}
+        if self.guidance is not None:
+            lo, hi = self.guidance
+            inputs["guidance"] = lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
+        return inputs
+
+    def _check_call(self, student, x, n_segs, teacher, generator, reference_model):
+        """Checks loss_at's arguments (reading no tensor's values); returns the reference model of step 6."""
         check_batch("x", x)
-        multi = isinstance(self.student_steps, tuple)
-        n_segs = n_seg if multi and isinstance(n_seg, (tuple, list)) else (n_seg,)
-        if multi and len(n_segs) != len(self.steps):
-            raise ValueError(f"n_seg: expected a tuple of {len(self.steps)} (one per S in {self.steps}), got {n_seg!r}")
+        if len(n_segs) != len(self.steps):
+            raise ValueError(f"n_seg: expected a tuple of {len(self.steps)} (one per S in {self.steps}), got "
+                             f"{n_segs!r}")
         if not torch.compiler.is_compiling():  # a symbolic int while compiling
-            for value in n_segs:
-                check_int("n_seg", value, 1, MAX_STEPS)
+            for n_seg in n_segs:
+                check_int("n_seg", n_seg, 1, MAX_STEPS)
         if self.guidance is not None and teacher is None:
             raise ValueError("teacher: distilling guidance (guidance=(lo, hi)) needs a teacher model")
         check_multiscale(self.multiscale, x)
         check_generator("generator", generator)
         for name, model in (("student", student), ("teacher", teacher), ("reference_model", reference_model)):
             if (model is not None or name == "student") and not callable(model):
-                raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
+                raise TypeError(f"{name}: expected a callable model(z_t, t, **cond) -> x_hat, got "
+                                f"{type(model).__name__}")
         if teacher is None and self.teacher_solver == "heun":
             raise ValueError("teacher: teacher_solver='heun' needs a teacher model (training from data has none)")
         if (self.reference == "ema") != (reference_model is not None):
@@ -235,94 +377,13 @@ class MCMObjective:
         reference = student if reference_model is None else reference_model
         unshared = foreign_dropout(reference) if torch.compiler.is_compiling() and self.target == "mcm" else []
         if unshared:
-            raise TypeError(f"reference: compiled, only mcm_fast.models.Dropout layers share their masks with the student; "
-                            f"replace the torch.nn dropout layers {unshared}")
-        batch, device = x.shape[0], x.device
+            raise TypeError(f"reference: compiled, only mcm_fast.models.Dropout layers share their masks with the "
+                            f"student; replace the torch.nn dropout layers {unshared}")
+        return reference
 
-        # Algorithm 1, steps 1-2: (for a student of several S, an S per example first) a segment and a position in
-        # it per example, on the segment's teacher grid
-        if multi:
-            row = torch.multinomial(self.steps_probs.to(device), batch, replacement=True, generator=generator)
-            n_steps = torch.tensor(self.steps, device=device)[row]
-            n_seg = torch.tensor(n_segs, device=device)[row]
-            segment = (torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * n_steps).long()
-        else:
-            row, n_steps = torch.zeros(batch, dtype=torch.long, device=device), self.student_steps
-            segment = torch.randint(0, n_steps, (batch,), generator=generator, device=device)
-        # n_rel uniform on 1..n_seg, drawn so that a compiled graph does not specialize on n_seg (as randint's
-        # bound would); float64 keeps u * n_seg below n_seg for every u < 1
-        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
-        n_rel = (u * n_seg).long() + 1
-        edges = self.edges.to(device)[row]  # [B, max S + 1]
-        t_step = self._grid_time(segment, torch.zeros_like(n_rel), n_seg, n_steps, edges)
-        t = self._grid_time(segment, n_rel, n_seg, n_steps, edges)
-        s = self._grid_time(segment, n_rel - 1, n_seg, n_steps, edges)
-
-        # step 3
-        eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-        logsnr_t = self.schedule.logsnr(t)
-        alpha_t, sigma_t = (batch_view(v, x) for v in alpha_sigma(logsnr_t))
-        z_t = (alpha_t * x + sigma_t * eps).to(x.dtype)
-        cond = drop_labels(cond, self.label_dropout, self.null_label, self.label_key, generator)
-        w = None if self.guidance is None else self.guidance[0] + (self.guidance[1] - self.guidance[0]) * torch.rand(
-            batch, generator=generator, device=device)
-        student_inputs = ({"student_steps": n_steps} if multi else {}) | ({} if w is None else {"guidance": w})
-
-        with torch.no_grad():
-            if self.target == "mcm":
-                x_teacher, x_cond = self._teacher_call(teacher, x, z_t, t, w, cond)  # step 4
-                z_s = self._teacher_step(teacher, x_teacher, x_cond, x, z_t, t, s, w, cond)  # step 5
-            else:  # Direct CM: the teacher's solve lands on t_step itself, so the jump from s = t_step is the identity
-                z_s = self._teacher_solve(teacher, x, z_t, segment, n_rel, n_seg, max(n_segs), n_steps, edges, w, cond)
-        if self.target == "mcm":
-            # step 6: the reference sees the student's dropout masks (replayed from a tape; a forked RNG state
-            # covers other random layers in eager mode)
-            fork = contextlib.nullcontext() if torch.compiler.is_compiling() else torch.random.fork_rng(
-                devices=[device] if device.type == "cuda" else [])
-            with MaskTape() as tape:
-                with torch.no_grad(), fork:
-                    x_ref = reference(z_s, s, **cond, **student_inputs)
-                tape.replay()
-                x_hat = student(z_t, t, **cond, **student_inputs)
-        else:
-            x_ref, s = z_s, t_step  # x_ref is not read where s = t_step
-            x_hat = student(z_t, t, **cond, **student_inputs)
-
-        # steps 6-8: x_ref's DDIM jump to t_step (the identity where n_rel = 1: x_ref unused, even if not finite),
-        # invDDIM against z_t, and the weighted pseudo-Huber distance, fused unless the loss is multiscale
-        weight = torch.exp(logsnr_t) + 1
-        weight = weight if self.weighting == "snr+1" else weight.sqrt()
-        if self.multiscale:
-            with torch.no_grad():
-                x_target = mcm_target(x_ref, z_s, z_t, t, s, t_step, self.schedule, backend=self.backend)
-            dist_sq = squared_error(x_hat, x_target, self.multiscale)
-            per_sample = weight.to(dist_sq.dtype) * robust_loss(dist_sq, self.loss, self.huber_eps)
-        else:
-            per_sample = mcm_target_loss(x_hat, x_ref, z_s, z_t, t, s, t_step, self.schedule, weight, self.loss,
-                                         self.huber_eps, backend=self.backend)
-        loss = per_sample.mean()
-        if diagnostics:
-            return loss, {"t": t, "segment": segment, "loss": per_sample.detach()}
-        return loss
-
-    def _grid_time(self, segment: torch.Tensor, position: torch.Tensor, n_seg, n_steps, edges) -> torch.Tensor:
-        """The time (float64) of point `position` of n_seg teacher steps uniform in t over each segment of an
-        n_steps-segment grid with edges [B, max S + 1]: exactly (segment n_seg + position) / (n_seg S) when the
-        edges are uniform in t. n_seg and n_steps are ints or [B] tensors."""
-        if self.boundaries == "t":
-            return (segment * n_seg + position).double() / (n_seg * n_steps)
-        lo, hi = edges.gather(1, segment[:, None])[:, 0], edges.gather(1, segment[:, None] + 1)[:, 0]
-        return lo + (hi - lo) * (position.double() / n_seg)
-
-    def _x_var(self, x_teacher, x, t):
-        """Per-sample x_var for aDDIM: xvar_frac ||x_teacher - x||^2 / d, or the analytic value (math.md §3-4)."""
-        if self.xvar_frac == "analytic":
-            return analytic_x_var(self.schedule.logsnr(t))
-        return self.xvar_frac * (x_teacher.double() - x.double()).flatten(1).square().mean(1)
-
-    def _teacher_call(self, teacher, x, z_t, t, w, cond):
-        """(x_teacher, x_cond): the teacher's x_hat, guided at w ([B]) when guidance is distilled, and its
-        conditional x_hat, which aDDIM's x_var reads (the paper's rule for guided teachers); x itself from data."""
+    def teacher_call(self, teacher, x, z_t, t, w, cond):
+        """(x_teacher, x_cond): the teacher's x_hat, guided at w ([B]) when guidance is distilled (one batched call
+        on [cond, null]), and its conditional x_hat, which aDDIM's x_var reads; x itself from data."""
         if teacher is None:
             return x, x
         if w is None:
@@ -330,27 +391,22 @@ class MCMObjective:
             return x_teacher, x_teacher
         return guided_outputs(teacher, z_t, t, w, {self.label_key: self.null_label}, cond)
 
-    def _teacher_step(self, teacher, x_teacher, x_cond, x, z_t, t, s, w, cond):
-        """One step of the teacher's integrator from t to s (Algorithm 1, step 5); from data x_var is 0, and a
-        step into s = 0 is a DDIM step (solvers.endpoint_x_var)."""
-        if self.teacher_solver == "addim":
-            x_var = 0.0 if teacher is None else endpoint_x_var(self._x_var(x_cond, x, t), s)
-            return addim_step(x_teacher, z_t, t, s, self.schedule, x_var, backend=self.backend)
-        if self.teacher_solver == "ddim":
-            return ddim_step(x_teacher, z_t, t, s, self.schedule, backend=self.backend)
-        if self.teacher_solver == "euler":
-            return euler_step(x_teacher, z_t, t, s, self.schedule)
-        model = teacher if w is None else (lambda z, time, **c: self._teacher_call(teacher, x, z, time, w, c)[0])
-        return heun_step(model, z_t, t, s, self.schedule, x_hat=x_teacher, **cond)
+    def teacher_step(self, teacher, x_teacher, x_cond, x, z_t, t, s, w, cond):
+        """One step of the teacher's integrator from t to s (Algorithm 1, step 5); Heun's second call is guided
+        too."""
+        logsnr = self.schedule.logsnr_unchecked
+        if w is not None and teacher is not None:
+            model = teacher
+            teacher = lambda z, time, **c: self.teacher_call(model, x, z, time, w, c)[0]  # noqa: E731
+        return TEACHER_INTEGRATORS[self.teacher_solver](self, teacher, x_teacher, x_cond, x, z_t, s, logsnr(t),
+                                                        logsnr(s), cond)
 
-    def _teacher_solve(self, teacher, x, z_t, segment, n_rel, n_seg, rounds, n_steps, edges, w, cond):
-        """Direct CM: the teacher's integrator over every grid step from t down to t_step (n_rel per sample; the
-        batch runs the largest n_seg's rounds, so that no value is read back from the device)."""
-        z = z_t
-        for k in range(rounds):
-            left = (n_rel - k).clamp(min=0)  # grid steps still to go; 0 = arrived (the step is the identity)
-            t_k = self._grid_time(segment, left, n_seg, n_steps, edges)
-            s_k = self._grid_time(segment, (left - 1).clamp(min=0), n_seg, n_steps, edges)
-            x_teacher, x_cond = self._teacher_call(teacher, x, z, t_k, w, cond)
-            z = self._teacher_step(teacher, x_teacher, x_cond, x, z, t_k, s_k, w, cond)
-        return z
+    def _distance(self, x_hat, x_ref, z_s, z_t, logsnrs, weight):
+        """Steps 6-8: weight * rho(||x_hat - sg(x_target)||^2) per sample, in one fused pass unless multiscale."""
+        if not self.multiscale:
+            return target_loss_unchecked(x_hat, x_ref, z_s, z_t, *logsnrs, weight, self.loss, self.huber_eps,
+                                         self.backend)
+        with torch.no_grad():
+            x_target = target_unchecked(x_ref, z_s, z_t, *logsnrs, backend=self.backend)
+        dist_sq = squared_error(x_hat, x_target, self.multiscale)
+        return weight.to(dist_sq.dtype) * robust_loss(dist_sq, self.loss, self.huber_eps)

@@ -6,7 +6,6 @@ A model is any callable model(z_t, t, **cond) -> x_hat; the schedule comes from 
 from __future__ import annotations
 
 import sys
-import warnings
 import weakref
 from numbers import Real
 
@@ -21,19 +20,21 @@ from mcm_fast._checks import (
     check_int,
     check_real,
     check_shape,
+    inputs_checked,
 )
+from mcm_fast.ops.steps import addim_unchecked, ddim_unchecked
 from mcm_fast.schedules import GRIDS, SPACINGS, Schedule, alpha_sigma
-from mcm_fast.solvers import addim_step, analytic_x_var, ddim_step, endpoint_x_var, euler_step, heun_step
+from mcm_fast.solvers import analytic_x_var, endpoint_x_var, euler_step_reference, heun_step_reference
 
 CONSISTENCY_SAMPLERS = ("mcm", "cm")
-DIFFUSION_SOLVERS = ("ddim", "addim", "euler", "heun", "ancestral")
 
 
 def guided(model, scale: float, null_cond: dict):
     """Classifier-free guidance: x_hat = (1 + w) model(z, t, cond) - w model(z, t, null_cond), one batched call."""
     scale = check_real("guidance", scale, -sys.float_info.max, sys.float_info.max)  # a float: big ints overflow
     if not isinstance(null_cond, dict) or not null_cond:
-        raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got {null_cond!r}")
+        raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'label': 10}}), got "
+                         f"{null_cond!r}")
 
     def guided_model(z, t, **cond):
         return guided_outputs(model, z, t, scale, null_cond, cond)[0]
@@ -112,7 +113,8 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     for. compile=True runs the network through
     torch.compile. cuda_graph=True (CUDA tensors) captures the whole loop, network calls, DDIM steps and
     guidance, in one CUDA graph per model and call signature, cached and replayed with the weights in place
-    (updates in place are seen; replaced parameter tensors are not). On a CPU it warns once and runs the loop.
+    (updates in place are seen; replaced parameter tensors are not). On other devices it is an error: a
+    forced path that cannot run never falls back.
     """
     if sampler not in CONSISTENCY_SAMPLERS:
         raise ValueError(f"sampler: expected one of {CONSISTENCY_SAMPLERS}, got {sampler!r}")
@@ -122,6 +124,8 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     distilled = getattr(model, "guidance_distilled", False) is True
     guided_model, schedule, z = _setup(network, n_steps, shape, schedule, noise, generator,
                                        0.0 if distilled else guidance, null_cond, cond)
+    if cuda_graph and z.device.type != "cuda":
+        raise ValueError(f"cuda_graph: expected CUDA tensors to capture, got noise on {z.device.type}")
     cond = {**cond, **student_inputs(model, z, n_steps, guidance if distilled else None)}
     times = schedule.segment_edges(n_steps, boundaries).flip(0).tolist()
     fresh = [torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
@@ -130,12 +134,10 @@ def sample(model, n_steps: int = 4, shape=None, schedule=None, noise=None, gener
     def loop(z, fresh, cond):
         return _sampling_loop(guided_model, z, times, schedule, sampler, fresh, cond)
 
-    if cuda_graph and z.device.type == "cuda":
+    if cuda_graph:
         key = (n_steps, sampler, float(guidance), repr(null_cond), boundaries, compile, schedule, _signature(z),
                tuple(sorted((k, _signature(v)) for k, v in cond.items())))
         return _captured(model, key, loop, z, fresh, cond)
-    if cuda_graph:
-        warnings.warn(f"cuda_graph=True needs CUDA tensors; sampling on {z.device.type} without a graph", stacklevel=2)
     return loop(z, fresh, cond)
 
 
@@ -160,11 +162,12 @@ def _sampling_loop(model, z, times, schedule, sampler, fresh, cond):
     if sampler == "mcm":
         return consistency_jumps(model, z, times, schedule, **cond)
     x_hat = None
-    for k, (t, s) in enumerate(zip(times[:-1], times[1:])):
-        x_hat = model(z, _times(z, t), **cond)
-        if s > 0:
-            alpha_s, sigma_s = alpha_sigma(schedule.logsnr(s))
-            z = (alpha_s * x_hat + sigma_s * fresh[k]).to(z.dtype)
+    with inputs_checked():
+        for k, (t, s) in enumerate(zip(times[:-1], times[1:])):
+            x_hat = model(z, _times(z, t), **cond)
+            if s > 0:
+                alpha_s, sigma_s = alpha_sigma(schedule.logsnr(s))
+                z = (alpha_s * x_hat + sigma_s * fresh[k]).to(z.dtype)
     return x_hat
 
 
@@ -220,15 +223,17 @@ def _captured(model, key, loop, z, fresh, cond) -> torch.Tensor:
 
 def consistency_jumps(model, z: torch.Tensor, times, schedule: Schedule, project=None, **cond) -> torch.Tensor:
     """Multistep consistency sampling along descending times (ending at 0): one model call per interval,
-    DDIM jumps in between, x_hat passed through project (editing constraints) first; returns the last x_hat."""
+    DDIM jumps in between, x_hat passed through project (editing constraints) first; returns the last x_hat.
+    The times are the caller's, checked: the loop reads nothing back from the device."""
     x_hat = None
-    for t, s in zip(times[:-1], times[1:]):
-        t_vec = _times(z, t)
-        x_hat = model(z, t_vec, **cond)
-        if project is not None:
-            x_hat = project(x_hat)
-        if s > 0:
-            z = ddim_step(x_hat, z, t_vec, _times(z, s), schedule)
+    with inputs_checked():
+        for t, s in zip(times[:-1], times[1:]):
+            t_vec, s_vec = _times(z, t), _times(z, s)
+            x_hat = model(z, t_vec, **cond)
+            if project is not None:
+                x_hat = project(x_hat)
+            if s > 0:
+                z = ddim_unchecked(x_hat, z, schedule.logsnr_unchecked(t_vec), schedule.logsnr_unchecked(s_vec))
     return x_hat
 
 
@@ -239,7 +244,8 @@ class XVarTable:
         check_float_tensor("t", t)
         check_float_tensor("x_var", x_var)
         if t.dim() != 1 or t.shape != x_var.shape or t.numel() < 2:
-            raise ValueError(f"t: expected matching 1-D tensors of at least 2 points, got {tuple(t.shape)} and {tuple(x_var.shape)}")
+            raise ValueError(f"t: expected matching 1-D tensors of at least 2 points, got {tuple(t.shape)} and "
+                             f"{tuple(x_var.shape)}")
         if not bool((t[1:] > t[:-1]).all()):
             raise ValueError("t: expected strictly increasing times")
         if not bool((x_var >= 0).all() & torch.isfinite(x_var).all()):
@@ -288,24 +294,38 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
     """
     if solver not in DIFFUSION_SOLVERS:
         raise ValueError(f"solver: expected one of {DIFFUSION_SOLVERS}, got {solver!r}")
-    if not (x_var == "analytic" or isinstance(x_var, XVarTable) or (isinstance(x_var, Real) and not isinstance(x_var, bool))):
+    number = isinstance(x_var, Real) and not isinstance(x_var, bool)
+    if not (x_var == "analytic" or isinstance(x_var, XVarTable) or number):
         raise ValueError(f"x_var: expected 'analytic', a float or an XVarTable, got {x_var!r}")
     model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
     times = time_grid(schedule, n_steps, ("edm" if solver == "heun" else "t") if grid is None else grid)
-    for t_k, s_k in zip(times[:-1], times[1:]):
-        t, s = _times(z, t_k), _times(z, s_k)
-        x_hat = model(z, t, **cond)
-        if solver == "ddim":
-            z = ddim_step(x_hat, z, t, s, schedule)
-        elif solver == "addim":
-            z = addim_step(x_hat, z, t, s, schedule, endpoint_x_var(x_var_at(x_var, t, schedule), s))
-        elif solver == "euler":
-            z = euler_step(x_hat, z, t, s, schedule)
-        elif solver == "heun":
-            z = heun_step(model, z, t, s, schedule, x_hat=x_hat, **cond)
-        else:
-            z = _ancestral_step(x_hat, z, t, s, schedule, generator)
+    with inputs_checked():
+        for t_k, s_k in zip(times[:-1], times[1:]):
+            t, s = _times(z, t_k), _times(z, s_k)
+            x_hat = model(z, t, **cond)
+            z = DIFFUSION_STEPS[solver](model, x_hat, z, t, s, schedule, x_var, generator, cond)
     return z
+
+
+def _addim(model, x_hat, z, t, s, schedule, x_var, generator, cond):
+    """aDDIM with x_var from "analytic", a float or an XVarTable, and 0 into s = 0 (solvers.endpoint_x_var)."""
+    logsnr_t = schedule.logsnr_unchecked(t)
+    x_var = endpoint_x_var(x_var_at(x_var, t, schedule), s)
+    return addim_unchecked(x_hat, z, logsnr_t, schedule.logsnr_unchecked(s), x_var)
+
+
+DIFFUSION_STEPS = {  # one step t -> s of each teacher sampler from x_hat = model(z, t)
+    "ddim": lambda model, x_hat, z, t, s, schedule, x_var, generator, cond: ddim_unchecked(
+        x_hat, z, schedule.logsnr_unchecked(t), schedule.logsnr_unchecked(s)),
+    "addim": _addim,
+    "euler": lambda model, x_hat, z, t, s, schedule, x_var, generator, cond: euler_step_reference(
+        x_hat, z, schedule.logsnr_unchecked(t), schedule.logsnr_unchecked(s)),
+    "heun": lambda model, x_hat, z, t, s, schedule, x_var, generator, cond: heun_step_reference(
+        model, x_hat, z, s, schedule.logsnr_unchecked(t), schedule.logsnr_unchecked(s), **cond),
+    "ancestral": lambda model, x_hat, z, t, s, schedule, x_var, generator, cond: _ancestral_step(
+        x_hat, z, t, s, schedule, generator),
+}
+DIFFUSION_SOLVERS = tuple(DIFFUSION_STEPS)
 
 
 def time_grid(schedule: Schedule, n_steps: int, grid) -> list[float]:

@@ -125,7 +125,8 @@ class Schedule:
         if spacing == "logsnr":
             lam = torch.linspace(hi, lo, n + 1, dtype=torch.float64)
         else:  # sigma^(1 / rho) = exp(-lambda / (2 rho)) uniform from sigma_min to sigma_max
-            root = torch.linspace(math.exp(-hi / (2 * EDM_RHO)), math.exp(-lo / (2 * EDM_RHO)), n + 1, dtype=torch.float64)
+            root = torch.linspace(math.exp(-hi / (2 * EDM_RHO)), math.exp(-lo / (2 * EDM_RHO)), n + 1,
+                                  dtype=torch.float64)
             lam = (-2 * EDM_RHO * torch.log(root)).clamp(lo, hi)  # clamp: rounding at the ends
         edges = self.t_of_logsnr(lam)
         edges[0], edges[-1] = 0.0, 1.0  # exact ends, whatever the inverse's rounding

@@ -1,9 +1,9 @@
-"""DDIM, its inverse, adjusted DDIM and Euler/Heun steps (math.md §2-3), in plain PyTorch.
+"""DDIM, its inverse, adjusted DDIM and Euler/Heun steps (math.md §2-3), in plain PyTorch: formulas only.
 
-The reference functions are the specification every fused kernel is tested against and the "reference"
-backend. The public steps check their arguments, turn t and s into per-sample logSNRs and hand the update to
-the backend the registry picks. A step goes from the noisier t to the cleaner s <= t; t and s are floats,
-0-d tensors or [B] tensors. Arithmetic is float32 for float16/bfloat16/float32 data, float64 for float64.
+Every function takes per-sample logSNRs ([B]). The *_reference functions are the specification every fused
+kernel is tested against and the "reference" backend; the *_backward ones are the closed-form gradients of the
+fused ops. The public steps (mcm_fast.ops.steps) check their arguments, turn t and s into logSNRs and call
+these or a kernel. Arithmetic is float32 for float16/bfloat16/float32 data, float64 for float64.
 """
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import math
 
 import torch
 
-from mcm_fast._checks import batch_view, check_float_tensor, check_like, check_order, check_range, per_sample
+from mcm_fast._checks import batch_view, check_float_tensor
 from mcm_fast.denoiser import eps_hat
-from mcm_fast.ops.registry import dispatch, needs_grad, register
-from mcm_fast.schedules import Schedule, alpha_sigma
+from mcm_fast.schedules import alpha_sigma
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -33,7 +32,6 @@ def analytic_x_var(logsnr_t: torch.Tensor) -> torch.Tensor:
     return 0.1 / (2 + torch.exp(logsnr_t))
 
 
-@register("ddim_step", "reference", differentiable=True)
 def ddim_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
     """z_s = alpha_s x_hat + sigma_s eps_hat (math.md §2). Reads x_hat and z_t, writes z_s: 3 tensors' bytes."""
     dtype = _compute_dtype(x_hat)
@@ -59,7 +57,6 @@ def _addim_terms(x, z, logsnr_t, logsnr_s, x_var):
     return alpha_t, sigma_t, alpha_s, e, norm_sq, dk_sq, c
 
 
-@register("addim_step", "reference", differentiable=True)
 def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
     """z_s = alpha_s x_hat + c eps_hat, c^2 = sigma_s^2 + d K^2 x_var / ||eps_hat||^2 (math.md §3).
 
@@ -110,51 +107,11 @@ def ddim_step_backward(grad, logsnr_t, logsnr_s):
     return ((alpha_s - alpha_t * ratio) * g).to(grad.dtype), (ratio * g).to(grad.dtype)
 
 
-def _step_logsnrs(first, z_t, t, s, schedule, strict: bool, first_name: str = "x_hat"):
-    """Checks the arguments of a step t -> s and returns the per-sample logSNRs ([B] each)."""
-    check_float_tensor(first_name, first)
-    if z_t is not first:
-        check_like("z_t", z_t, first_name, first)
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
-    t_vec = per_sample("t", t, first.shape[0], first.device)
-    s_vec = per_sample("s", s, first.shape[0], first.device)
-    for name, value, vec in (("t", t, t_vec), ("s", s, s_vec)):  # Python numbers are checked even when compiling
-        check_range(name, vec if isinstance(value, torch.Tensor) else value, 0.0, 1.0)
-    check_order(s, t, s_vec, t_vec, strict)
-    return schedule.logsnr_unchecked(t_vec), schedule.logsnr_unchecked(s_vec)
+def inv_ddim_reference(z_s, z_t, logsnr_t, logsnr_s):
+    """invDDIM_{t->s}(z_s, z_t) = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t) (math.md §2).
 
-
-def ddim_step(x_hat, z_t, t, s, schedule, backend=None):
-    """DDIM_{t->s}(x_hat, z_t) = alpha_s x_hat + sigma_s eps_hat (math.md §2); s = t returns z_t."""
-    logsnr_t, logsnr_s = _step_logsnrs(x_hat, z_t, t, s, schedule, strict=False)
-    impl = dispatch("ddim_step", x_hat.device, needs_grad(x_hat, z_t), backend)
-    return impl(x_hat, z_t, logsnr_t, logsnr_s)
-
-
-def addim_step(x_hat, z_t, t, s, schedule, x_var, backend=None):
-    """Adjusted DDIM (math.md §3): DDIM plus the posterior variance x_var put back along eps_hat.
-
-    x_var: per-dimension posterior variance, a float, a [B] tensor, or "analytic" for 0.1 / (2 + SNR(t)).
+    The denominator vanishes as s -> t, so the inverse is meant for gaps of at least one segment.
     """
-    logsnr_t, logsnr_s = _step_logsnrs(x_hat, z_t, t, s, schedule, strict=False)
-    if isinstance(x_var, str):
-        if x_var != "analytic":
-            raise ValueError(f"x_var: expected a float, a [B] tensor or 'analytic', got {x_var!r}")
-        x_var = analytic_x_var(logsnr_t)
-    x_var = per_sample("x_var", x_var, x_hat.shape[0], x_hat.device)
-    check_range("x_var", x_var, 0.0, float("inf"))
-    impl = dispatch("addim_step", x_hat.device, needs_grad(x_hat, z_t, x_var), backend)
-    return impl(x_hat, z_t, logsnr_t, logsnr_s, x_var)
-
-
-def inv_ddim(z_s, z_t, t, s, schedule):
-    """invDDIM_{t->s}(z_s, z_t): the x_hat whose DDIM step from z_t lands on z_s; needs s < t (math.md §2).
-
-    x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - alpha_t sigma_s / sigma_t). The denominator vanishes as
-    s -> t, so the inverse is meant for gaps of at least one segment (MCM's t -> t_step).
-    """
-    logsnr_t, logsnr_s = _step_logsnrs(z_s, z_t, t, s, schedule, strict=True, first_name="z_s")
     dtype = _compute_dtype(z_s)
     zs, zt = z_s.to(dtype), z_t.to(dtype)
     alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, zs)
@@ -172,33 +129,21 @@ def _flow_slope(x_hat, z, logsnr):
     return alpha * (x_hat - alpha * z) / 2
 
 
-def euler_step(x_hat, z_t, t, s, schedule):
-    """One Euler step of the probability-flow ODE in logSNR time from t to s (first order).
-
-    Unlike DDIM (exact when x_hat is constant along the path) it is the plain Euler rule, a teacher option.
-    """
-    logsnr_t, logsnr_s = _step_logsnrs(x_hat, z_t, t, s, schedule, strict=False)
+def euler_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
+    """One Euler step of the probability-flow ODE in logSNR time (first order; DDIM is exact when x_hat is
+    constant along the path, this is the plain Euler rule)."""
     dtype = _compute_dtype(z_t)
     x, z = x_hat.to(dtype), z_t.to(dtype)
     h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
     return (z + h * _flow_slope(x, z, logsnr_t)).to(z_t.dtype)
 
 
-def heun_step(model, z_t, t, s, schedule, x_hat=None, **cond):
-    """One Heun step (second order, two model calls) of the probability-flow ODE in logSNR time.
-
-    model(z, t, **cond) -> x_hat, e.g. a Denoiser; x_hat, when given, is model(z_t, t) already computed.
-    """
-    if not callable(model):
-        raise TypeError(f"model: expected a callable model(z_t, t, **cond) -> x_hat, got {type(model).__name__}")
-    logsnr_t, logsnr_s = _step_logsnrs(z_t, z_t, t, s, schedule, strict=False, first_name="z_t")
+def heun_step_reference(model, x_hat, z_t, s, logsnr_t, logsnr_s, **cond):
+    """One Heun step (second order) of the probability-flow ODE in logSNR time: x_hat = model(z_t, t) is given,
+    the second model call is at (the Euler point, s)."""
     dtype = _compute_dtype(z_t)
     z = z_t.to(dtype)
     h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
-    if x_hat is None:
-        x_hat = model(z_t, t, **cond)
-    else:
-        check_like("x_hat", x_hat, "z_t", z_t)
     slope_t = _flow_slope(x_hat.to(dtype), z, logsnr_t)
     z_euler = z + h * slope_t
     slope_s = _flow_slope(model(z_euler.to(z_t.dtype), s, **cond).to(dtype), z_euler, logsnr_s)

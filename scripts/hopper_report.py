@@ -79,7 +79,8 @@ def elementwise_section(kernels: list[sm90.Kernel]) -> list[str]:
 
 
 def cuda_section(kernels: list[sm90.Kernel]) -> list[str]:
-    rows = [[k.call, f"`{k.kernel}`", f"`{k.variant}`", k.threads, *_occupancy(k)[:5], _widths(k, "LDG"), _widths(k, "STG")]
+    rows = [[k.call, f"`{k.kernel}`", f"`{k.variant}`", k.threads, *_occupancy(k)[:5], _widths(k, "LDG"),
+             _widths(k, "STG")]
             for k in kernels]
     lines = ["### CUDA kernels (csrc/cuda, nvcc for sm_90a; threads per block from `__launch_bounds__`)", ""]
     return lines + _table(["file", "kernel", "type", "threads", "regs", "smem KiB", "local B", "blocks/SM",

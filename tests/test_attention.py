@@ -83,7 +83,8 @@ def test_backends_and_default(monkeypatch):
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")
 def test_triton_head_dims():
     q = torch.randn(1, 2, 5, 48)
-    with pytest.raises(RuntimeError, match=r"backend=.triton. cannot run attention here: supports head_dim \(32, 64, 128\), got 48"):
+    with pytest.raises(RuntimeError,
+                       match=r"backend=.triton. cannot run attention here: supports head_dim \(32, 64, 128\), got 48"):
         mf.attention(q, q, q, backend="triton")
     torch.testing.assert_close(mf.attention(q, q, q), softmax_attention(q, q, q))  # the default passes triton over
 
@@ -148,7 +149,8 @@ def test_compile_fullgraph_matches_eager():
         return mf.attention(q, k, v) * 2
 
     q, k, v = inputs((2, 2, 37, 37, 32), torch.float32, seed=11)
-    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v), msg=lambda m: f"compiled o: {m}")
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v),
+                               msg=lambda m: f"compiled o: {m}")
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")

@@ -5,12 +5,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import mcm_fast as mf
 from mcm_fast import consistency, editing
 from mcm_fast.metrics import distances, frechet, grid
+from mcm_fast.train import ema
 
 SCHED = mf.CosineSchedule()
 X = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
@@ -135,8 +137,8 @@ TARGETS = {  # argument -> call with that argument set to v (every other argumen
     "k": lambda v: consistency.cm_steps(v, 100),
     "total": lambda v: consistency.cm_steps(1, v),
     "mu0": lambda v: consistency.cm_ema_decay(1, 100, mu0=v),
-    "decay": lambda v: consistency.ema_update(nn.Linear(1, 1), nn.Linear(1, 1), v),
-    "target": lambda v: consistency.ema_update(v, nn.Linear(1, 1), 0.5),
+    "decay": lambda v: ema.ema_update(nn.Linear(1, 1), nn.Linear(1, 1), v),
+    "target": lambda v: ema.ema_update(v, nn.Linear(1, 1), 0.5),
     "sigmas": lambda v: consistency.cm_sample(lambda x, sigma: x, v, X),
     "x": lambda v: mf.XVarTable.measure(MODEL, v, SCHED, points=3),
 }

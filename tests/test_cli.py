@@ -100,12 +100,15 @@ def a_file(tmp_path):
     (["train", "--config", "tiny-teacher", "--out", "{tmp}/r", "--set", "steps=1", "--set", "steps.x=2"],
      "steps was set"),
     (["bench", "--set", "optim.lr=-1"], "optim.lr: expected a finite number > 0"),
-    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{file}/grid.png"], "{file}: a file; expected a directory"),
-    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{tmp}"], "{tmp}: a directory; expected the path of a file"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{file}/grid.png"],
+     "{file}: a file; expected a directory"),
+    (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--out", "{tmp}"],
+     "{tmp}: a directory; expected the path of a file"),
     (["sample", "--ckpt", "{run}", "--steps", "1", "--n", "2", "--label", "99", "--out", "{tmp}/g.png"], "label:"),
     (["sample", "--ckpt", "{run}", "--steps", "1000000", "--n", "2", "--out", "{tmp}/g.png"], "n_steps: expected"),
     (["sample", "--ckpt", "{file}", "--out", "{tmp}/g.png"], "expected a run directory"),
-    (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "20", "--out", "{file}"], "{file}: a file; expected a directory"),
+    (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "20", "--out", "{file}"],
+     "{file}: a file; expected a directory"),
     (["eval", "--ckpt", "{run}", "--steps", "1", "--n", "2"], "n"),
 ])
 def test_every_failure_is_one_line_and_exit_status_1(argv, message, run_dir, a_file, tmp_path, capsys):
@@ -121,12 +124,12 @@ def test_every_failure_is_one_line_and_exit_status_1(argv, message, run_dir, a_f
 
 
 def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys):
-    import mcm_fast.train.bench
+    import mcm_fast.commands.bench
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(mcm_fast.train.bench, "bench", broken)
+    monkeypatch.setattr(mcm_fast.commands.bench, "bench", broken)
     assert main(["bench"]) == 1
     assert capsys.readouterr().err == "mcm-fast bench: unexpected KeyError: 'a bug'\n"
 
@@ -138,11 +141,11 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
-    import mcm_fast.train.bench
+    import mcm_fast.commands.bench
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mcm_fast.train.bench, "bench", interrupted)
+    monkeypatch.setattr(mcm_fast.commands.bench, "bench", interrupted)
     assert main(["bench"]) == 130
     assert capsys.readouterr().err == "mcm-fast bench: interrupted\n"

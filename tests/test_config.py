@@ -2,7 +2,8 @@
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcm_fast.train.config import (
     PRESETS,
@@ -83,7 +84,8 @@ def test_distillation_needs_a_teacher():
 
 
 def test_parse_overrides_nests_dotted_keys():
-    assert parse_overrides(["a.b.c=1", "a.d=x", "e=[1, 2]", "f="]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2], "f": ""}
+    assert parse_overrides(["a.b.c=1", "a.d=x", "e=[1, 2]", "f="]) == {
+        "a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2], "f": ""}
 
 
 # Each setting with values out of its range: the message must name the whole dotted key.

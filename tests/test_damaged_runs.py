@@ -200,7 +200,8 @@ def test_resuming_skips_a_damaged_checkpoint_keeps_it_and_trains_the_same(run, k
 @pytest.mark.parametrize("change, message", [
     (lambda t: {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in t.items()},
      r"tensor .*: expected torch.float32 .*got torch.int8"),
-    (lambda t: {k: v.flatten()[:1] if k == first_float(t) else v for k, v in t.items()}, r"tensor '.*': expected .* got"),
+    (lambda t: {k: v.flatten()[:1] if k == first_float(t) else v for k, v in t.items()},
+     r"tensor '.*': expected .* got"),
     (lambda t: {k: v for k, v in t.items() if k != first_float(t)}, r"expected the tensors of the model; missing"),
 ])
 def test_tensors_that_pass_the_checksums_are_checked_against_the_model(run, change, message):

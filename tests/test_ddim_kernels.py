@@ -116,7 +116,8 @@ def test_s_equal_t_returns_z_t(backend_device, op, dtype, gen):
 
 @pytest.mark.parametrize(
     "backend,op",
-    [(b, op) for b in mf.available_backends("ddim_step") if backend_device(b) == torch.device("cpu") for op in ("ddim", "addim")],
+    [(b, op) for b in mf.available_backends("ddim_step") if backend_device(b) == torch.device("cpu")
+     for op in ("ddim", "addim")],
 )
 def test_empty_batch(backend, op):
     x_hat = torch.zeros(0, 5)
@@ -163,7 +164,9 @@ def test_available_backends():
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_unavailable_backend_is_an_error(backend, op, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # else triton may run on CPU tensors
-    with pytest.raises(RuntimeError, match=rf"backend='{backend}'.*\(cuda: .*; triton: .*; cpu: .*; sdpa: does not implement {op}_step; reference: ok\)"):
+    with pytest.raises(RuntimeError,
+                       match=rf"backend='{backend}'.*\(cuda: .*; triton: .*; cpu: .*; sdpa: does not implement "
+                             rf"{op}_step; reference: ok\)"):
         step(op, X, Z, 0.5, 0.2, 0.1, backend)
 
 
@@ -215,7 +218,8 @@ def test_gradcheck_float64(kernel, op):
     s = torch.tensor([0.0, 0.5, 0.1], dtype=torch.float64, device=device)
     x_var = torch.tensor([0.4, 0.05, 0.2], dtype=torch.float64, device=device, requires_grad=op == "addim")
     inputs = (x_hat, z_t, x_var) if op == "addim" else (x_hat, z_t)
-    assert torch.autograd.gradcheck(lambda *a: step(op, a[0], a[1], t, s, x_var if op == "ddim" else a[2], backend), inputs)
+    assert torch.autograd.gradcheck(lambda *a: step(op, a[0], a[1], t, s, x_var if op == "ddim" else a[2], backend),
+                                    inputs)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -253,5 +257,7 @@ def test_non_finite_values_propagate_like_the_reference(kernel, op, dtype, gen):
     x_var = torch.tensor([0.1, 0.0, 0.2], dtype=torch.float64, device=device)
     out = step(op, x_hat, z_t, t, s, x_var, backend)
     ref = step(op, x_hat, z_t, t, s, x_var, "reference")
-    assert torch.equal(out.isnan(), ref.isnan()), f"{op} z_s: NaN at {out.isnan().nonzero().tolist()}, reference {ref.isnan().nonzero().tolist()}"
-    assert torch.equal(out.isinf(), ref.isinf()), f"{op} z_s: inf at {out.isinf().nonzero().tolist()}, reference {ref.isinf().nonzero().tolist()}"
+    assert torch.equal(out.isnan(), ref.isnan()), (
+        f"{op} z_s: NaN at {out.isnan().nonzero().tolist()}, reference {ref.isnan().nonzero().tolist()}")
+    assert torch.equal(out.isinf(), ref.isinf()), (
+        f"{op} z_s: inf at {out.isinf().nonzero().tolist()}, reference {ref.isinf().nonzero().tolist()}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from closed_form import C, alpha_sigma, exact_denoiser
+from closed_form import C, alpha_sigma, exact_denoiser, logsnr_edges
 from mcm_fast.editing import downsample, inpaint, interpolate, sdedit, slerp, super_resolve
 
 SCHED = mf.CosineSchedule()
@@ -117,6 +117,25 @@ def test_sdedit_times(t_start, n_steps, times):
     model = Model(lambda z, t: z)
     sdedit(model, randn(2, 5), t_start, n_steps, noise=randn(2, 5, seed=1))
     assert model.times == pytest.approx(times, abs=1e-15)
+
+
+EDITS = {
+    "inpaint": lambda model, **kw: inpaint(model, randn(2, 3, 4, 4), torch.ones(4, 4, dtype=torch.float64), 4, **kw),
+    "super_resolve": lambda model, **kw: super_resolve(model, randn(2, 3, 2, 2), 2, 4, **kw),
+    "sdedit": lambda model, **kw: sdedit(model, randn(2, 3, 4, 4), 1.0, 4, **kw),
+    "interpolate": lambda model, noise, **kw: interpolate(model, randn(2, 3, 4, 4), randn(2, 3, 4, 4, seed=1), 0.5, 4,
+                                                          **kw),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_edits_jump_through_the_models_segment_edges(edit):
+    """A student trained with boundaries="logsnr" is called at its logSNR-uniform segment edges, not at k / S."""
+    model = Model(lambda z, t: z)
+    EDITS[edit](model, boundaries="logsnr", noise=randn(2, 3, 4, 4, seed=2))
+    assert model.times == pytest.approx(logsnr_edges(4).flip(0)[:-1].tolist(), abs=1e-12)
+    with pytest.raises(ValueError, match="^boundaries: "):
+        EDITS[edit](Model(lambda z, t: z), boundaries="sigma", noise=randn(2, 3, 4, 4, seed=2))
 
 
 def test_sdedit_noises_the_guide_to_t_start():

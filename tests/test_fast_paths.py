@@ -32,7 +32,8 @@ def test_the_training_loss_is_one_graph(kind):
     """Teacher and reference forwards, the student's forward, the target and the loss: one graph, no breaks,
     with dropout in the student (the masks go through the tape, not through a forked RNG state)."""
     student, teacher = tiny_student_and_teacher()
-    objective = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=16, target="direct" if kind == "direct" else "mcm")
+    objective = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=16,
+                                target="direct" if kind == "direct" else "mcm")
     x, label = batch()
     explained = torch._dynamo.explain(objective.loss_at)(student, x, 4, teacher=None if kind == "ct" else teacher,
                                                           label=label)

@@ -88,7 +88,8 @@ def test_one_addim_step_from_noise_keeps_the_data_variance():
 @pytest.mark.parametrize("backend", mf.available_backends("addim_step"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_addim_per_sample_variance(backend, dtype):
-    """Per-sample x_var [B]: each sample's one-step variance is sigma_s^2 + K^2 x_var, K = alpha_s - alpha_t sigma_s / sigma_t."""
+    """Per-sample x_var [B]: each sample's one-step variance is sigma_s^2 + K^2 x_var, K = alpha_s - alpha_t sigma_s /
+    sigma_t."""
     g = torch.Generator().manual_seed(4)
     t, s = 0.8, 0.3
     z = (math.sqrt(marginal_var(t)) * torch.randn(4, 20000, generator=g, dtype=torch.float64)).to(dtype)

@@ -1,6 +1,7 @@
 """invDDIM inverts DDIM (math.md §2), for any times s < t and per-sample batches."""
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mcm_fast as mf
 

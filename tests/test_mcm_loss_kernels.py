@@ -10,7 +10,7 @@ from mcm_fast.ops.native import NATIVE_ERROR, TRITON_ERROR, native_keys
 from parity import DTYPES, VIEWS, assert_parity, kernel_params, randn, shape_id
 
 SCHED = mf.CosineSchedule()
-KERNELS = kernel_params("mcm_target_loss")
+KERNELS = kernel_params("mcm_target_sqdist")
 SHAPES = [(3, 1, 5, 7), (2, 3, 17, 19), (1, 4, 9, 9), (7, 1000), (2, 3, 70000), (5, 0)]
 LOSSES = ["pseudo_huber", "l2_squared"]
 
@@ -121,7 +121,7 @@ def test_fused_target_loss_is_loss_of_target(dtype, kernel, gen):
 @pytest.mark.parametrize("view", VIEWS.keys())
 def test_non_contiguous(view, kernel, gen):
     backend, device = kernel
-    new = lambda shape: randn(shape, torch.float32, gen, device)
+    new = lambda shape: randn(shape, torch.float32, gen, device)  # noqa: E731
     x_hat, x_ref, z_s, z_t = (VIEWS[view](3, new) for _ in range(4))
     assert not x_ref.is_contiguous()
     t, s, t_step = times(3, gen, device)
@@ -195,7 +195,8 @@ def test_gradcheck_float64(kernel, gen):
     x_hat, x_ref, z_s, z_t = (randn((3, 2, 5), torch.float64, gen, device).requires_grad_() for _ in range(4))
     t, s, t_step = times(3, gen, device)
     weight = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: mf.mcm_target(*a, t, s, t_step, SCHED, backend=backend), (x_ref, z_s, z_t))
+    assert torch.autograd.gradcheck(lambda *a: mf.mcm_target(*a, t, s, t_step, SCHED, backend=backend),
+                                    (x_ref, z_s, z_t))
     for loss in LOSSES:
         def plain(x, target, w, loss=loss):
             return mf.mcm_loss(x, target, w, loss=loss, backend=backend)
@@ -248,10 +249,11 @@ def test_opcheck(op, suffix, save_diff, gen):
     device = "cuda" if suffix == "triton" and torch.cuda.is_available() else "cpu"
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
     # Triton's interpreter cannot run on the fake tensors of compile-mode tracing: on CPU the trace tests skip
-    tests = None if device == "cuda" or suffix == "native" else ("test_schema", "test_autograd_registration",
-                                                                 "test_faketensor")
+    tests = None if device == "cuda" or suffix == "native" else (
+        "test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(getattr(torch.ops.mcm_fast, f"{op}_{suffix}").default, tuple(args), test_utils=tests
-                          or ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+                          or ("test_schema", "test_autograd_registration", "test_faketensor",
+                              "test_aot_dispatch_dynamic"))
 
 
 @pytest.mark.skipif(not native_keys("mcm_target_sqdist"), reason=f"mcm_fast._C lacks its CPU kernels: {NATIVE_ERROR}")
@@ -284,7 +286,7 @@ def test_objective_same_loss_and_gradients_on_every_backend(target, kernel):
     def student(z, t):
         return net(torch.cat([z, t.float()[:, None].expand(z.shape[0], 1)], dim=1))
 
-    teacher = lambda z, t: 0.9 * z
+    teacher = lambda z, t: 0.9 * z  # noqa: E731
     x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)).to(device)
     results = []
     for b in (backend, "reference"):
@@ -313,7 +315,8 @@ X = torch.randn(2, 3)
     (lambda: mf.mcm_loss(X, X[:, :2]), ValueError, r"^target: expected shape"),
     (lambda: mf.mcm_loss(X, X, loss="l1"), ValueError, r"^loss: expected one of"),
     (lambda: mf.mcm_loss(X, X, huber_eps=0.0), ValueError, r"^huber_eps: expected a number in \(0, "),
-    (lambda: mf.mcm_loss(X, X, weight=torch.ones(3)), ValueError, r"^weight: expected a float, a 0-d tensor or shape \[2\]"),
+    (lambda: mf.mcm_loss(X, X, weight=torch.ones(3)), ValueError,
+     r"^weight: expected a float, a 0-d tensor or shape \[2\]"),
     (lambda: mf.mcm_target_loss(X[:, :2], X, X, X, 0.5, 0.3, 0.1, SCHED), ValueError, r"^x_hat: expected shape"),
 ])
 def test_bad_arguments_name_themselves(call, error, match):

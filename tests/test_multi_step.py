@@ -10,6 +10,7 @@ import mcm_fast as mf
 from closed_form import consistency_function, exact_denoiser
 from mcm_fast.cli import main
 from mcm_fast.models import MLPNet, uvit
+from mcm_fast.ops.steps import ddim_unchecked
 from mcm_fast.train.build import load_model, load_teacher_weights
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
@@ -69,16 +70,19 @@ def test_addim_x_var_comes_from_the_conditional_output(monkeypatch):
     """Guided teacher: (1 + w) x_cond - w x_null is the step's x_hat, but x_var reads x_cond (the paper's rule)."""
     seen = {}
 
-    def spy(x_hat, z_t, t, s, schedule, x_var, backend=None):
-        seen.update(x_hat=x_hat, x_var=x_var, s=s)
-        return mf.ddim_step(x_hat, z_t, t, s, schedule)
+    def spy(x_hat, z_t, logsnr_t, logsnr_s, x_var, backend=None):
+        seen.update(x_hat=x_hat, x_var=x_var, logsnr_s=logsnr_s)
+        return ddim_unchecked(x_hat, z_t, logsnr_t, logsnr_s, backend)
 
-    monkeypatch.setattr("mcm_fast.objectives.addim_step", spy)
+    monkeypatch.setattr("mcm_fast.objectives.addim_unchecked", spy)
     obj = mf.MCMObjective(SCHED, student_steps=1, teacher_steps=4, guidance=(2.0, 2.0), null_label=0, xvar_frac=1.0)
     x, label = torch.randn(256, 8, dtype=torch.float64), torch.full((256,), 5)
-    obj(Recorder(guidance_distilled=True), x, teacher=Recorder(), label=label, generator=torch.Generator().manual_seed(3))
+    obj(Recorder(guidance_distilled=True), x, teacher=Recorder(), label=label,
+        generator=torch.Generator().manual_seed(3))
     x_cond = seen["x_hat"] - 1.0  # x_cond = 0.5 z + 0.5 and x_null = 0.5 z, so the guided x_hat is 0.5 z + 1.5
-    expected = torch.where(seen["s"] == 0, 0.0, (x_cond - x).square().mean(1))
+    at_zero = seen["logsnr_s"] == SCHED.logsnr(torch.zeros(1, dtype=torch.float64))  # a step into s = 0: DDIM
+    assert 0 < int(at_zero.sum()) < 256
+    expected = torch.where(at_zero, 0.0, (x_cond - x).square().mean(1))
     torch.testing.assert_close(seen["x_var"], expected, rtol=1e-12, atol=1e-12)
 
 
@@ -109,7 +113,8 @@ def test_the_exact_consistency_function_of_each_s_has_a_vanishing_loss(target, g
     losses = {}
     for n in grids:
         obj = mf.MCMObjective(SCHED, student_steps=steps, teacher_steps=n * 4, teacher_solver="ddim", target=target)
-        for name, model in (("exact", student), ("scaled", lambda z, t, student_steps: student(z, t, student_steps, 1.05)),
+        for name, model in (("exact", student),
+                            ("scaled", lambda z, t, student_steps: student(z, t, student_steps, 1.05)),
                             ("one S", lambda z, t, student_steps: exact[4](z, t))):
             losses[n, name] = obj(model, x, teacher=exact_denoiser, generator=torch.Generator().manual_seed(2)).item()
     curve = [losses[n, "exact"] for n in grids]
@@ -119,12 +124,14 @@ def test_the_exact_consistency_function_of_each_s_has_a_vanishing_loss(target, g
 
 def test_sample_passes_s_and_calls_a_guidance_distilled_student_once_per_step():
     model = Recorder((1, 2, 4), True)
-    mf.sample(model, n_steps=4, shape=(3, 2), guidance=1.5, null_cond={"label": 9}, label=torch.zeros(3, dtype=torch.long))
+    label = torch.zeros(3, dtype=torch.long)
+    mf.sample(model, n_steps=4, shape=(3, 2), guidance=1.5, null_cond={"label": 9}, label=label)
     assert len(model.calls) == 4 and all(c["batch"] == 3 for c in model.calls)
     assert all(c["student_steps"].tolist() == [4] * 3 and c["guidance"].tolist() == [1.5] * 3 for c in model.calls)
     plain = Recorder((1, 2))
-    mf.sample(plain, n_steps=2, shape=(3, 2), guidance=1.5, null_cond={"label": 9}, label=torch.zeros(3, dtype=torch.long))
-    assert len(plain.calls) == 2 and all(c["batch"] == 6 and c["student_steps"].tolist() == [2] * 6 for c in plain.calls)
+    mf.sample(plain, n_steps=2, shape=(3, 2), guidance=1.5, null_cond={"label": 9}, label=label)
+    assert len(plain.calls) == 2
+    assert all(c["batch"] == 6 and c["student_steps"].tolist() == [2] * 6 for c in plain.calls)
     assert all("guidance" not in c for c in plain.calls)
     with pytest.raises(ValueError, match=r"n_steps: expected one of \(1, 2, 4\).*got 3"):
         mf.sample(model, n_steps=3, shape=(3, 2))
@@ -134,7 +141,8 @@ def test_sample_passes_s_and_calls_a_guidance_distilled_student_once_per_step():
 def test_a_student_from_its_teacher_starts_as_the_teacher_for_every_s_and_w(net):
     torch.manual_seed(0)
     if net == "mlp":
-        teacher, student = MLPNet(dim=3, classes=4), MLPNet(dim=3, classes=4, student_steps=(2, 4), guidance_distilled=True)
+        teacher = MLPNet(dim=3, classes=4)
+        student = MLPNet(dim=3, classes=4, student_steps=(2, 4), guidance_distilled=True)
         z = torch.randn(5, 3)
     else:
         teacher = uvit("tiny", in_channels=1, num_classes=4)

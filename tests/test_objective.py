@@ -5,8 +5,17 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from closed_form import C, alpha_sigma, consistency_function, exact_denoiser, exact_flow, inv_ddim, logsnr, logsnr_edges
-from closed_form import segment_start
+from closed_form import (
+    C,
+    alpha_sigma,
+    consistency_function,
+    exact_denoiser,
+    exact_flow,
+    inv_ddim,
+    logsnr,
+    logsnr_edges,
+    segment_start,
+)
 from mcm_fast.data.toy import GaussianMixture
 from mcm_fast.objectives import TeacherSteps
 
@@ -33,7 +42,8 @@ def test_cd_loss_of_the_exact_function_vanishes_as_the_teacher_grid_is_refined()
         obj = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=n, teacher_solver="ddim")
         for scale in (1.0, 1.05):
             student = lambda z, t, scale=scale: scale * f_star(z, t)  # noqa: E731
-            losses[n, scale] = obj(student, x, teacher=exact_denoiser, generator=torch.Generator().manual_seed(2)).item()
+            losses[n, scale] = obj(student, x, teacher=exact_denoiser,
+                                   generator=torch.Generator().manual_seed(2)).item()
     exact = [losses[n, 1.0] for n in (16, 64, 256, 1024)]
     assert all(a > b for a, b in zip(exact, exact[1:])), exact
     assert exact[-1] < 1e-2 * min(losses[n, 1.05] for n in (256, 1024)), losses
@@ -190,12 +200,14 @@ def test_weightings_and_losses():
     diags = {}
     for weighting in ("snr+1", "sqrt(snr+1)"):
         for loss in ("pseudo_huber", "l2_squared"):
-            obj = mf.MCMObjective(SCHED, student_steps=2, teacher_steps=16, weighting=weighting, loss=loss, huber_eps=0.5)
+            obj = mf.MCMObjective(SCHED, student_steps=2, teacher_steps=16, weighting=weighting, loss=loss,
+                                  huber_eps=0.5)
             diags[weighting, loss] = obj(student, x, teacher=exact_denoiser, generator=torch.Generator().manual_seed(0),
                                          diagnostics=True)[1]
     w = torch.exp(logsnr(diags["snr+1", "l2_squared"]["t"])) + 1
     dist_sq = diags["snr+1", "l2_squared"]["loss"].double() / w
-    torch.testing.assert_close(diags["sqrt(snr+1)", "l2_squared"]["loss"].double(), w.sqrt() * dist_sq, rtol=1e-5, atol=0)
+    torch.testing.assert_close(diags["sqrt(snr+1)", "l2_squared"]["loss"].double(), w.sqrt() * dist_sq, rtol=1e-5,
+                               atol=0)
     huber = torch.sqrt(dist_sq + 0.25) - 0.5
     torch.testing.assert_close(diags["snr+1", "pseudo_huber"]["loss"].double(), w * huber, rtol=1e-5, atol=1e-12)
 
@@ -218,7 +230,8 @@ def test_addim_teacher_step_into_t_0_is_ddim():
     teacher = lambda z, t: 0.9 * exact_denoiser(z, t)  # noqa: E731  (x_teacher != x, so x_var > 0)
 
     def loss(solver, teacher_steps):
-        obj = mf.MCMObjective(SCHED, student_steps=1, teacher_steps=teacher_steps, teacher_solver=solver, loss="l2_squared")
+        obj = mf.MCMObjective(SCHED, student_steps=1, teacher_steps=teacher_steps, teacher_solver=solver,
+                              loss="l2_squared")
         return obj(lambda z, t: 0.5 * z, x, teacher=teacher, generator=torch.Generator().manual_seed(0)).item()
 
     assert loss("addim", 1) == loss("ddim", 1)
@@ -227,7 +240,8 @@ def test_addim_teacher_step_into_t_0_is_ddim():
 
 def test_teacher_step_schedule():
     steps = TeacherSteps(64, 1280, 100_000)
-    assert steps(0) == pytest.approx(64) and steps(100_000) == pytest.approx(1280) and steps(10**6) == pytest.approx(1280)
+    assert steps(0) == pytest.approx(64)
+    assert steps(100_000) == pytest.approx(1280) and steps(10**6) == pytest.approx(1280)
     assert steps(50_000) == pytest.approx(math.sqrt(64 * 1280))  # log-linear: the geometric mean halfway
     obj = mf.MCMObjective(SCHED, student_steps=8)
     assert obj.segment_steps(0) == 8 and obj.segment_steps(100_000) == 160

@@ -5,7 +5,7 @@ import torch
 
 import mcm_fast as mf
 from mcm_fast.cli import main
-from mcm_fast.metrics.evaluate import score_budgets
+from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.metrics.features import mnist_classifier
 from mcm_fast.pretrained import pretrained_path
 
@@ -45,7 +45,8 @@ def test_the_model_card_scores_are_what_the_shipped_weights_give(name, steps):
     card = mf.load_pretrained(name).card
     rows = [row for row in card["scores"] if row["steps"] == steps]
     assert rows, f"{name}: no score at {steps} steps in its card"
-    got = score_budgets(pretrained_path(name), [(steps, row["sampler"]) for row in rows], card["eval_n"], card["eval_seed"])
+    got = score_budgets(pretrained_path(name), [(steps, row["sampler"]) for row in rows], card["eval_n"],
+                        card["eval_seed"])
     for row, new in zip(rows, got):
         for key in ("fd_mnist", "precision", "recall"):
             assert new[key] == pytest.approx(row[key], rel=1e-3, abs=1e-3), (name, row["sampler"], key)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from closed_form import C, alpha_sigma, consistency_function as exact_consistency, exact_denoiser, inv_ddim
-from closed_form import marginal_var, per_sample as col, posterior_var
+from closed_form import C, alpha_sigma, exact_denoiser, inv_ddim, marginal_var, posterior_var
+from closed_form import consistency_function as exact_consistency
+from closed_form import per_sample as col
 from mcm_fast.metrics import ode_error, sliced_wasserstein
 
 SCHED = mf.CosineSchedule()
@@ -172,11 +173,11 @@ def test_compile_matches_eager():
     torch.testing.assert_close(mf.sample(net, 2, noise=z1, compile=True), mf.sample(net, 2, noise=z1))
 
 
-def test_cuda_graph_on_cpu_warns_and_runs_eagerly():
+def test_cuda_graph_on_cpu_is_an_error():
+    """A forced path that cannot run is an error, never a fallback (as a backend named by argument)."""
     model, z1 = Model(exact_consistency(3)), noise(4, 6)
-    with pytest.warns(UserWarning, match="cuda_graph"):
-        out = mf.sample(model, 3, noise=z1, cuda_graph=True)
-    assert torch.equal(out, mf.sample(model, 3, noise=z1))
+    with pytest.raises(ValueError, match="^cuda_graph: expected CUDA tensors"):
+        mf.sample(model, 3, noise=z1, cuda_graph=True)
 
 
 # ---- diffusion samplers ----

@@ -11,8 +11,16 @@ import torch
 
 import mcm_fast as mf
 from closed_form import exact_denoiser
-from mcm_fast.consistency import (ConsistencyLoss, EDMConsistency, KarrasGrid, VEDenoiser, cm_ema_decay, cm_sample,
-                                  cm_steps, ema_update)
+from mcm_fast.consistency import (
+    ConsistencyLoss,
+    EDMConsistency,
+    KarrasGrid,
+    VEDenoiser,
+    cm_ema_decay,
+    cm_sample,
+    cm_steps,
+)
+from mcm_fast.train.ema import ema_update
 
 C = 0.7
 SIGMA_MIN = 0.002
@@ -148,7 +156,8 @@ X_DATA = C * randn(256, 64, seed=1)
 
 def cm_loss(kind="cd", online=f_star, target=f_star, teacher=ve_denoiser, seed=0, step=0, **kwargs):
     generator = torch.Generator().manual_seed(seed)
-    return ConsistencyLoss(kind, **kwargs)(online, target, X_DATA, step=step, teacher=teacher, generator=generator).item()
+    return ConsistencyLoss(kind, **kwargs)(online, target, X_DATA, step=step, teacher=teacher,
+                                           generator=generator).item()
 
 
 @pytest.mark.parametrize("solver, fall", [("heun", 40), ("euler", 10)])

@@ -55,7 +55,8 @@ def test_heun_defaults_to_the_edm_grid_and_others_to_uniform_t():
     heun = mf.sample_diffusion(teacher, 8, "heun", noise=NOISE)
     assert torch.equal(heun, mf.sample_diffusion(teacher, 8, "heun", noise=NOISE, grid="edm"))
     ddim = mf.sample_diffusion(teacher, 8, "ddim", noise=NOISE)
-    assert torch.equal(ddim, mf.sample_diffusion(teacher, 8, "ddim", noise=NOISE, grid=[k / 8 for k in range(8, -1, -1)]))
+    uniform = [k / 8 for k in range(8, -1, -1)]
+    assert torch.equal(ddim, mf.sample_diffusion(teacher, 8, "ddim", noise=NOISE, grid=uniform))
 
 
 def test_edm_grid_is_uniform_in_sigma_to_the_one_over_rho():

@@ -124,7 +124,8 @@ def test_distillation_defaults_are_the_measured_ones():
     """The defaults chosen from docs/results.md's runs (sqrt(snr+1) weighting); the paper's snr+1 one option away."""
     config = tiny("tiny-cd", teacher="unused")
     assert config.objective.weighting == "sqrt(snr+1)" and config.precision == "auto"
-    assert load_config({"preset": "tiny-cd", "teacher": "x", "objective": {"weighting": "snr+1"}}).objective.weighting == "snr+1"
+    assert load_config({"preset": "tiny-cd", "teacher": "x",
+                        "objective": {"weighting": "snr+1"}}).objective.weighting == "snr+1"
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):
@@ -217,8 +218,8 @@ def test_a_run_killed_after_its_final_checkpoint_finishes_its_grid_and_evaluatio
     result = cli(*args, "--out", str(killed))
     assert result.returncode == 0, result.stderr
     assert (killed / grid).read_bytes() == (whole / grid).read_bytes()
-    evals = [json.loads(line)["eval"] for line in (killed / "log.jsonl").read_text().splitlines() if '"eval"' in line]
-    whole_evals = [json.loads(line)["eval"] for line in (whole / "log.jsonl").read_text().splitlines() if '"eval"' in line]
+    evals, whole_evals = ([json.loads(line)["eval"] for line in (run / "log.jsonl").read_text().splitlines()
+                           if '"eval"' in line] for run in (killed, whole))
     assert evals == whole_evals and len(evals) == 1
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import mcm_fast as mf
-from parity import backend_device
 from mcm_fast.models import UVIT_PRESETS, UViT, UViTConfig, count_parameters, uvit
+from parity import backend_device
 
 PAPER = {"in64-small": 394e6, "in64-large": 1.23e9}
 
@@ -26,7 +26,8 @@ def expected_parameters(c: UViTConfig) -> int:
         return 2 * ch + 2 * conv(ch, ch, 3) + linear(e, 2 * ch)
 
     def transformer(ch):  # adaLN, qkv, projection, MLP
-        return linear(e, 4 * ch) + linear(ch, 3 * ch) + linear(ch, ch) + linear(ch, c.mlp_ratio * ch) + linear(c.mlp_ratio * ch, ch)
+        return (linear(e, 4 * ch) + linear(ch, 3 * ch) + linear(ch, ch) + linear(ch, c.mlp_ratio * ch)
+                + linear(c.mlp_ratio * ch, ch))
 
     total = linear(c.fourier_features, e) + linear(e, e) + (c.num_classes + 1) * e * (c.num_classes > 0)
     widths = [level[1] for level in c.levels]
@@ -45,8 +46,10 @@ def test_paper_parameter_counts(name):
         out = net(torch.empty(2, 3, 64, 64), torch.empty(2), torch.zeros(2, dtype=torch.long))
     assert out.shape == (2, 3, 64, 64) and out.device.type == "meta"
     n = count_parameters(net)
-    assert n == expected_parameters(net.config), f"{name}: {n} parameters, the layer sizes give {expected_parameters(net.config)}"
-    assert abs(n / PAPER[name] - 1) < 0.1, f"{name}: {n / 1e6:.1f}M parameters, the paper states {PAPER[name] / 1e6:.0f}M"
+    expected = expected_parameters(net.config)
+    assert n == expected, f"{name}: {n} parameters, the layer sizes give {expected}"
+    assert abs(n / PAPER[name] - 1) < 0.1, (
+        f"{name}: {n / 1e6:.1f}M parameters, the paper states {PAPER[name] / 1e6:.0f}M")
 
 
 def test_paper_presets_follow_the_paper():
@@ -89,7 +92,8 @@ def test_labels_condition_the_output():
     z, logsnr = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(2)), torch.zeros(3)
     a, b = net(z, logsnr, torch.tensor([1, 2, 3])), net(z, logsnr, torch.tensor([4, 2, 3]))
     assert not torch.allclose(a[0], b[0]) and torch.equal(a[1:], b[1:]), "label: sample 0 alone should change"
-    torch.testing.assert_close(net(z, logsnr), net(z, logsnr, torch.full((3,), 10)), msg=lambda m: f"label=None vs null: {m}")
+    torch.testing.assert_close(net(z, logsnr), net(z, logsnr, torch.full((3,), 10)),
+                               msg=lambda m: f"label=None vs null: {m}")
     assert not torch.allclose(net(z, logsnr + 1), net(z, logsnr)), "logsnr: does not change the output"
 
 
@@ -105,7 +109,8 @@ def test_dropout_only_in_train_mode():
 def test_middle_and_level_dropout():
     net = uvit("in64-large", levels=(("resnet", 16, 1, 0.0), ("transformer", 32, 1, 0.1)), middle_channels=64,
                middle_blocks=1, emb_channels=32, head_dim=16, dropout=0.3, middle_dropout=0.2)
-    assert [b.dropout.p for b in (*net.down[0], *net.down[1], *net.middle, *net.up[1], *net.up[0])] == [0.0, 0.1, 0.2, 0.1, 0.0]
+    blocks = (*net.down[0], *net.down[1], *net.middle, *net.up[1], *net.up[0])
+    assert [b.dropout.p for b in blocks] == [0.0, 0.1, 0.2, 0.1, 0.0]
     assert all(m.p == 0.3 for m in uvit("tiny", dropout=0.3).modules() if isinstance(m, torch.nn.Dropout))
 
 
@@ -176,7 +181,8 @@ def test_label_on_an_unconditional_model():
     "overrides,error,match",
     [
         ({"head_dim": 48}, ValueError, "middle_channels: transformer channels must be divisible by head_dim=48"),
-        ({"levels": (("resnet", 16, 1), ("transformer", 40, 1)), "head_dim": 16}, ValueError, "levels: transformer channels"),
+        ({"levels": (("resnet", 16, 1), ("transformer", 40, 1)), "head_dim": 16}, ValueError,
+         "levels: transformer channels"),
         ({"levels": (("conv", 16, 1),)}, ValueError, "levels: expected .kind, channels, blocks"),
         ({"levels": ()}, ValueError, "levels: expected at least one"),
         ({"middle_dropout": 1.0}, ValueError, "middle_dropout: expected a dropout probability"),

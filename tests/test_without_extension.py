@@ -14,7 +14,7 @@ def test_package_works_without_the_extension():
         from mcm_fast.ops.native import NATIVE_ERROR
         assert NATIVE_ERROR is not None
         gpu = ["triton"] if torch.cuda.is_available() else []
-        for op in ("ddim_step", "mcm_target_loss"):
+        for op in ("ddim_step", "mcm_target_sqdist"):
             assert mf.available_backends(op) == gpu + ["reference"], mf.available_backends(op)
         assert mf.available_backends() == gpu + ["sdpa", "reference"], mf.available_backends()
         x, z = torch.randn(2, 3, 4), torch.randn(2, 3, 4)

@@ -6,7 +6,7 @@
 // graph; everything runs on the current stream. The distance kernel writes one partial sum per block (and
 // diff = x_hat - x_target in the compute dtype when asked); a second kernel adds each sample's partials in a
 // fixed order (deterministic, no atomics). Arithmetic in float32 (float64 for float64 data).
-#include "../ddim.h"
+#include "../mcm.h"
 #include "common.cuh"
 
 #include <ATen/Dispatch.h>

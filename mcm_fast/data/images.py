@@ -1,4 +1,4 @@
-"""In-memory data sets for training: the shipped MNIST, folders of PNG/JPEG images, .npz arrays, 2-D toys.
+"""In-memory data sets for training: the shipped MNIST, folders of PNG/JPEG images, .npz arrays (2-D toys: points.py).
 
 Images are kept as uint8 [N, C, H, W] (a quarter of float32's memory) and become float32 in [-1, 1] batch by batch
 (v -> v / 127.5 - 1); sources that are float already (npz floats, area-downsampled MNIST) stay float32 in [-1, 1].
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcm_fast._checks import check_int
-from mcm_fast.data.toy import GaussianMixture
+from mcm_fast._checks import describe
+from mcm_fast.data.points import TOYS, PointData, load_toy
 
 MNIST_FILE = Path(__file__).with_name("mnist.npz")
 MNIST_RESOLUTIONS = (32, 28, 16, 8)
@@ -26,9 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L", "LA")
 GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grayscale PNGs; Pillow's convert("L") would clip them
 MAX_CLASSES = 2**16  # a label is an index into the network's class embedding
-MAX_POINTS = 10**8  # points drawn for a 2-D toy (1.6 GB in float64)
 DAMAGE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what a damaged archive raises
-TOYS = {"ring": GaussianMixture.ring, "grid": GaussianMixture.grid}
 DATASETS = ("mnist", "folder", "npz", *TOYS)
 # The arguments of load_dataset each kind reads (seed is read by the toys and accepted by all: the trainer always
 # passes it). Any other argument away from its default is an error.
@@ -46,10 +44,10 @@ class ImageData:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None):
         if not (isinstance(images, torch.Tensor) and images.dim() == 4
                 and images.dtype in (torch.uint8, torch.float32)):
-            raise TypeError(f"images: expected a uint8 or float32 tensor [N, C, H, W], got {_describe(images)}")
+            raise TypeError(f"images: expected a uint8 or float32 tensor [N, C, H, W], got {describe(images)}")
         if labels is not None and not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64
                                        and labels.shape == images.shape[:1]):
-            raise ValueError(f"labels: expected int64 [{len(images)}] like images, got {_describe(labels)}")
+            raise ValueError(f"labels: expected int64 [{len(images)}] like images, got {describe(labels)}")
         if num_classes is None:
             num_classes = 0 if labels is None or len(labels) == 0 else int(labels.max()) + 1
         if labels is not None and len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < num_classes
@@ -75,29 +73,6 @@ class ImageData:
         if self.labels is not None:
             out["label"] = self.labels[indices]
         return out
-
-
-class PointData:
-    """Points in memory, float32 [N, d], unlabeled: the 2-D toys, read like ImageData."""
-
-    num_classes = 0
-
-    def __init__(self, points: torch.Tensor):
-        if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.dtype != torch.float32:
-            raise TypeError(f"points: expected a float32 tensor [N, d], got {_describe(points)}")
-        self.points = points
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    @property
-    def shape(self) -> tuple[int]:
-        """(d,) of one point."""
-        return tuple(self.points.shape[1:])
-
-    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{"x": float32 [b, d]} for a LongTensor [b]."""
-        return {"x": self.points[indices]}
 
 
 def load_mnist(split: str = "train", resolution: int = 32) -> ImageData:
@@ -197,19 +172,6 @@ def load_npz(path: str | Path, split: str | None = None) -> ImageData:
     return ImageData(images, torch.from_numpy(y.astype(np.int64)))
 
 
-def load_toy(name: str, n: int, seed: int = 0) -> PointData:
-    """n points of the 2-D toy "ring" (8 Gaussians on a circle) or "grid" (5x5 Gaussians), float32 [n, 2].
-
-    Drawn once with a generator seeded by `seed`: the same seed gives the same points.
-    """
-    if name not in TOYS:
-        raise ValueError(f"name: expected one of {', '.join(TOYS)}, got {name!r}")
-    check_int("n", n, 1, MAX_POINTS)
-    check_int("seed", seed, -2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
-    points = TOYS[name]().sample(n, torch.Generator().manual_seed(seed))
-    return PointData(points.float())
-
-
 def load_dataset(name: str, path: str | Path | None = None, resolution: int | None = None, split: str = "train",
                  n: int | None = None, seed: int = 0) -> ImageData | PointData:
     """The data set `name` ("mnist", "folder", "npz", "ring", "grid"): the one entry point the trainer calls.
@@ -250,13 +212,6 @@ def _check_positive(name: str, value) -> None:
     """value must be an int >= 1 (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-
-
-def _describe(value) -> str:
-    """A tensor's dtype and shape, or another value's type, for error messages."""
-    if isinstance(value, torch.Tensor):
-        return f"{value.dtype} {tuple(value.shape)}"
-    return type(value).__name__
 
 
 def _first_line(err: Exception) -> str:

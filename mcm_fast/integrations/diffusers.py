@@ -18,9 +18,10 @@ import torch
 from mcm_fast._checks import MAX_STEPS, check_float_tensor, check_int
 from mcm_fast.denoiser import Denoiser, read_output
 from mcm_fast.models.diffusers_nets import PRIVATE_KEYS, DiffusersNet, import_diffusers
+from mcm_fast.ops.steps import addim_step, ddim_step
 from mcm_fast.sampling import XVarTable, time_grid, x_var_at
 from mcm_fast.schedules import GRIDS, SPACINGS, DiscreteSchedule
-from mcm_fast.solvers import addim_step, ddim_step, endpoint_x_var
+from mcm_fast.solvers import endpoint_x_var
 
 diffusers = import_diffusers()
 from diffusers import DDPMScheduler  # noqa: E402  (after the check that names the extra)
@@ -48,7 +49,8 @@ def schedule_from_betas(num_train_timesteps: int = 1000, beta_start: float = 0.0
         scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                                   beta_schedule=beta_schedule, trained_betas=trained_betas)
     except NotImplementedError:
-        raise ValueError(f"beta_schedule: expected linear, scaled_linear or squaredcos_cap_v2, got {beta_schedule!r}") from None
+        raise ValueError(f"beta_schedule: expected linear, scaled_linear or squaredcos_cap_v2, got "
+                         f"{beta_schedule!r}") from None
     return DiscreteSchedule(scheduler.alphas_cumprod)
 
 
@@ -59,7 +61,8 @@ def teacher_from_diffusers(unet, scheduler) -> Denoiser:
     if not isinstance(unet, torch.nn.Module):
         raise TypeError(f"unet: expected a diffusers model (a torch.nn.Module), got {type(unet).__name__}")
     if not hasattr(scheduler, "alphas_cumprod") or not hasattr(getattr(scheduler, "config", None), "get"):
-        raise TypeError(f"scheduler: expected a diffusers scheduler with alphas_cumprod and a config, got {type(scheduler).__name__}")
+        raise TypeError(f"scheduler: expected a diffusers scheduler with alphas_cumprod and a config, got "
+                        f"{type(scheduler).__name__}")
     prediction = prediction_of(scheduler.config.get("prediction_type", "epsilon"))
     return Denoiser(DiffusersNet(unet), DiscreteSchedule(scheduler.alphas_cumprod), prediction, time_input="native")
 
@@ -100,7 +103,8 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
         check_float_tensor("sample", sample)
         match = (self.timesteps.to(sample.device) == torch.as_tensor(timestep, device=sample.device)).nonzero()
         if match.numel() != 1:
-            raise ValueError(f"timestep: expected one of the scheduler's timesteps {self.timesteps.tolist()}, got {timestep!r}")
+            raise ValueError(f"timestep: expected one of the scheduler's timesteps {self.timesteps.tolist()}, got "
+                             f"{timestep!r}")
         index = int(match[0, 0])
         full = lambda v: torch.full((sample.shape[0],), v, dtype=torch.float64, device=sample.device)  # noqa: E731
         return full(self.times[index]), full(self.times[index + 1])
@@ -108,12 +112,15 @@ class _Scheduler(SchedulerMixin, ConfigMixin):
     def _x_hat(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         check_float_tensor("model_output", model_output)
         if model_output.shape != sample.shape:
-            raise ValueError(f"model_output: expected the shape {tuple(sample.shape)} of sample, got {tuple(model_output.shape)}")
+            raise ValueError(f"model_output: expected the shape {tuple(sample.shape)} of sample, got "
+                             f"{tuple(model_output.shape)}")
         return read_output(model_output, sample, self.schedule.logsnr(t), self.schedule, self.prediction)
 
     @staticmethod
     def _output(prev_sample, x_hat, return_dict: bool):
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x_hat) if return_dict else (prev_sample, x_hat)
+        if not return_dict:
+            return prev_sample, x_hat
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x_hat)
 
     def __len__(self) -> int:
         return len(self.schedule.alphas_cumprod)
@@ -177,11 +184,12 @@ class ADDIMScheduler(_Scheduler):
         elif isinstance(x_var, dict) and set(x_var) == {"t", "x_var"}:
             self.x_var = XVarTable(torch.tensor(x_var["t"], dtype=torch.float64),
                                    torch.tensor(x_var["x_var"], dtype=torch.float64))
-        elif x_var == "analytic" or (isinstance(x_var, Real) and not isinstance(x_var, bool) and 0 <= x_var < float("inf")):
+        elif x_var == "analytic" or (isinstance(x_var, Real) and not isinstance(x_var, bool)
+                                     and 0 <= x_var < float("inf")):
             self.x_var = x_var
         else:
-            raise ValueError(f"x_var: expected 'analytic', a number >= 0, an XVarTable or {{'t': [...], 'x_var': [...]}}, "
-                             f"got {x_var!r:.60}")
+            raise ValueError(f"x_var: expected 'analytic', a number >= 0, an XVarTable or "
+                             f"{{'t': [...], 'x_var': [...]}}, got {x_var!r:.60}")
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """num_inference_steps + 1 falling times of the grid, from t = 1 down to 0."""

@@ -16,7 +16,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
     check_int("projections", projections, 1, MAX_PROJECTIONS)
     check_generator("generator", generator)
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"b: expected [m, {a.shape[-1]}] points like a [n, d], got {tuple(b.shape)} and {tuple(a.shape)}")
+        raise ValueError(f"b: expected [m, {a.shape[-1]}] points like a [n, d], got {tuple(b.shape)} and "
+                         f"{tuple(a.shape)}")
     directions = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
     directions = (directions / directions.norm(dim=0, keepdim=True)).to(a.device)
     pa = (a.double() @ directions).sort(dim=0).values  # [n, P]

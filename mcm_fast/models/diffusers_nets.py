@@ -40,11 +40,14 @@ class DiffusersNet(nn.Module):
         channels, size = shape[0], shape[1]
         classes = num_classes + 1 if num_classes else None
         if model == "diffusers-unet2d":
-            sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels, "num_class_embeds": classes}
+            sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
+                     "num_class_embeds": classes}
         else:
             if not num_classes:
-                raise ValueError("model: 'diffusers-dit' is class-conditional (adaLN-Zero on labels): expected labelled data")
-            sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels, "num_embeds_ada_norm": classes}
+                raise ValueError("model: 'diffusers-dit' is class-conditional (adaLN-Zero on labels): expected "
+                                 "labelled data")
+            sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
+                     "num_embeds_ada_norm": classes}
         options = {k: v for k, v in options.items() if k not in PRIVATE_KEYS}
         return cls(net_class(**{**sizes, **options}))
 

@@ -50,19 +50,21 @@ class StudentInputs(nn.Module):
             nn.init.zeros_(self.embed_steps.weight)
         self.embed_guidance = None
         if guidance:
-            self.embed_guidance = nn.Sequential(FourierEmbedding(fourier_features), nn.Linear(fourier_features, channels),
-                                                nn.SiLU(), nn.Linear(channels, channels))
+            self.embed_guidance = nn.Sequential(FourierEmbedding(fourier_features),
+                                                nn.Linear(fourier_features, channels), nn.SiLU(),
+                                                nn.Linear(channels, channels))
             nn.init.zeros_(self.embed_guidance[-1].weight)
             nn.init.zeros_(self.embed_guidance[-1].bias)
 
-    def forward(self, emb: torch.Tensor, student_steps: torch.Tensor | None, guidance: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, student_steps: torch.Tensor | None,
+                guidance: torch.Tensor | None) -> torch.Tensor:
         batch = emb.shape[0]
         if self.embed_steps is None:
             if student_steps is not None:
                 raise ValueError("student_steps: this network was built for one step count (no student_steps input)")
         else:
             _check_input("student_steps", student_steps, batch, emb.device, integer=True)
-            # the position of each example's S in the tuple (a value not in it is refused by mf.sample and the objective)
+            # the position of each example's S in the tuple (mf.sample and the objective refuse a value not in it)
             index = (student_steps[:, None] == self.steps).int().argmax(1)
             emb = emb + self.embed_steps(index).to(emb.dtype)
         if self.embed_guidance is None:

@@ -17,14 +17,16 @@ class MLPNet(nn.Module):
                  student_steps=(), guidance_distilled: bool = False):
         super().__init__()
         self.options = {"dim": dim, "hidden": hidden, "depth": depth, "classes": classes, "dropout": dropout}
-        self.embed_time = nn.Sequential(FourierEmbedding(32), nn.Linear(32, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.embed_time = nn.Sequential(FourierEmbedding(32), nn.Linear(32, hidden), nn.SiLU(),
+                                        nn.Linear(hidden, hidden))
         self.embed_class = nn.Embedding(classes + 1, hidden) if classes else None  # the extra class is "null"
         self.student_inputs = StudentInputs(hidden, student_steps, guidance_distilled)
         self.student_steps = self.student_inputs.student_steps
         self.guidance_distilled = guidance_distilled
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), Dropout(dropout)) for _ in range(depth)
+            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                          Dropout(dropout)) for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 

@@ -74,7 +74,8 @@ class UViTConfig:
             raise ValueError("levels: expected at least one (kind, channels, blocks) level, got none")
         for level in self.levels:
             if len(level) not in (3, 4) or level[0] not in KINDS:
-                raise ValueError(f"levels: expected (kind, channels, blocks[, dropout]) with kind in {KINDS}, got {level!r}")
+                raise ValueError(f"levels: expected (kind, channels, blocks[, dropout]) with kind in {KINDS}, got "
+                                 f"{level!r}")
             if isinstance(level[1], bool) or not isinstance(level[1], int) or level[1] < 1:
                 raise ValueError(f"levels: expected channels an integer >= 1, got {level!r}")
             if isinstance(level[2], bool) or not isinstance(level[2], int) or level[2] < 1:
@@ -84,7 +85,8 @@ class UViTConfig:
         for name, p in drops:
             if p is not None and not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1):
                 raise ValueError(f"{name}: expected a dropout probability in [0, 1), got {p!r}")
-        widths = [("middle_channels", self.middle_channels)] + [("levels", c) for kind, c, *_ in self.levels if kind == "transformer"]
+        widths = [("middle_channels", self.middle_channels)]
+        widths += [("levels", c) for kind, c, *_ in self.levels if kind == "transformer"]
         for name, channels in widths:
             if channels % self.head_dim or channels % 4:
                 raise ValueError(f"{name}: transformer channels must be divisible by head_dim={self.head_dim} and by 4 "
@@ -168,7 +170,8 @@ class TransformerBlock(nn.Module):
         batch, tokens, channels = x.shape
         scale1, shift1, scale2, shift2 = self.ada(emb)[:, None].chunk(4, dim=2)  # [B, 1, C] each
         h = self.norm1(x) * (1 + scale1) + shift1
-        q, k, v = self.qkv(h).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, N, d]
+        qkv = self.qkv(h).view(batch, tokens, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, N, d]
         h = attention(q, k, v, backend=self.attention_backend).transpose(1, 2).reshape(batch, tokens, channels)
         x = x + self.proj(h)
         h = self.norm2(x) * (1 + scale2) + shift2
@@ -240,14 +243,16 @@ class UViT(nn.Module):
         if label is None:
             return
         if not c.num_classes:
-            raise ValueError(f"label: expected None for an unconditional UViT (num_classes=0), got {type(label).__name__}")
+            raise ValueError(f"label: expected None for an unconditional UViT (num_classes=0), got "
+                             f"{type(label).__name__}")
         if not isinstance(label, torch.Tensor) or label.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"label: expected an int64 or int32 tensor of shape [{z.shape[0]}], got {label!r}")
         if label.shape != z.shape[:1]:
             raise ValueError(f"label: expected shape [{z.shape[0]}] (one per sample of z), got {tuple(label.shape)}")
         if label.device != z.device:
             raise ValueError(f"label: expected device {z.device} like z, got {label.device}")
-        if label.device.type != "meta" and can_read_values(label) and bool(((label < 0) | (label > c.num_classes)).any()):
+        readable = label.device.type != "meta" and can_read_values(label)
+        if readable and bool(((label < 0) | (label > c.num_classes)).any()):
             raise ValueError(f"label: expected classes in [0, {c.num_classes}] ({c.num_classes}: the null class), "
                              f"got {label.min().item()}..{label.max().item()}")
 
@@ -295,17 +300,21 @@ class UViT(nn.Module):
 
 UVIT_PRESETS: dict[str, UViTConfig] = {
     # the CPU demo: MNIST at 16x16, middle at 4x4; narrow, to train at > 500 images/s (batch 128) on 2 CPU cores
-    "tiny": UViTConfig(in_channels=1, num_classes=10, levels=(("resnet", 16, 1), ("resnet", 32, 1)), middle_channels=128,
+    "tiny": UViTConfig(in_channels=1, num_classes=10, levels=(("resnet", 16, 1), ("resnet", 32, 1)),
+                       middle_channels=128,
                        middle_blocks=2, emb_channels=128, head_dim=32),
     # the MNIST reproduction at 32x32, middle at 8x8
-    "mnist": UViTConfig(in_channels=1, num_classes=10, levels=(("resnet", 64, 2), ("resnet", 128, 2)), middle_channels=256,
+    "mnist": UViTConfig(in_channels=1, num_classes=10, levels=(("resnet", 64, 2), ("resnet", 128, 2)),
+                        middle_channels=256,
                         middle_blocks=4, emb_channels=256, dropout=0.1),
     # the paper's ImageNet64 small model (394M): middle at 16x16
     "in64-small": UViTConfig(in_channels=3, num_classes=1000, levels=(("resnet", 256, 3), ("transformer", 512, 3)),
                              middle_channels=1024, middle_blocks=16, emb_channels=2048, middle_dropout=0.2),
     # the large one (1.23B): channels x2, dropout 0.1 on the transformer blocks only
-    "in64-large": UViTConfig(in_channels=3, num_classes=1000, levels=(("resnet", 512, 3), ("transformer", 1024, 3, 0.1)),
-                             middle_channels=2048, middle_blocks=16, emb_channels=2048, dropout=0.0, middle_dropout=0.1),
+    "in64-large": UViTConfig(in_channels=3, num_classes=1000,
+                             levels=(("resnet", 512, 3), ("transformer", 1024, 3, 0.1)),
+                             middle_channels=2048, middle_blocks=16, emb_channels=2048, dropout=0.0,
+                             middle_dropout=0.1),
 }
 
 
@@ -316,7 +325,8 @@ def uvit(name_or_config: str | UViTConfig, **overrides) -> UViT:
     """
     if isinstance(name_or_config, str):
         if name_or_config not in UVIT_PRESETS:
-            raise ValueError(f"name_or_config: expected one of {sorted(UVIT_PRESETS)} or a UViTConfig, got {name_or_config!r}")
+            raise ValueError(f"name_or_config: expected one of {sorted(UVIT_PRESETS)} or a UViTConfig, got "
+                             f"{name_or_config!r}")
         config = UVIT_PRESETS[name_or_config]
     elif isinstance(name_or_config, UViTConfig):
         config = name_or_config
@@ -325,7 +335,8 @@ def uvit(name_or_config: str | UViTConfig, **overrides) -> UViT:
     known = {f.name for f in dataclasses.fields(UViTConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"overrides: unknown UViTConfig field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise TypeError(f"overrides: unknown UViTConfig field(s) {', '.join(unknown)} (known: "
+                        f"{', '.join(sorted(known))})")
     return UViT(dataclasses.replace(config, **overrides))
 
 

@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor
 
 from mcm_fast._checks import check_float_tensor
@@ -57,7 +56,8 @@ def _check_qkv(q, k, v) -> None:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """o = softmax(q k^T / sqrt(head_dim)) v, non-causal; q [B, heads, N, d], k and v [B, heads, M, d] -> [B, heads, N, d].
+    """o = softmax(q k^T / sqrt(head_dim)) v, non-causal; q [B, heads, N, d], k and v [B, heads, M, d] -> [B, heads, N,
+    d].
 
     The attention of the UViT's transformer blocks; backend as everywhere (None: the fastest that can run).
     """

@@ -1,5 +1,6 @@
-"""ddim_step and addim_step as torch.library ops: the C++/CUDA ones of csrc/ddim.cpp and the Triton ones of
-kernels/ddim.py, each with one fake (shapes and dtypes for torch.compile) and one autograd formula.
+"""The backends of ddim_step and addim_step: the reference formulas of mcm_fast.solvers, and as torch.library
+ops the C++/CUDA ones of csrc/ddim.cpp and the Triton ones of kernels/ddim.py, each with one fake (shapes and
+dtypes for torch.compile) and one autograd formula.
 
 The op takes per-sample logSNRs ([B]) and x_var ([B]); its backward is the closed form of solvers.py in
 plain PyTorch for every backend.
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from mcm_fast.ops.native import TRITON_ERROR, native_keys
 from mcm_fast.ops.registry import register
-from mcm_fast.solvers import addim_step_backward, ddim_step_backward
+from mcm_fast.solvers import addim_step_backward, addim_step_reference, ddim_step_backward, ddim_step_reference
 
 
 def _fake_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
@@ -54,6 +55,8 @@ def _define(op: str, impl, backends) -> None:
         register(op, backend, differentiable=True)(impl)
 
 
+register("ddim_step", "reference", differentiable=True)(ddim_step_reference)
+register("addim_step", "reference", differentiable=True)(addim_step_reference)
 for _op in AUTOGRAD:
     if native_keys(_op):
         _define(_op, getattr(torch.ops.mcm_fast, f"{_op}_native").default, [b for b, _ in native_keys(_op)])

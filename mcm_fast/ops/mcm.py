@@ -1,18 +1,24 @@
-"""mcm_target, mcm_loss and mcm_target_loss as torch.library ops: the C++/CUDA ones of csrc/mcm.cpp and the
-Triton ones of kernels/mcm_loss.py, each with one fake and one autograd formula (references: mcm_fast.losses).
+"""The backends of mcm_target and of the squared distances under mcm_loss and mcm_target_loss: the reference
+formulas of mcm_fast.losses, and as torch.library ops the C++/CUDA ones of csrc/mcm.cpp and the Triton ones of
+kernels/mcm_loss.py, each with one fake and one autograd formula.
 
 A squared-distance op returns (||x_hat - x_target||^2 [B], diff): diff = x_hat - x_target in float32
 (float64 for float64 data), written in the forward pass only when a gradient will be needed (save_diff), is
 what the backward op scales per sample and rounds once to x_hat's dtype.
-The registry's "mcm_loss" and "mcm_target_loss" entries return the [B] distances; mcm_fast.losses adds the
-pseudo-Huber and the weighting.
+The registry's "mcm_sqdist" and "mcm_target_sqdist" entries return the [B] distances; mcm_fast.ops.losses adds
+the pseudo-Huber and the weighting.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from mcm_fast.losses import target_coefficients
+from mcm_fast.losses import (
+    mcm_target_reference,
+    squared_distance_reference,
+    target_coefficients,
+    target_squared_distance_reference,
+)
 from mcm_fast.ops.native import TRITON_ERROR, native_keys
 from mcm_fast.ops.registry import needs_grad, register
 
@@ -75,7 +81,8 @@ def _save_diff(ctx, inputs, output):
 
 
 def _sqdist_autograd(backward_op):
-    """Backward of a squared-distance op: dL/dx_hat from the saved diff; x_hat - target gives dL/dtarget = -dL/dx_hat."""
+    """Backward of a squared-distance op: dL/dx_hat from the saved diff; x_hat - target gives dL/dtarget =
+    -dL/dx_hat."""
 
     def backward(ctx, grad_dist_sq, _grad_diff):
         grad_x = backward_op(ctx.saved_tensors[0], grad_dist_sq, ctx.dtype)
@@ -105,8 +112,13 @@ def _define(target, sqdist, target_sqdist, sqdist_backward, backends) -> None:
         torch.library.register_autograd(op, _sqdist_autograd(sqdist_backward), setup_context=_save_diff)
     for backend in backends:
         register("mcm_target", backend, differentiable=True)(target)
-        register("mcm_loss", backend, differentiable=True)(_distance(sqdist, 2))
-        register("mcm_target_loss", backend, differentiable=True)(_distance(target_sqdist, 1))
+        register("mcm_sqdist", backend, differentiable=True)(_distance(sqdist, 2))
+        register("mcm_target_sqdist", backend, differentiable=True)(_distance(target_sqdist, 1))
+
+
+register("mcm_target", "reference", differentiable=True)(mcm_target_reference)
+register("mcm_sqdist", "reference", differentiable=True)(squared_distance_reference)
+register("mcm_target_sqdist", "reference", differentiable=True)(target_squared_distance_reference)
 
 
 NATIVE_OPS = ("mcm_target", "mcm_sqdist", "mcm_target_sqdist", "mcm_sqdist_backward")

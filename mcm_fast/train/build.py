@@ -1,5 +1,5 @@
-"""From a TrainConfig to modules: the schedule, the raw network, the model wrapper of each kind, and the
-samplers that turn a model into images; `load_model` rebuilds any of them from a checkpoint."""
+"""From a TrainConfig to modules: the schedule, the raw network, and through the run's kind (train.kinds) the
+model around it and its sampler; `load_model` rebuilds any of them from a checkpoint."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,16 +7,12 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.consistency import EDMConsistency, KarrasGrid, cm_sample
-from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import MLPNet, uvit
 from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, DiffusersNet
-from mcm_fast.sampling import sample, sample_diffusion
 from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
 from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
-
-TEACHER_SAMPLERS = ("addim", "ddim")
+from mcm_fast.train.kinds import KINDS
 
 
 def make_schedule(config: TrainConfig) -> Schedule:
@@ -40,10 +36,10 @@ def make_schedule(config: TrainConfig) -> Schedule:
 def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Module:
     """The raw network for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for vectors; a student of
     several step counts or with guidance distilled into it embeds those inputs too."""
-    options = {**config.model_options, **student_options(config)}
+    options = {**config.model_options, **KINDS[config.kind].network_options(config)}
     try:
         if config.model in DIFFUSERS_MODELS:
-            if student_options(config):
+            if KINDS[config.kind].network_options(config):
                 key = "objective.student_steps" if "student_steps" in options else "objective.guidance"
                 raise ConfigError(f"{key}: a student of several step counts or distilled guidance embeds S and w, "
                                   f"which the UViT and the MLP do; expected one of them, got model {config.model!r}")
@@ -65,17 +61,6 @@ def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Mo
         raise ConfigError(f"model_options: {str(error).splitlines()[0]}") from None
 
 
-def student_options(config: TrainConfig) -> dict:
-    """The network options of an MCM student's extra inputs: student_steps (a tuple of S) and guidance_distilled."""
-    obj, options = config.objective, {}
-    if config.kind in ("cd", "ct", "direct"):
-        if isinstance(obj.student_steps, (list, tuple)):
-            options["student_steps"] = tuple(obj.student_steps)
-        if obj.guidance is not None:
-            options["guidance_distilled"] = True
-    return options
-
-
 def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     """Starts a student from its teacher's weights; only the student's own inputs (the S and w embeddings, which
     start at zero) are not in the teacher."""
@@ -87,45 +72,28 @@ def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> 
 
 
 def wrap(net: torch.nn.Module, config: TrainConfig, schedule: Schedule) -> torch.nn.Module:
-    """The model a kind trains and samples: f(x_sigma, sigma) of Song et al. for cm, else x_hat(z_t, t)."""
-    if config.kind == "cm":
-        return EDMConsistency(net)
-    return Denoiser(net, schedule, prediction=config.prediction, time_input=config.time_input)
+    """The model a run's kind trains and samples around its network (train.kinds)."""
+    return KINDS[config.kind].wrap(net, config, schedule)
 
 
 def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teacher_sampler: str = "addim",
              generator: torch.Generator | None = None, guidance: float = 0.0, null_cond: dict | None = None,
              **cond) -> torch.Tensor:
-    """Samples from noise with n_steps model calls, the way the model's kind samples: Algorithm 2 for MCM
-    students, a teacher's aDDIM or DDIM, or Song et al.'s multistep sampling on the Karras grid; guidance w
+    """Samples from noise with n_steps model calls, the way the model's kind samples (train.kinds); guidance w
     with null_cond as mf.sample takes them (one call per step for a student with guidance distilled into it)."""
-    guide = {"guidance": guidance, "null_cond": null_cond}
-    if config.kind == "teacher":
-        if teacher_sampler not in TEACHER_SAMPLERS:
-            raise ValueError(f"teacher_sampler: expected one of {TEACHER_SAMPLERS}, got {teacher_sampler!r}")
-        return sample_diffusion(model, n_steps, teacher_sampler, noise=noise, generator=generator, **guide, **cond)
-    if config.kind == "cm":
-        if guidance != 0:
-            raise ValueError(f"guidance: Song et al.'s consistency models sample without guidance here, got {guidance!r}")
-        sigmas = KarrasGrid().sigmas(n_steps + 1).flip(0)[:n_steps]  # n_steps levels from sigma_max down
-        return cm_sample(model, sigmas.tolist(), noise, generator=generator, **cond)
-    return sample(model, n_steps, noise=noise, generator=generator, boundaries=config.objective.boundaries, **guide,
-                  **cond)
+    return KINDS[config.kind].sample(model, config, n_steps, noise, teacher_sampler, generator, guidance=guidance,
+                                     null_cond=null_cond, **cond)
 
 
 def default_steps(config: TrainConfig) -> int:
     """The step count of grids and evaluation when config.sample_steps is None."""
-    if config.sample_steps is not None:
-        return config.sample_steps
-    if config.kind == "teacher":
-        return 64
-    steps = config.objective.student_steps
-    return 1 if config.kind == "cm" else max(steps) if isinstance(steps, (list, tuple)) else steps
+    return KINDS[config.kind].default_steps(config)
 
 
 def is_diffusers_pipeline(path: str | Path) -> bool:
     """Whether path is a diffusers pipeline folder with a UNet and a scheduler (save_pretrained's layout)."""
-    return (Path(path) / "unet" / "config.json").is_file() and (Path(path) / "scheduler" / "scheduler_config.json").is_file()
+    path = Path(path)
+    return (path / "unet" / "config.json").is_file() and (path / "scheduler" / "scheduler_config.json").is_file()
 
 
 def adopt_teacher(config: TrainConfig) -> TrainConfig:

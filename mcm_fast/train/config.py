@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-KINDS = ("teacher", "cd", "ct", "direct", "cm")
+from mcm_fast.train.kinds import KINDS
+
 SCHEDULES = ("cosine", "flow", "edm", "discrete")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
@@ -92,7 +93,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)  # overrides of the preset's fields; a diffusers model's arguments
     prediction: str = "v"  # x, eps, v or flow (velocity eps - x); EDM's D is x on the edm schedule
     schedule: str = "cosine"  # cosine, flow (rectified flow), edm (sigma) or discrete (DDPM betas; needs diffusers)
-    schedule_options: dict = field(default_factory=dict)  # the schedule's arguments (discrete: diffusers' beta settings)
+    schedule_options: dict = field(default_factory=dict)  # the schedule's arguments (discrete: diffusers' betas)
     schedule_shift: list | None = None  # (r, res): the shifted cosine schedule of math.md §1
     time_input: str = "logsnr"  # what the network sees: logsnr, t, or native (the schedule's own time)
     teacher: str | None = None  # the teacher's checkpoint directory, or a diffusers pipeline folder (unet/, scheduler/)
@@ -137,7 +138,8 @@ def _mnist(**changes) -> TrainConfig:
 def _ring(**changes) -> TrainConfig:
     """The 8-mode ring in 2-D with the residual MLP."""
     return TrainConfig(**{"model": "mlp", "data": DataConfig("ring", resolution=None, n=50_000),
-                          "objective": ObjectiveConfig(label_dropout=0.0), "optim": OptimConfig(lr=1e-3, batch_size=512),
+                          "objective": ObjectiveConfig(label_dropout=0.0),
+                          "optim": OptimConfig(lr=1e-3, batch_size=512),
                           "steps": 4000, "save_every": 1000, **changes})
 
 
@@ -212,7 +214,8 @@ def _build(cls, values: dict, prefix: str = ""):
 def _merge(base: dict, changes: dict) -> dict:
     out = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model_options", "schedule_options"):
+        free_form = key in ("model_options", "schedule_options")
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not free_form:
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -269,7 +272,8 @@ def load_config(name_or_file: str | dict, overrides: list[str] | dict = ()) -> T
     elif Path(name_or_file).suffix in (".yaml", ".yml", ".json"):
         data = read_config_file(Path(name_or_file))
     else:
-        raise ConfigError(f"--config: expected a preset ({', '.join(PRESETS)}) or a .yaml/.json file, got {name_or_file!r}")
+        raise ConfigError(f"--config: expected a preset ({', '.join(PRESETS)}) or a .yaml/.json file, got "
+                          f"{name_or_file!r}")
     preset = data.pop("preset", None)
     if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise ConfigError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
@@ -304,7 +308,8 @@ def _one_of(options):
 def _rules() -> dict:
     """dotted key -> (test, what is expected): the settings Algorithm 1's and Song et al.'s own checks do not
     cover (those run through _delegate). Built on first use: the constants live in modules that import torch."""
-    from mcm_fast.data.images import DATASETS, MAX_POINTS
+    from mcm_fast.data.images import DATASETS
+    from mcm_fast.data.points import MAX_POINTS
     from mcm_fast.denoiser import PREDICTIONS, TIME_INPUTS
     from mcm_fast.models import UVIT_PRESETS
     from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS
@@ -317,7 +322,8 @@ def _rules() -> dict:
         "model": _one_of(("mlp", *UVIT_PRESETS, *DIFFUSERS_MODELS)), "prediction": _one_of(tuple(PREDICTIONS)),
         "schedule": _one_of(SCHEDULES), "time_input": _one_of(TIME_INPUTS),
         "schedule_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping"),
-        "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))), "None or [r, res], two finite numbers > 0"),
+        "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))),
+                           "None or [r, res], two finite numbers > 0"),
         "teacher": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a checkpoint directory"),
         "data.name": _one_of(DATASETS),
         "data.path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),
@@ -355,7 +361,7 @@ def check_config(config: TrainConfig) -> None:
         value = _get(config, key)
         if not test(value):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    if config.kind in ("cd", "direct") and config.teacher is None:
+    if KINDS[config.kind].needs_teacher(config) and config.teacher is None:
         raise ConfigError(f"teacher: kind {config.kind!r} distills a teacher: expected its checkpoint directory")
     if config.optim.batch_size % config.optim.accumulate:
         raise ConfigError(f"optim.accumulate: expected a divisor of optim.batch_size={config.optim.batch_size}, "

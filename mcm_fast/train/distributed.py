@@ -91,7 +91,8 @@ def full_optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer, ranks
         get_optimizer_state_dict,
     )
 
-    return get_optimizer_state_dict(unwrap(net), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(unwrap(net), optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(net: nn.Module, state: dict, optimizer=None, optimizer_state: dict | None = None) -> None:

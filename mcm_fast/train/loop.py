@@ -1,4 +1,6 @@
 """The training loop shared by every kind: teacher (v-loss), cd, ct, direct (Algorithm 1) and cm (Song et al.).
+What differs between them is the kind's object (train.kinds); the loop never branches on it, and a training
+step reads nothing back from the device (the loss and gradient norm are read when logged or checkpointed).
 
 Every random draw of step k (data order, t, noise, dropout) comes from seeds derived from (seed, k, micro-batch),
 so a run resumed from a checkpoint at step k continues exactly as the uninterrupted run would, and a DDP run on
@@ -17,21 +19,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mcm_fast.consistency import ConsistencyLoss, VEDenoiser, cm_ema_decay, ema_update
+from mcm_fast._checks import inputs_checked
 from mcm_fast.data import batch_indices, load_dataset, shard
-from mcm_fast.metrics.evaluate import default_features, reference_set, sample_inputs, score
+from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.grid import save_grid
-from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_labels
 from mcm_fast.train import distributed
 from mcm_fast.train.build import (
     adopt_teacher,
-    default_steps,
-    generate,
     load_model,
     load_teacher_weights,
     make_net,
     make_schedule,
-    wrap,
 )
 from mcm_fast.train.checkpoint import (
     check_state_dict,
@@ -40,6 +38,8 @@ from mcm_fast.train.checkpoint import (
     save_checkpoint,
 )
 from mcm_fast.train.config import ConfigError, TrainConfig
+from mcm_fast.train.ema import ema_decay, ema_update
+from mcm_fast.train.kinds import KINDS
 
 LOG_NAME = "log.jsonl"
 PARAMETERIZATION_KEYS = ("model", "model_options", "prediction", "schedule", "schedule_options", "schedule_shift",
@@ -57,9 +57,13 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step) * 1_009 + micro
 
 
-def ema_decay(decay: float, updates: int) -> float:
-    """The EMA decay after `updates` updates: min(decay, (1 + n) / (10 + n)), so early weights fade fast."""
-    return min(decay, (1 + updates) / (10 + updates))
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast with precision bf16, and with auto on GPU and on CPUs with native bf16 (AVX-512 bf16 or
+    AMX: 1.1-1.4x faster here, to the same FD; docs/results.md); float32 otherwise."""
+    native = device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if precision == "bf16" or (precision == "auto" and native):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -81,21 +85,21 @@ class Trainer:
         if config.optim.batch_size % micro_batches:
             raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
                               f"got {config.optim.batch_size}")
+        self.kind = KINDS[config.kind]
         self.teacher, teacher_net = self._load_teacher()
         self.schedule = self.teacher.schedule if self.teacher is not None else make_schedule(config)
         torch.manual_seed(config.seed)  # the initial weights, the same on every rank
         net = make_net(config, tuple(self.info["shape"]), self.info["num_classes"])
-        if teacher_net is not None and config.init == "teacher" and config.kind != "cm":
+        if teacher_net is not None and config.init == "teacher" and self.kind.same_network_as_teacher:
             load_teacher_weights(net, teacher_net)
         net = net.to(self.ranks.device)
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
-        self.target = copy.deepcopy(net).requires_grad_(False) if config.kind == "cm" else None
+        self.extra = self.kind.extra_state(net)  # e.g. Song et al.'s EMA target network
         self.net = distributed.parallel(net, config.strategy, self.ranks)
         if config.strategy == "fsdp" and self.ranks.world > 1:  # shard the copies alike, so updates stay local
             self.ema = distributed.parallel(self.ema, "fsdp", self.ranks)
-            if self.target is not None:
-                self.target = distributed.parallel(self.target, "fsdp", self.ranks)
-        self.model = wrap(self.net, config, self.schedule)
+            self.extra = {name: distributed.parallel(m, "fsdp", self.ranks) for name, m in self.extra.items()}
+        self.model = self.kind.wrap(self.net, config, self.schedule)
         self.loss_fn = self._make_loss()
         fused = self.ranks.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
@@ -105,15 +109,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- setup
     def _load_teacher(self):
-        """The frozen teacher (its EMA weights) for cd, direct, cm-cd and students started from it."""
+        """The frozen teacher (its EMA weights) of a kind that distills it or starts from it (config validation has
+        checked that a kind which needs one names it)."""
         config = self.config
-        needs = config.kind in ("cd", "direct") or (config.kind == "cm" and config.song.mode == "cd")
-        wants = config.kind == "ct" and config.init == "teacher"
-        if config.teacher is None:
-            if needs:
-                raise ConfigError(f"teacher: kind {config.kind!r} needs a teacher checkpoint directory")
-            return None, None
-        if not (needs or wants):
+        if config.teacher is None or not self.kind.uses_teacher(config):
             return None, None
         try:
             model, teacher_config, info = load_model(config.teacher, self.ranks.device)
@@ -124,7 +123,7 @@ class Trainer:
         if info != self.info:
             raise ConfigError(f"teacher: trained on data {info}, but this run's data is {self.info}")
         differ = [k for k in PARAMETERIZATION_KEYS if getattr(teacher_config, k) != getattr(config, k)]
-        if config.kind != "cm" and differ:
+        if self.kind.same_network_as_teacher and differ:
             key = differ[0]
             raise ConfigError(f"{key}: a student starts from its teacher's network, expected {key}="
                               f"{getattr(teacher_config, key)!r}, got {getattr(config, key)!r}")
@@ -133,35 +132,9 @@ class Trainer:
     def _make_loss(self):
         """loss(batch, step) -> the mean loss over the micro-batch, for this run's kind; with config.compile the
         whole loss (every forward, the target and the loss; so its backward too) is one compiled graph."""
-        config, obj = self.config, self.config.objective
-        null = self.info["num_classes"] or None
-        compiled = torch.compile if config.compile else (lambda fn: fn)
-        if config.kind == "teacher":
-            v_loss = compiled(diffusion_loss)
-
-            def teacher_loss(cond, x, step):
-                cond = drop_labels(cond, obj.label_dropout if null else 0.0, null)
-                return v_loss(self.model, x, multiscale=obj.multiscale, **cond)
-            return teacher_loss
-        if config.kind == "cm":
-            song = config.song
-            loss = ConsistencyLoss(kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps,
-                                   total_steps=config.steps)
-            teacher = VEDenoiser(self.teacher, self.schedule) if self.teacher is not None else None
-            target = wrap(self.target, config, self.schedule)
-            song_loss = compiled(loss)
-            return lambda cond, x, step: song_loss(self.model, target, x, step=step, teacher=teacher, **cond)
-        teacher_steps = obj.teacher_steps if isinstance(obj.teacher_steps, int) else tuple(obj.teacher_steps)
-        objective = MCMObjective(self.schedule, student_steps=obj.student_steps, teacher_steps=teacher_steps,
-                                 teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss,
-                                 huber_eps=obj.huber_eps, weighting=obj.weighting,
-                                 target="direct" if config.kind == "direct" else "mcm",
-                                 label_dropout=obj.label_dropout if null else 0.0, null_label=null,
-                                 multiscale=obj.multiscale, boundaries=obj.boundaries,
-                                 steps_probs=obj.steps_probs, guidance=obj.guidance)
-        teacher = self.teacher if config.kind in ("cd", "direct") else None
-        loss_at = compiled(objective.loss_at)
-        return lambda cond, x, step: loss_at(self.model, x, objective.segment_steps(step), teacher=teacher, **cond)
+        compiled = torch.compile if self.config.compile else (lambda fn: fn)
+        null_label = self.info["num_classes"] or None
+        return self.kind.loss(self.config, self.model, self.teacher, self.extra, null_label, compiled)
 
     def _resume(self):
         """Continues from the newest checkpoint in out that loads and verifies; damaged ones are skipped with a
@@ -171,21 +144,20 @@ class Trainer:
         state = load_checkpoint(self.out)
         saved, current = state.get("config"), self.config.to_dict()
         if not isinstance(saved, dict):
-            raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast train")
+            raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast "
+                              f"train")
         defaults = TrainConfig().to_dict()  # for keys added since the run was saved
         changed = sorted(k for k in set(saved) | set(current)
                          if k not in LOOP_KEYS and saved.get(k, defaults.get(k)) != current.get(k))
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
                               "use a new --out, or change only " + ", ".join(LOOP_KEYS))
-        modules = {"model": self.net, "ema": self.ema, "target": self.target}
+        modules = {"model": self.net, "ema": self.ema, **self.extra}
         for name, module in modules.items():
-            if module is not None:
-                check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module)
+            check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module)
         distributed.load_full_state(self.net, state["model"], self.optimizer, state["optimizer"])
-        distributed.load_full_state(self.ema, state["ema"])
-        if self.target is not None:
-            distributed.load_full_state(self.target, state["target"])
+        for name in ("ema", *self.extra):
+            distributed.load_full_state(modules[name], state[name])
         self.step = state["step"]
         if self.ranks.main:
             self._truncate_log(self.step)
@@ -204,30 +176,45 @@ class Trainer:
         if self.step:  # resumed: what a killed run left undone after its checkpoint
             self._outputs(writer)
         while self.step < config.steps:
-            loss, grad_norm = self._train_step(self.step)
+            window.append(self._train_step(self.step))
             self.step += 1
-            window.append(loss)
             images += config.optim.batch_size
+            saving = config.save_every and self.step % config.save_every == 0 or self.step == config.steps
+            sampling = any(every and self.step % every == 0 for every in (config.sample_every, config.eval_every))
             if self.step % config.log_every == 0 or self.step == config.steps:
                 now = time.perf_counter()
-                row = {"step": self.step, "loss": sum(window) / len(window), "grad_norm": float(grad_norm),
+                losses = self._losses(window)
+                row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": float(self._grad_norm),
                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images / (now - tick),
                        "time": now - started}
                 rows.append(row)
                 self._log(row, writer)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
                 window, tick, images = [], now, 0
+            elif saving or sampling:
+                self._losses(window)  # no checkpoint, grid or evaluation after a non-finite loss
             bar.update(1)
-            if config.save_every and self.step % config.save_every == 0 or self.step == config.steps:
+            if saving:
                 self.save()
             self._outputs(writer)
         bar.close()
         return rows
 
-    def _train_step(self, step: int) -> tuple[float, torch.Tensor]:
-        """One optimizer step over the global batch: returns (mean loss over all ranks, gradient norm).
+    def _losses(self, window: list[torch.Tensor]) -> list[float]:
+        """The losses of the steps since the last read (one host read): a non-finite one stops the run before a
+        checkpoint or a log row holds its consequences."""
+        losses = torch.stack(window).tolist()
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"step {self.step - len(losses) + i + 1}: the loss is {value}; stopping "
+                                         f"(the last checkpoint in {self.out} is intact)")
+        return losses
 
-        The loss is read every step (a non-finite one must stop the run); the norm only when logged.
+    def _train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step over the global batch: returns the mean loss over all ranks (a 0-d tensor).
+
+        Nothing is read back from the device: the loss and the gradient norm (self._grad_norm) are read when
+        logged, and the model calls run in inputs_checked() (the data's labels were checked when loaded).
         """
         config, ranks = self.config, self.ranks
         accumulate = config.optim.accumulate
@@ -245,34 +232,20 @@ class Trainer:
             x = batch.pop("x").to(ranks.device)
             cond = {k: v.to(ranks.device) for k, v in batch.items()}
             sync = j == accumulate - 1 or not isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast(), inputs_checked():
                 loss = self.loss_fn(cond, x, step)
             (loss / accumulate).backward()
             total += loss.detach().float()
-        value = float(distributed.mean_over_ranks(total / accumulate, ranks))
-        if not math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"step {step + 1}: the loss is {value}; stopping before the optimizer step "
-                                     f"(the last checkpoint in {self.out} is intact)")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip)  # read at log time
+        loss = distributed.mean_over_ranks(total / accumulate, ranks)
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.ema, distributed.unwrap(self.net), ema_decay(config.optim.ema_decay, step))
-        if self.target is not None:
-            song = config.song
-            decay = song.target_decay if song.target_decay is not None else (
-                0.95 if song.mode == "cd" else cm_ema_decay(step, config.steps))
-            ema_update(self.target, distributed.unwrap(self.net), decay)
-        return value, grad_norm
+        self.kind.after_step(self.extra, distributed.unwrap(self.net), step, config)
+        return loss
 
     def _autocast(self):
-        """bf16 autocast with precision bf16, and with auto on GPU and on CPUs with native bf16 (AVX-512 bf16 or
-        AMX: 1.1-1.4x faster here, to the same FD; docs/results.md); float32 otherwise."""
-        precision, device = self.config.precision, self.ranks.device.type
-        native = device == "cuda" or (device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        if precision == "bf16" or (precision == "auto" and native):
-            return torch.autocast(device, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.precision, self.ranks.device)
 
     # ----------------------------------------------------------------- outputs
     def save(self) -> None:
@@ -281,9 +254,8 @@ class Trainer:
             "model": distributed.full_state_dict(self.net, self.ranks),
             "ema": distributed.full_state_dict(self.ema, self.ranks),
             "optimizer": distributed.full_optimizer_state(self.net, self.optimizer, self.ranks),
+            **{name: distributed.full_state_dict(module, self.ranks) for name, module in self.extra.items()},
         }
-        if self.target is not None:
-            state["target"] = distributed.full_state_dict(self.target, self.ranks)
         if self.ranks.main:
             model = state.pop("model")
             save_checkpoint(self.out, model, step=self.step, keep=self.config.keep, config=self.config.to_dict(),
@@ -309,11 +281,11 @@ class Trainer:
 
     def sample(self, n: int, n_steps: int | None = None, seed: int | None = None, teacher_sampler: str = "addim"):
         """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional."""
-        n_steps = default_steps(self.config) if n_steps is None else n_steps
+        n_steps = self.kind.default_steps(self.config) if n_steps is None else n_steps
         seed = self.config.seed if seed is None else seed
         noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device)
-        model = wrap(self.ema, self.config, self.schedule)
-        return generate(model, self.config, n_steps, noise, teacher_sampler, generator=generator, **cond)
+        model = self.kind.wrap(self.ema, self.config, self.schedule)
+        return self.kind.sample(model, self.config, n_steps, noise, teacher_sampler, generator, **cond)
 
     def write_grid(self) -> Path | None:
         """A grid of 100 samples (a column per class for 10 classes) under out/samples; images only."""
@@ -327,11 +299,13 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict:
-        """Sample quality of the EMA model at its default step count against held-out data (see score)."""
-        reference = reference_set(self.config, self.config.eval_samples)
-        samples = self.sample(self.config.eval_samples, seed=self.config.seed + 1)
-        name, features = default_features(self.config)
-        return {"steps": default_steps(self.config), **score(samples, reference, features, name)}
+        """Sample quality of the EMA model at its default step count against held-out data (metrics.Scorer)."""
+        config, steps = self.config, self.kind.default_steps(self.config)
+        model = self.kind.wrap(self.ema, config, self.schedule)
+        scorer = Scorer(config, self.info, config.eval_samples, config.seed + 1, self.ranks.device)
+        scores, _ = scorer(lambda noise, generator, **cond: self.kind.sample(model, config, steps, noise, "addim",
+                                                                             generator, **cond))
+        return {"steps": steps, **scores}
 
     def _log(self, row: dict, writer) -> None:
         if not self.ranks.main:

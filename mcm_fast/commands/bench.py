@@ -1,0 +1,76 @@
+"""`mcm-fast bench`: training-step and sampling throughput of a config on this machine, timing the step the
+config trains (its kind's loss, precision and compilation, the optimizer, clipping and EMA updates)."""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from mcm_fast._checks import inputs_checked
+from mcm_fast.data import load_dataset
+from mcm_fast.denoiser import Denoiser
+from mcm_fast.models import count_parameters
+from mcm_fast.train.build import make_net, make_schedule
+from mcm_fast.train.config import load_config
+from mcm_fast.train.ema import ema_decay, ema_update
+from mcm_fast.train.kinds import KINDS
+from mcm_fast.train.loop import autocast
+
+
+def _timed(fn, iters: int, device: torch.device) -> float:
+    """Seconds per call of fn, after two untimed warm-up calls."""
+    for _ in range(2):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, steps=(1, 2, 4, 8), echo=print) -> dict:
+    """Images/s of one optimizer step of the config's run (a frozen copy of the network stands in for a
+    teacher) and of its kind's sampling at each step count; prints and returns them."""
+    config = load_config(config_name, overrides)
+    kind, device = KINDS[config.kind], torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
+                        split=config.data.split, n=config.data.n, seed=config.seed)
+    net = make_net(config, tuple(data.shape), data.num_classes).to(device)
+    schedule = make_schedule(config)
+    model, extra = kind.wrap(net, config, schedule), kind.extra_state(net)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    teacher = Denoiser(copy.deepcopy(net).requires_grad_(False), schedule, prediction=config.prediction)
+    compiled = torch.compile if config.compile else (lambda fn: fn)
+    loss_fn = kind.loss(config, model, teacher if kind.uses_teacher(config) else None, extra,
+                        data.num_classes or None, compiled)
+    batch_data = data.batch(torch.arange(batch) % len(data))
+    x = batch_data.pop("x").to(device)
+    cond = {k: v.to(device) for k, v in batch_data.items()}
+    optim = config.optim
+    optimizer = torch.optim.AdamW(net.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                  weight_decay=optim.weight_decay, fused=device.type == "cuda")
+
+    def train_step(step=0):
+        with autocast(config.precision, device), inputs_checked():
+            loss_fn(cond, x, step).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update(ema, net, ema_decay(optim.ema_decay, step))
+        kind.after_step(extra, net, step, config)
+
+    params = count_parameters(net)
+    results = {"train_images_per_s": batch / _timed(train_step, iters, device)}
+    echo(f"{config.model} ({params / 1e6:.2f}M parameters) on {device}, batch {batch}, data {tuple(data.shape)}")
+    echo(f"train step ({kind.loss_name}): {results['train_images_per_s']:.1f} images/s")
+    net.eval()
+    noise = torch.randn_like(x)
+    for n_steps in steps:
+        rate = batch / _timed(lambda n_steps=n_steps: kind.sample(model, config, n_steps, noise, **cond), iters, device)
+        results[f"sample_{n_steps}_images_per_s"] = rate
+        echo(f"sampling, {n_steps} step(s): {rate:.1f} images/s")
+    return results

@@ -1,0 +1,77 @@
+"""`mcm-fast sample` and `mcm-fast eval`, and score_budgets for the experiments: a checkpoint's EMA model
+sampled the way its kind samples (train.kinds) and scored by the one pipeline of metrics.evaluate.Scorer."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mcm_fast.metrics.evaluate import Scorer, guidance_inputs, sample_inputs
+from mcm_fast.metrics.grid import check_output_path, save_grid
+from mcm_fast.train.build import default_steps, generate, load_model
+
+
+def sampler_of(model, config, n_steps: int, sampler: str = "addim", **guide):
+    """generate(noise, generator, **cond) -> samples of model with n_steps calls (guided with guide's guidance and
+    null_cond), as Scorer takes it."""
+    return lambda noise, generator, **cond: generate(model, config, n_steps, noise, sampler, generator=generator,
+                                                     **guide, **cond)
+
+
+def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
+                sampler: str = "addim", scale: int = 1, device: str = "cpu", guidance: float = 0.0):
+    """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path."""
+    check_output_path(out)
+    model, config, info = load_model(ckpt, device)
+    if len(info["shape"]) != 3:
+        raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
+    noise, cond, generator = sample_inputs(info, n, seed, device, label)
+    steps = default_steps(config) if n_steps is None else n_steps
+    images = generate(model, config, steps, noise, sampler, generator=generator, **guidance_inputs(info, guidance),
+                      **cond)
+    return save_grid(images, out, nrow=10 if info["num_classes"] == 10 else None, scale=scale)
+
+
+@torch.no_grad()
+def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list[dict]:
+    """{"steps", "sampler", fd, precision, recall} of a checkpoint's EMA model per (steps, sampler) in budgets,
+    every row on the same n noises and labels (sample_inputs(seed)) against n held-out examples."""
+    model, config, info = load_model(ckpt, device)
+    scorer = Scorer(config, info, n, seed, device)
+    return [{"steps": steps, "sampler": sampler, **scorer(sampler_of(model, config, steps, sampler))[0]}
+            for steps, sampler in budgets]
+
+
+def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler: str = "addim", device: str = "cpu",
+                        out=None, echo=print, guidance: float = 0.0) -> list[dict]:
+    """Scores a checkpoint's EMA model at each step count against held-out data; prints and returns the rows.
+
+    With out, a directory, also writes eval.json (the rows), the metric against the steps (metric.png) and,
+    for images, a grid of the first 100 samples per step count (samples-<steps>.png).
+    """
+    if out is not None:
+        check_output_path(Path(out) / "eval.json")
+    model, config, info = load_model(ckpt, device)
+    scorer = Scorer(config, info, n, seed, device)
+    rows = []
+    echo(f"{ckpt}: {config.kind} {config.model}, {n} samples against held-out {config.data.name}")
+    for n_steps in steps or (default_steps(config),):
+        start = time.perf_counter()
+        scores, samples = scorer(sampler_of(model, config, n_steps, sampler, **guidance_inputs(info, guidance)))
+        row = {"steps": n_steps, **scores, "seconds": time.perf_counter() - start}
+        rows.append(row)
+        echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if out is not None and samples.dim() == 4:
+            save_grid(samples[:100], Path(out) / f"samples-{n_steps}.png",
+                      nrow=10 if info["num_classes"] == 10 else None)
+    if out is not None:
+        from mcm_fast.metrics.plots import plot_metric_vs_steps
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "eval.json").write_text(json.dumps(rows, indent=1) + "\n")
+        metric = next(k for k in rows[0] if k.startswith("fd_") or k == "sliced_w2")
+        plot_metric_vs_steps(rows, Path(out) / "metric.png", metric, title=f"{config.kind} {config.model}")
+        echo(f"wrote {out}/eval.json, {out}/metric.png" + (" and sample grids" if rows and "fd_" in metric else ""))
+    return rows
