@@ -16,14 +16,11 @@ table goes to --out/tables.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-import torch
-
-from experiments.mnist_tables import Scale, cell, evaluate, scores_of, summarize
+from experiments.mnist_tables import Scale, cell, evaluate, parse_args, scores_of, summarize
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
 
@@ -101,17 +98,9 @@ def table(per_seed, scale: Scale) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="experiments/any_teacher", help="run directories (resumed when there)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the table reads every seed run)")
-    parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
-    args = parser.parse_args(argv)
-    scale, out = SCALES[args.scale], Path(args.out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    seeds, scale, out = parse_args(__doc__, "experiments/any_teacher", SCALES, argv)
     start = time.perf_counter()
-    for seed in args.seeds or scale.seeds:
+    for seed in seeds:
         run_seed(scale, seed, out)
     per_seed = [results for results in (scored(scale, seed, out) for seed in scale.seeds) if results]
     text = table(per_seed, scale)

@@ -252,22 +252,28 @@ def plots(per_seed, scale: Scale, out: Path) -> None:
                          out / "fd-vs-training-steps.png", key="eval.fd_mnist")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="experiments/tables", help="run directories; git keeps only their "
-                        "scores and logs, so a later session continues from the runs scored so far")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the tables read every seed "
+def parse_args(doc: str, out: str, scales: dict, argv=None) -> tuple[list[int], Scale, Path]:
+    """The options of the MNIST experiments: (the seeds to run now, the scale, the run directory); sets the torch
+    threads. Every experiment resumes from the runs scored so far and reports every seed scored."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=out, help="run directories; git keeps only their scores and logs, so a "
+                        "later session continues from the runs scored so far")
+    parser.add_argument("--scale", choices=sorted(scales), default="full")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the report reads every seed "
                         "already run); e.g. one process per seed, each with --threads 1")
     parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
-    parser.add_argument("--report", action="store_true", help="train nothing: write the tables and plots of the "
-                        "runs scored so far")
+    parser.add_argument("--report", action="store_true", help="train nothing: report the runs scored so far")
     args = parser.parse_args(argv)
-    scale, out = SCALES[args.scale], Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
+    scale = scales[args.scale]
+    return [] if args.report else list(args.seeds or scale.seeds), scale, Path(args.out)
+
+
+def main(argv=None):
+    seeds, scale, out = parse_args(__doc__, "experiments/tables", SCALES, argv)
     start = time.perf_counter()
-    for seed in [] if args.report else args.seeds or scale.seeds:
+    for seed in seeds:
         run_seed(scale, seed, out)
     per_seed = [results for results in (scored(scale, seed, out) for seed in scale.seeds) if results]
     text = tables(per_seed, scale)

@@ -13,14 +13,23 @@ Runs are checkpointed and scored once (scores.json), so rerunning continues; --r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from experiments.mnist_tables import SCALES, Run, Scale, evaluate, scores_of, student_config, summarize, teacher_config
+from experiments.mnist_tables import (
+    SCALES,
+    Run,
+    Scale,
+    evaluate,
+    parse_args,
+    scores_of,
+    student_config,
+    summarize,
+    teacher_config,
+)
 from mcm_fast.metrics.evaluate import Scorer, guidance_inputs
 from mcm_fast.train.build import generate, load_model
 from mcm_fast.train.loop import train
@@ -126,19 +135,10 @@ def report(per_seed: list[dict], scale: Scale) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="experiments/tables", help="run directories (shared with mnist_tables.py)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the report reads every seed)")
-    parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
-    parser.add_argument("--report", action="store_true", help="train nothing: report the runs scored so far")
-    args = parser.parse_args(argv)
-    scale, out = SCALES[args.scale], Path(args.out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    per_seed = [] if args.report else [run_seed(scale, seed, out) for seed in args.seeds or scale.seeds]
-    if args.report:
-        per_seed = [scored for scored in (_scored(scale, seed, out) for seed in scale.seeds) if scored]
+    seeds, scale, out = parse_args(__doc__, "experiments/tables", SCALES, argv)  # the tables' runs are shared
+    for seed in seeds:
+        run_seed(scale, seed, out)
+    per_seed = [results for results in (_scored(scale, seed, out) for seed in scale.seeds) if results]
     text = report(per_seed, scale)
     out.mkdir(parents=True, exist_ok=True)
     (out / "multi_step.md").write_text(text)
