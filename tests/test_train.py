@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint
-from mcm_fast.train.config import ConfigError, load_config
+from mcm_fast.train.config import ConfigError, TrainConfig, load_config
 from mcm_fast.train.loop import NonFiniteLossError, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +147,27 @@ def test_resuming_with_a_different_objective_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="different config.*optim"):
         Trainer(tiny(steps=2, optim={"lr": 1e-3}), tmp_path, progress=False)
     Trainer(tiny(steps=2, log_every=2), tmp_path, progress=False)  # loop settings may change
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default(tmp_path, monkeypatch):
+    """A checkpoint whose config lacks keys added since (here objective.guidance and steps_probs, added after
+    runs had been saved) resumes as the same run; a key it has with another value is still refused."""
+    to_dict = TrainConfig.to_dict
+
+    def older(config):
+        saved = to_dict(config)
+        for key in ("guidance", "steps_probs"):
+            del saved["objective"][key]
+        return saved
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainConfig, "to_dict", older)
+        train(tiny(steps=1), tmp_path, progress=False)
+    assert "guidance" not in load_checkpoint(tmp_path)["config"]["objective"]
+    train(tiny(steps=2), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path)["step"] == 2
+    with pytest.raises(ConfigError, match="different config.*objective"):
+        Trainer(tiny(steps=3, objective={"guidance": [0, 2]}), tmp_path, progress=False)
 
 
 TRAIN_ARGS = ["train", "--config", "tiny-teacher", "--no-progress", "--set", "data.resolution=8", "--set",
