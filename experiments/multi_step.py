@@ -55,23 +55,28 @@ def runs(scale: Scale) -> list[Run]:
 @torch.no_grad()
 def evaluate_guided(directory: Path, scale: Scale, seed: int) -> list[dict]:
     """FD-MNIST, precision, recall, network calls and seconds per image (sampling only) of a student at each
-    guidance scale: one call per step when guidance is distilled into it, else two (classifier-free guidance)."""
+    guidance scale: one call per step when guidance is distilled into it, else two (classifier-free guidance).
+    Calls are counted: the examples through the network's forward per image sampled."""
     model, config, info = load_model(directory)
     scorer, steps = Scorer(config, info, scale.eval_n, seed + 1000), guided_steps(scale)
-    calls = steps * (1 if model.guidance_distilled else 2)
+    examples = []
+    hook = model.register_forward_hook(lambda module, args, output: examples.append(len(output)))
     rows = []
     for w in GUIDANCE:
-        seconds = []
+        seconds, calls = [], []
 
-        def timed(noise, generator, w=w, seconds=seconds, **cond):
+        def timed(noise, generator, w=w, seconds=seconds, calls=calls, **cond):
+            examples.clear()
             start = time.perf_counter()
             images = generate(model, config, steps, noise, generator=generator, **guidance_inputs(info, w), **cond)
             seconds.append((time.perf_counter() - start) / len(noise))
+            calls.append(sum(examples) / len(noise))
             return images
 
         scores, _ = scorer(timed)
-        rows.append({"steps": steps, "sampler": f"w={w:g}", "guidance": w, "calls": calls,
+        rows.append({"steps": steps, "sampler": f"w={w:g}", "guidance": w, "calls": calls[0],
                      "seconds_per_image": seconds[0], **scores})
+    hook.remove()
     return rows
 
 
@@ -107,7 +112,7 @@ def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> dict[str, list[d
 def report(per_seed: list[dict], scale: Scale) -> str:
     """Markdown: FD-MNIST per S of one multi-S checkpoint against five single-S ones; guided sampling."""
     fd, precision, recall = (summarize(per_seed, key) for key in ("fd_mnist", "precision", "recall"))
-    per_image = summarize(per_seed, "seconds_per_image")
+    per_image, calls_of = summarize(per_seed, "seconds_per_image"), summarize(per_seed, "calls")
 
     def cell(stats, key, digits=1):
         if key not in stats:
@@ -125,10 +130,10 @@ def report(per_seed: list[dict], scale: Scale) -> str:
              f"\n### Guidance at S = {mid}: distilled (one call per step) against two calls per step\n",
              "| w | student | calls | FD-MNIST | precision | recall | ms per image |\n|---|---|---|---|---|---|---|\n"]
     for w in GUIDANCE:
-        for label, run, calls in (("guidance distilled", f"cd-guided-S{mid}", mid), ("two-call guidance", "cd-two-call",
-                                                                                      2 * mid)):
+        for label, run in (("guidance distilled", f"cd-guided-S{mid}"), ("two-call guidance", "cd-two-call")):
             key = (run, mid, f"w={w:g}")
             ms = f"{per_image[key][0] * 1e3:.2f}" if key in per_image else "-"
+            calls = f"{calls_of[key][0]:.0f}" if key in calls_of else "-"
             lines.append(f"| {w:g} | {label} | {calls} | {cell(fd, key)} | {cell(precision, key, 3)} | "
                          f"{cell(recall, key, 3)} | {ms} |\n")
     return "".join(lines)
