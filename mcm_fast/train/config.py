@@ -222,6 +222,12 @@ def _merge(base: dict, changes: dict) -> dict:
     return out
 
 
+def with_defaults(saved: dict) -> dict:
+    """A saved config dict with every key it lacks, at any depth, set to its default: a run saved before an
+    option existed resumes as if it had the option's default, which is what it trained with."""
+    return _merge(TrainConfig().to_dict(), saved)
+
+
 def read_config_file(path: Path) -> dict:
     """A YAML (.yaml/.yml) or JSON (.json) file as a dict; a bad file is one line naming it."""
     if not path.is_file():

@@ -37,7 +37,7 @@ from mcm_fast.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from mcm_fast.train.config import ConfigError, TrainConfig
+from mcm_fast.train.config import ConfigError, TrainConfig, with_defaults
 from mcm_fast.train.ema import ema_decay, ema_update
 from mcm_fast.train.kinds import KINDS
 
@@ -65,14 +65,6 @@ def autocast(precision: str, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
-
-
-def with_defaults(saved: dict, defaults: dict) -> dict:
-    """saved with every key it lacks, at any depth, taken from defaults: a run saved before an option existed
-    resumes as if it had the option's default, which is what it trained with."""
-    merged = {k: with_defaults(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
-              for k, v in saved.items()}
-    return {**{k: v for k, v in defaults.items() if k not in saved}, **merged}
 
 class Trainer:
     """One run: builds data, networks and optimizer from a TrainConfig, resumes from `out` when a checkpoint
@@ -154,7 +146,7 @@ class Trainer:
         if not isinstance(saved, dict):
             raise ConfigError(f"--out: {state['path']} holds no training config; expected a checkpoint of mcm-fast "
                               f"train")
-        saved = with_defaults(saved, TrainConfig().to_dict())  # keys added since the run was saved
+        saved = with_defaults(saved)  # keys added since the run was saved
         changed = sorted(k for k in set(saved) | set(current) if k not in LOOP_KEYS and saved.get(k) != current.get(k))
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
