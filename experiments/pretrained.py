@@ -1,15 +1,19 @@
 """Trains, scores and exports the pretrained MNIST models shipped in mcm_fast/pretrained (issue 17).
 
 A class-conditional teacher (the tiny UViT at 16x16, v-loss) and multistep consistency students distilled from
-it for S = 1, 2, 4 and 8 (Algorithm 1 with the package's default distillation settings). Every model is scored
-in FD-MNIST, precision and recall on the same EVAL_N noises and labels against MNIST's test digits: the
-students at S steps, the teacher with DDIM and aDDIM at 1-256 steps. The EMA weights go to
-mcm_fast/pretrained/<name>/ as a checkpoint directory (no optimizer state), with the scores and the command in
-its checkpoint.json and in mcm_fast/pretrained/README.md, the model card.
+the shipped teacher (Algorithm 1 with the package's default distillation settings): one per S = 2, 4 and 8, and
+mnist-mcm1, one student for S = 1, 2, 4 and 8 sampled at 1 step by default (a student trained for S = 1 alone
+does not draw digits at this budget: FD-MNIST 942.5; docs/results.md, "One student for every step count").
+Every model is scored in FD-MNIST, precision and recall on the same EVAL_N noises and labels against MNIST's
+test digits: the students at each S they serve, the teacher with DDIM and aDDIM at 1-256 steps. The EMA weights
+go to mcm_fast/pretrained/<name>/ as a checkpoint directory (no optimizer state), with the scores and the
+command in its checkpoint.json and in mcm_fast/pretrained/README.md, the model card.
 
-Each run is an ordinary run directory under --out: rerun the same command and it resumes.
+Each run is an ordinary run directory under --out: rerun the same command and it resumes. --models rebuilds
+only the models named (the others keep their shipped weights and cards).
 
-    python experiments/pretrained.py --out runs/pretrained --threads 1
+    python -m experiments.pretrained --out runs/pretrained --threads 1
+    python -m experiments.pretrained --out runs/pretrained --threads 1 --models mnist-mcm1
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-from mnist_tables import scores_of
 
+from experiments.mnist_tables import scores_of
 from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.pretrained import PRETRAINED_DIR
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -32,18 +36,32 @@ from mcm_fast.train.loop import train
 EVAL_N = 2000
 EVAL_SEED = 1
 TEACHER = {"steps": 3000, "seed": 0}
-STUDENT_STEPS = (4, 8, 2, 1)  # trained in this order
 STUDENT = {"steps": 2500, "seed": 0}
+STUDENTS = {  # name: options over STUDENT, trained in this order
+    "mnist-mcm4": {"objective": {"student_steps": 4}},
+    "mnist-mcm8": {"objective": {"student_steps": 8}},
+    "mnist-mcm2": {"objective": {"student_steps": 2}},
+    # as many steps as four single-S students together
+    "mnist-mcm1": {"objective": {"student_steps": [1, 2, 4, 8]}, "steps": 10_000, "sample_steps": 1},
+}
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (1, 2, 4, 8, 16, 64)] + [(256, "addim")]
 
 
 def configs(out: Path) -> dict:
     """{name: (run directory, config)} of every shipped model."""
     runs = {"mnist-teacher": (out / "teacher", load_config("tiny-teacher", TEACHER))}
-    for s in STUDENT_STEPS:
-        runs[f"mnist-mcm{s}"] = (out / f"mcm{s}", load_config("tiny-cd", {
-            **STUDENT, "teacher": str(out / "teacher"), "objective": {"student_steps": s}}))
+    for name, options in STUDENTS.items():
+        runs[name] = (out / name.removeprefix("mnist-"), load_config("tiny-cd", {
+            **STUDENT, "teacher": os.path.relpath(PRETRAINED_DIR / "mnist-teacher"), **options}))
     return runs
+
+
+def budgets(config) -> list[tuple[int, str]]:
+    """The (steps, sampler) a model is scored at: the teacher's TEACHER_BUDGETS, or each S a student serves."""
+    if config.kind == "teacher":
+        return TEACHER_BUDGETS
+    steps = config.objective.student_steps
+    return [(s, "mcm") for s in (steps if isinstance(steps, (list, tuple)) else [steps])]
 
 
 def scores(directory: Path, budgets) -> list[dict]:
@@ -65,8 +83,18 @@ def export(name: str, directory: Path, rows: list[dict], command: str, commit: s
     return target
 
 
-def model_card(cards: dict[str, dict]) -> str:
-    teacher = {(r["steps"], r["sampler"]): r for r in cards["mnist-teacher"]["scores"]}
+def kind(config: dict) -> str:
+    """The model card's name for what a model's training config made."""
+    if config["kind"] == "teacher":
+        return "teacher"
+    steps = config["objective"]["student_steps"]
+    return f"MCM CD, one student for S = {', '.join(map(str, steps))}" if isinstance(steps, list) else "MCM CD"
+
+
+def model_card(checkpoints: dict[str, dict]) -> str:
+    """mcm_fast/pretrained/README.md from the shipped checkpoints: every score, beside the teacher's at the same
+    steps, and the commands that made them."""
+    teacher = {(r["steps"], r["sampler"]): r for r in checkpoints["mnist-teacher"]["card"]["scores"]}
     lines = ["# Pretrained models\n\n",
              "Class-conditional MNIST at 16x16 (the tiny UViT, 0.64M parameters, EMA weights), trained on this "
              "package's shipped MNIST by `experiments/pretrained.py`. Load one with `mf.load_pretrained(name)`.\n\n",
@@ -74,43 +102,48 @@ def model_card(cards: dict[str, dict]) -> str:
              f"labels for every model) against {EVAL_N} MNIST test digits.\n\n",
              "| name | kind | training steps (batch 128) | sampler | steps | FD-MNIST | precision | recall | "
              "teacher DDIM, same steps | teacher aDDIM, same steps |\n|---|---|---|---|---|---|---|---|---|---|\n"]
-    for name, card in cards.items():
+    commands = {}
+    for name, checkpoint in checkpoints.items():
+        card, label = checkpoint["card"], kind(checkpoint["config"])
+        commands.setdefault((card["command"], card["commit"]), []).append(name)
         for row in card["scores"]:
             same = [teacher.get((row["steps"], s), {}).get("fd_mnist") for s in ("ddim", "addim")]
-            same = [f"{v:.1f}" if v is not None and not name.endswith("teacher") else "" for v in same]
-            lines.append(f"| {name} | {'teacher' if name.endswith('teacher') else 'MCM CD'} | "
-                         f"{card['training_steps']} | "
-                         f"{row['sampler']} | {row['steps']} | {row['fd_mnist']:.1f} | {row['precision']:.3f} | "
-                         f"{row['recall']:.3f} | {same[0]} | {same[1]} |\n")
-    first = next(iter(cards.values()))
-    lines.append(f"\nCommand: `{first['command']}` (commit {first['commit']}); the training configs are in each "
-                 "model's checkpoint.json.\n")
+            same = [f"{v:.1f}" if v is not None and label != "teacher" else "" for v in same]
+            lines.append(f"| {name} | {label} | {card['training_steps']} | {row['sampler']} | {row['steps']} | "
+                         f"{row['fd_mnist']:.1f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                         f"{same[0]} | {same[1]} |\n")
+    lines.append("\nCommands (the training configs are in each model's checkpoint.json):\n\n")
+    lines += [f"- `{command}` (commit {commit}): {', '.join(names)}\n" for (command, commit), names in commands.items()]
     return "".join(lines)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/pretrained")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--models", type=lambda text: text.split(","), default=None,
+                        help="comma-separated names to train, score and export (default: every model)")
     args = parser.parse_args(argv)
+    runs = configs(Path(args.out))
+    unknown = sorted(set(args.models or ()) - set(runs))
+    if unknown:
+        parser.error(f"--models: expected names among {', '.join(runs)}, got {', '.join(unknown)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    root, cwd = Path(__file__).resolve().parents[1], Path.cwd().resolve()
-    command = (f"cd {cwd.relative_to(root)} && " if cwd != root else "") + \
-        f"python {os.path.relpath(Path(__file__).resolve(), cwd)} " + " ".join(argv if argv is not None else
-        sys.argv[1:])
+    command = " ".join(["python -m experiments.pretrained", *argv])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cards = {}
-    for name, (directory, config) in configs(Path(args.out)).items():
+    for name, (directory, config) in runs.items():
+        if args.models is not None and name not in args.models:
+            continue
         start = time.perf_counter()
         train(config, directory, progress=False)
-        budgets = TEACHER_BUDGETS if config.kind == "teacher" else [(config.objective.student_steps, "mcm")]
-        rows = scores(directory, budgets)
+        rows = scores(directory, budgets(config))
         target = export(name, directory, rows, command, commit)
-        cards[name] = load_checkpoint(target)["card"]
         print(f"{name}: {[(r['steps'], r['sampler'], round(r['fd_mnist'], 1)) for r in rows]} "
               f"({(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
-    (PRETRAINED_DIR / "README.md").write_text(model_card(cards))
+    (PRETRAINED_DIR / "README.md").write_text(model_card({name: load_checkpoint(PRETRAINED_DIR / name)
+                                                           for name in runs}))
 
 
 if __name__ == "__main__":
