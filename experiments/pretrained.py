@@ -83,6 +83,11 @@ def export(name: str, directory: Path, rows: list[dict], command: str, commit: s
     return target
 
 
+def shipped() -> dict[str, dict]:
+    """{name: checkpoint} of every shipped model, the teacher first."""
+    return {name: load_checkpoint(PRETRAINED_DIR / name) for name in ["mnist-teacher", *STUDENTS]}
+
+
 def kind(config: dict) -> str:
     """The model card's name for what a model's training config made."""
     if config["kind"] == "teacher":
@@ -142,8 +147,7 @@ def main(argv=None):
         target = export(name, directory, rows, command, commit)
         print(f"{name}: {[(r['steps'], r['sampler'], round(r['fd_mnist'], 1)) for r in rows]} "
               f"({(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
-    (PRETRAINED_DIR / "README.md").write_text(model_card({name: load_checkpoint(PRETRAINED_DIR / name)
-                                                           for name in runs}))
+    (PRETRAINED_DIR / "README.md").write_text(model_card(shipped()))
 
 
 if __name__ == "__main__":
