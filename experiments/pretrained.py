@@ -56,7 +56,7 @@ def configs(out: Path) -> dict:
     return runs
 
 
-def budgets(config) -> list[tuple[int, str]]:
+def budgets_of(config) -> list[tuple[int, str]]:
     """The (steps, sampler) a model is scored at: the teacher's TEACHER_BUDGETS, or each S a student serves."""
     if config.kind == "teacher":
         return TEACHER_BUDGETS
@@ -143,7 +143,7 @@ def main(argv=None):
             continue
         start = time.perf_counter()
         train(config, directory, progress=False)
-        rows = scores(directory, budgets(config))
+        rows = scores(directory, budgets_of(config))
         target = export(name, directory, rows, command, commit)
         print(f"{name}: {[(r['steps'], r['sampler'], round(r['fd_mnist'], 1)) for r in rows]} "
               f"({(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
