@@ -69,6 +69,15 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, teacher_dir):
             assert torch.equal(a["ema"][key], b["ema"][key]), key
 
 
+def test_a_run_whose_checkpoints_are_gone_restarts_with_a_log_of_its_own(tmp_path):
+    whole, lost = tmp_path / "whole", tmp_path / "lost"
+    train(tiny(steps=3, save_every=3), whole, progress=False)
+    train(tiny(steps=2, save_every=2), lost, progress=False)
+    shutil.rmtree(lost / "step-000000002")
+    train(tiny(steps=3, save_every=3), lost, progress=False)
+    assert (lost / "log.jsonl").read_text().count('"step": 1,') == 1 and losses(lost) == losses(whole)
+
+
 def test_students_start_from_the_teacher_and_every_kind_trains(tmp_path, teacher_dir):
     teacher_ema = load_checkpoint(teacher_dir)["ema"]
     config = tiny("tiny-cd", steps=1, teacher=str(teacher_dir))

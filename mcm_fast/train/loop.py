@@ -138,8 +138,11 @@ class Trainer:
 
     def _resume(self):
         """Continues from the newest checkpoint in out that loads and verifies; damaged ones are skipped with a
-        warning and kept, and a run directory none of whose checkpoints verifies is refused (never restarted)."""
+        warning and kept, and a run directory none of whose checkpoints verifies is refused (never restarted). A run
+        that starts from scratch drops the rows a lost run left in log.jsonl, so the log holds one run."""
         if not has_checkpoints(self.out):
+            if self.ranks.main:
+                self._truncate_log(0)
             return
         state = load_checkpoint(self.out)
         saved, current = state.get("config"), self.config.to_dict()
