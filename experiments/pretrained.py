@@ -36,13 +36,12 @@ from mcm_fast.train.loop import train
 EVAL_N = 2000
 EVAL_SEED = 1
 TEACHER = {"steps": 3000, "seed": 0}
-STUDENT = {"steps": 2500, "seed": 0}
+STUDENT = {"steps": 10_000, "seed": 0, "eval_every": 1000}  # eval_every: FD (200 samples) against training steps
 STUDENTS = {  # name: options over STUDENT, trained in this order
     "mnist-mcm4": {"objective": {"student_steps": 4}},
     "mnist-mcm8": {"objective": {"student_steps": 8}},
     "mnist-mcm2": {"objective": {"student_steps": 2}},
-    # as many steps as four single-S students together
-    "mnist-mcm1": {"objective": {"student_steps": [1, 2, 4, 8]}, "steps": 10_000, "sample_steps": 1},
+    "mnist-mcm1": {"objective": {"student_steps": [1, 2, 4, 8]}, "sample_steps": 1},
 }
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (1, 2, 4, 8, 16, 64)] + [(256, "addim")]
 
