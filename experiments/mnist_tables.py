@@ -9,15 +9,20 @@ Per seed, one teacher (the tiny UViT, v-loss), then students distilled or traine
   f. CT from random initialization against CT from the teacher; segment edges uniform in logSNR against
      uniform in t; weighting snr+1 (the paper's) against sqrt(snr+1) (the default).
 Every run is an ordinary run directory under --out (checkpointed, so an interrupted run resumes) with its
-scores in scores.json, so rerunning the script continues where it stopped. The tables (mean and standard
-deviation over seeds) go to --out/tables.md and the plots to --out/*.png.
+scores in scores.json, so rerunning the script continues where it stopped. Several processes may run one seed:
+each trains the runs no other live process holds (a lock per run directory, released when its process ends,
+killed too). The tables (mean and standard deviation over seeds) go to --out/tables.md and the plots to
+--out/*.png.
 
     python experiments/mnist_tables.py                                # every table, 3 seeds, in experiments/tables
     python experiments/mnist_tables.py --scale smoke --out /tmp/tables  # the pipeline end to end in minutes
+    python experiments/mnist_tables.py --seeds 2 --threads 1 &          # twice: two cores share one seed
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import statistics
 import time
@@ -78,13 +83,13 @@ def plan(scale: Scale) -> list[Run]:
                  Run("b", f"cd-ddim-S{s}", "cd", s, {"objective": {"teacher_solver": "ddim"}})]
     for s in scale.student_steps[1:4]:
         runs.append(Run("c", f"cd-fixed-S{s}", "cd", s, {"objective": {"teacher_steps": scale.teacher_steps[1]}}))
-    for s in scale.direct_steps:
-        runs.append(Run("d", f"direct-S{s}", "direct", s))
-    runs.append(Run("e", "song-cd", "cm", 2, {"init": "teacher"}))
     mid = scale.student_steps[min(2, len(scale.student_steps) - 1)]
     runs += [Run("f", f"ct-random-S{mid}", "ct", mid, {"init": "random"}),
              Run("f", f"cd-logsnr-S{mid}", "cd", mid, {"objective": {"boundaries": "logsnr"}}),
              Run("f", f"cd-snr1-S{mid}", "cd", mid, {"objective": {"weighting": "snr+1"}})]
+    # last: tables d and e need one seed (issue 17), the others three
+    runs += [Run("d", f"direct-S{s}", "direct", s) for s in scale.direct_steps]
+    runs.append(Run("e", "song-cd", "cm", 2, {"init": "teacher"}))
     return runs
 
 
@@ -142,26 +147,45 @@ def evaluate(directory: Path, steps_and_samplers, scale: Scale, seed: int,
     return rows
 
 
+@contextlib.contextmanager
+def claim(directory: Path, wait: bool):
+    """Yields whether this process holds directory's lock; without wait, False at once while another live process
+    holds it. The operating system releases the lock when its process ends, killed too, so none is ever stale."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def run_seed(scale: Scale, seed: int, out: Path, echo=print) -> dict[str, list[dict]]:
-    """Trains and scores the teacher and every student of one seed; returns {run name: score rows}."""
+    """Trains and scores the teacher and every student of one seed that no other process holds; returns {run name:
+    score rows} of the runs scored."""
     root = out / f"seed{seed}"
     teacher_dir = root / "teacher"
     pending = [run for run in plan(scale) if not (root / run.name / "scores.json").is_file()]
     if pending or not (teacher_dir / "scores.json").is_file():
-        echo(f"== seed {seed}: teacher -> {teacher_dir}")
-        train(teacher_config(scale, seed), teacher_dir, progress=False)
-    budgets = [(s, sampler) for sampler in ("ddim", "addim") for s in scale.student_steps]
-    budgets.append((scale.teacher_budget, "addim"))
-    results = {"teacher": scores_of(teacher_dir, lambda: evaluate(teacher_dir, budgets, scale, seed))}
-    for run in plan(scale):
+        with claim(teacher_dir, wait=True):  # another process training it: wait for it
+            echo(f"== seed {seed}: teacher -> {teacher_dir}")
+            train(teacher_config(scale, seed), teacher_dir, progress=False)
+            budgets = [(s, sampler) for sampler in ("ddim", "addim") for s in scale.student_steps]
+            budgets.append((scale.teacher_budget, "addim"))
+            scores_of(teacher_dir, lambda: evaluate(teacher_dir, budgets, scale, seed))
+    for run in pending:
         directory = root / run.name
-        if run in pending:
-            echo(f"== seed {seed}: {run.name} ({run.kind}, S = {run.steps}) -> {directory}")
-            train(student_config(scale, seed, run, teacher_dir), directory, progress=False)
         steps = [(1, "mcm"), (2, "mcm")] if run.kind == "cm" else [(run.steps, "mcm")]
         ode = teacher_dir if run.table == "d" or run.name == f"cd-S{scale.direct_steps[0]}" else None
-        results[run.name] = scores_of(directory, lambda d=directory, st=steps, o=ode: evaluate(d, st, scale, seed, o))
-    return results
+        with claim(directory, wait=False) as mine:
+            if not mine:
+                echo(f"== seed {seed}: {run.name} is another process's")
+            elif not (directory / "scores.json").is_file():  # not scored by another process since
+                echo(f"== seed {seed}: {run.name} ({run.kind}, S = {run.steps}) -> {directory}")
+                train(student_config(scale, seed, run, teacher_dir), directory, progress=False)
+                write_scores(directory / "scores.json", evaluate(directory, steps, scale, seed, ode))
+    return scored(scale, seed, out)
 
 
 def scored(scale: Scale, seed: int, out: Path) -> dict[str, list[dict]]:
