@@ -120,6 +120,7 @@ def scores_of(directory: Path, compute) -> list[dict]:
 
 def write_scores(path: Path, rows: list[dict]) -> list[dict]:
     """Writes rows to path as JSON atomically: a run killed while writing leaves no half-written scores."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(rows, indent=1) + "\n")
     partial.replace(path)

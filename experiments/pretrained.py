@@ -36,12 +36,13 @@ from mcm_fast.train.loop import train
 EVAL_N = 2000
 EVAL_SEED = 1
 TEACHER = {"steps": 3000, "seed": 0}
-STUDENT = {"steps": 10_000, "seed": 0, "eval_every": 1000}  # eval_every: FD (200 samples) against training steps
+# 10000 steps at the constant rate, then 2000 decaying it to 0 (eval_every: FD on 200 samples against steps)
+STUDENT = {"steps": 12_000, "cooldown": 2_000, "seed": 0, "eval_every": 1000}
 STUDENTS = {  # name: options over STUDENT, trained in this order
     "mnist-mcm4": {"objective": {"student_steps": 4}},
     "mnist-mcm8": {"objective": {"student_steps": 8}},
     "mnist-mcm2": {"objective": {"student_steps": 2}},
-    "mnist-mcm1": {"objective": {"student_steps": [1, 2, 4, 8]}, "sample_steps": 1},
+    "mnist-mcm1": {"objective": {"student_steps": [1, 2, 4, 8]}, "sample_steps": 1, "steps": 10_000, "cooldown": 0},
 }
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (1, 2, 4, 8, 16, 64)] + [(256, "addim")]
 
@@ -64,8 +65,10 @@ def budgets_of(config) -> list[tuple[int, str]]:
 
 
 def scores(directory: Path, budgets) -> list[dict]:
-    """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler), cached in scores.json."""
-    return scores_of(directory, lambda: score_budgets(directory, budgets, EVAL_N, EVAL_SEED))
+    """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler), cached in
+    scores/step-N/scores.json for its newest checkpoint (a run resumed to more steps is scored again)."""
+    cache = directory / "scores" / latest_checkpoint(directory).name
+    return scores_of(cache, lambda: score_budgets(directory, budgets, EVAL_N, EVAL_SEED))
 
 
 def export(name: str, directory: Path, rows: list[dict], command: str, commit: str) -> Path:

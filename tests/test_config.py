@@ -122,6 +122,7 @@ BAD_SETTINGS = {
     "prediction": ["score"],
     "schedule_shift": ["[32]", "[0, 64]", "[-32, 64]", "32"],
     "steps": ["0", "-1", "1e3"],
+    "cooldown": ["-1", "1.5", "true", "1000000"],  # the last: more than the run's steps
     "seed": ["-1", "4294967296"],
     "log_every": ["0"],
     "save_every": ["-1"],

@@ -15,7 +15,7 @@ import torch
 
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
-from mcm_fast.train.loop import NonFiniteLossError, Trainer, train
+from mcm_fast.train.loop import NonFiniteLossError, Trainer, learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": {"resolution": 8}, "optim": {"batch_size": 8, "warmup": 2}, "log_every": 1, "eval_samples": 20,
@@ -67,6 +67,29 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, teacher_dir):
         a, b = load_checkpoint(whole), load_checkpoint(parts)
         for key in a["ema"]:
             assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+def test_learning_rate_warms_up_holds_and_cools_down_to_a_last_step_that_still_moves():
+    config = tiny(steps=10, cooldown=4, optim={"lr": 2.0, "warmup": 2})
+    assert [learning_rate(config, step) for step in range(10)] == [1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.5, 1.0, 0.5]
+    assert [learning_rate(tiny(steps=4, optim={"lr": 2.0, "warmup": 0}), step) for step in range(4)] == [2.0] * 4
+
+
+def test_a_run_resumed_with_a_cooldown_equals_one_trained_with_it(tmp_path):
+    """cooldown may change on resume, as steps may: a run trained at a constant rate, then resumed with a
+    cooldown over the steps it adds, is the run trained with that cooldown from the start (how a shipped
+    student's constant-rate steps are reused, experiments/pretrained.py)."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(tiny(steps=6, cooldown=3, save_every=3), whole, progress=False)
+    train(tiny(steps=3, save_every=3), parts, progress=False)
+    train(tiny(steps=6, cooldown=3, save_every=3), parts, progress=False)
+    rows = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
+    lr = tiny().optim.lr
+    assert [row["lr"] for row in rows if "lr" in row] == pytest.approx([lr / 2, lr, lr, lr, 2 * lr / 3, lr / 3])
+    assert losses(parts) == losses(whole)
+    a, b = load_checkpoint(whole), load_checkpoint(parts)
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
 
 
 def test_a_run_whose_checkpoints_are_gone_restarts_with_a_log_of_its_own(tmp_path):

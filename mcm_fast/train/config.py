@@ -103,6 +103,7 @@ class TrainConfig:
     song: SongConfig = field(default_factory=SongConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000
+    cooldown: int = 0  # the last cooldown steps decay the learning rate linearly to 0 (0: constant after warmup)
     seed: int = 0
     log_every: int = 10
     save_every: int = 250
@@ -346,6 +347,7 @@ def _rules() -> dict:
         "optim.accumulate": (positive, "an integer >= 1"),
         "optim.ema_decay": (_real(0, 1), "a number in [0, 1]"),
         "steps": (positive, "an integer >= 1"),
+        "cooldown": (count, "an integer >= 0"),
         "seed": (_int(0, 2**31 - 1), "an integer in [0, 2^31)"),
         "log_every": (positive, "an integer >= 1"),
         "save_every": (count, "an integer >= 0 (0: only at the end)"),
@@ -372,6 +374,8 @@ def check_config(config: TrainConfig) -> None:
     if config.optim.batch_size % config.optim.accumulate:
         raise ConfigError(f"optim.accumulate: expected a divisor of optim.batch_size={config.optim.batch_size}, "
                           f"got {config.optim.accumulate}")
+    if config.cooldown > config.steps:
+        raise ConfigError(f"cooldown: expected at most steps={config.steps}, got {config.cooldown}")
     if config.schedule_shift is not None and config.schedule != "cosine":
         raise ConfigError(f"schedule_shift: shifts the cosine schedule, expected None for schedule={config.schedule!r}")
     from mcm_fast.consistency import ConsistencyLoss

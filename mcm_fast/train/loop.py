@@ -44,8 +44,8 @@ from mcm_fast.train.kinds import KINDS
 LOG_NAME = "log.jsonl"
 PARAMETERIZATION_KEYS = ("model", "model_options", "prediction", "schedule", "schedule_options", "schedule_shift",
                       "time_input")  # what a student shares with its teacher
-LOOP_KEYS = ("steps", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples", "sample_steps",
-             "compile", "device", "precision")  # may change when a run resumes; every other key may not
+LOOP_KEYS = ("steps", "cooldown", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples",
+             "sample_steps", "compile", "device", "precision")  # may change when a run resumes; every other key may not
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +64,15 @@ def autocast(precision: str, device: torch.device):
     if precision == "bf16" or (precision == "auto" and native):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of 0-based step: linear warmup over optim.warmup steps, constant, then a linear decay
+    over the last config.cooldown steps whose final step still moves (the warmup-stable-decay schedule; with the
+    EMA it lowers the noise of the final weights, docs/results.md)."""
+    warmup = (step + 1) / max(config.optim.warmup, 1)
+    decay = (config.steps - step) / config.cooldown if config.cooldown else 1.0
+    return config.optim.lr * min(1.0, warmup, decay)
 
 
 class Trainer:
@@ -221,9 +230,8 @@ class Trainer:
         config, ranks = self.config, self.ranks
         accumulate = config.optim.accumulate
         micro_batches = ranks.world * accumulate
-        lr = config.optim.lr * min(1.0, (step + 1) / max(config.optim.warmup, 1))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(config, step)
         indices = batch_indices(len(self.data), config.optim.batch_size, step, config.seed)
         self.net.train()
         total = torch.zeros((), device=ranks.device)
