@@ -31,6 +31,14 @@ def losses(run_dir: Path) -> list[float]:
     return [row["loss"] for row in rows if "loss" in row]
 
 
+def assert_same_run(a_dir: Path, b_dir: Path):
+    """Two run directories logged the same losses and hold the same EMA weights, bit for bit."""
+    assert losses(a_dir) == losses(b_dir)
+    a, b = load_checkpoint(a_dir), load_checkpoint(b_dir)
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
 def cli(*args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "mcm_fast", *args], cwd=ROOT, env=env, capture_output=True,
@@ -63,10 +71,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, teacher_dir):
         train(tiny(preset, steps=6, save_every=3, **extra), whole, progress=False)
         train(tiny(preset, steps=3, save_every=3, **extra), parts, progress=False)
         train(tiny(preset, steps=6, save_every=3, **extra), parts, progress=False)  # resumes at step 3
-        assert losses(parts) == losses(whole)
-        a, b = load_checkpoint(whole), load_checkpoint(parts)
-        for key in a["ema"]:
-            assert torch.equal(a["ema"][key], b["ema"][key]), key
+        assert_same_run(parts, whole)
 
 
 def test_learning_rate_warms_up_holds_and_cools_down_to_a_last_step_that_still_moves():
@@ -86,10 +91,7 @@ def test_a_run_resumed_with_a_cooldown_equals_one_trained_with_it(tmp_path):
     rows = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
     lr = tiny().optim.lr
     assert [row["lr"] for row in rows if "lr" in row] == pytest.approx([lr / 2, lr, lr, lr, 2 * lr / 3, lr / 3])
-    assert losses(parts) == losses(whole)
-    a, b = load_checkpoint(whole), load_checkpoint(parts)
-    for key in a["ema"]:
-        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert_same_run(parts, whole)
 
 
 def test_a_run_whose_checkpoints_are_gone_restarts_with_a_log_of_its_own(tmp_path):
