@@ -48,6 +48,11 @@ def _finite(text: str) -> float:
     return value
 
 
+def _threads(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--threads", type=_positive, default=None,
+                         help="CPU threads (default: the cores other processes leave free, re-read every second)")
+
+
 def _model_source(command: argparse.ArgumentParser) -> None:
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="run or checkpoint directory")
@@ -77,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "train a tiny teacher on MNIST, distill a 4-step MCM, write a sample grid and FD table",
                    "mcm-fast demo --out runs/demo")
+    _threads(demo)
     demo.add_argument("--out", default="runs/demo",
                       help="run directory; an interrupted demo resumes (default runs/demo)")
     demo.add_argument("--teacher-iters", type=_positive, default=None, help="teacher training steps (default: preset)")
@@ -90,11 +96,13 @@ def parser() -> argparse.ArgumentParser:
                        help="run directory (checkpoints, log.jsonl, samples/); resumes if present")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
+    _threads(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = command("sample", "write a grid of samples from a checkpoint",
                      "mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png")
     _model_source(sample)
+    _threads(sample)
     sample.add_argument("--steps", type=_positive, default=None, help="network calls (default: the run's)")
     sample.add_argument("--n", type=_positive, default=100, help="number of samples (default 100)")
     sample.add_argument("--out", required=True, help="PNG file to write")
@@ -107,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate = command("eval", "FD (MNIST features for MNIST), precision and recall per step count",
                        "mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000 --out runs/mnist-cd4/eval")
     _model_source(evaluate)
+    _threads(evaluate)
     evaluate.add_argument("--steps", type=_step_list, default=None,
                           help="comma-separated step counts (default: the run's)")
     evaluate.add_argument("--n", type=_positive, default=1000, help="samples per estimate (default 1000)")
@@ -117,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
 
     bench = command("bench", "training and sampling throughput of a config on this machine",
                     "mcm-fast bench --config tiny-teacher --batch 128")
+    _threads(bench)
     bench.add_argument("--config", default="tiny-teacher", help="a preset name or a .yaml/.json file")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     bench.add_argument("--batch", type=_positive, default=64, help="batch size (default 64)")
@@ -161,26 +171,28 @@ def _run(args) -> int:
     if args.command == "demo":
         from mcm_fast.demo import run
 
-        run(out=args.out, teacher_iters=args.teacher_iters, student_iters=args.student_iters, n=args.n)
+        run(out=args.out, teacher_iters=args.teacher_iters, student_iters=args.student_iters, n=args.n,
+            threads=args.threads)
     elif args.command == "train":
         from mcm_fast.train.config import load_config
         from mcm_fast.train.loop import train
 
-        train(load_config(args.config, args.set), args.out, progress=not args.no_progress)
+        threads = [] if args.threads is None else [f"threads={args.threads}"]
+        train(load_config(args.config, [*args.set, *threads]), args.out, progress=not args.no_progress)
     elif args.command == "sample":
         from mcm_fast.commands.evaluate import sample_grid
 
         print(sample_grid(_checkpoint(args), args.out, n=args.n, n_steps=args.steps, seed=args.seed, label=args.label,
-                          sampler=args.sampler, scale=args.scale, guidance=args.guidance))
+                          sampler=args.sampler, scale=args.scale, guidance=args.guidance, threads=args.threads))
     elif args.command == "eval":
         from mcm_fast.commands.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler,
-                            out=args.out, guidance=args.guidance)
+                            out=args.out, guidance=args.guidance, threads=args.threads)
     elif args.command == "bench":
         from mcm_fast.commands.bench import bench
 
-        bench(args.config, args.set, batch=args.batch, iters=args.iters, steps=args.steps)
+        bench(args.config, args.set, batch=args.batch, iters=args.iters, steps=args.steps, threads=args.threads)
     return 0
 
 

@@ -17,6 +17,7 @@ from mcm_fast.commands.evaluate import sampler_of
 from mcm_fast.data import load_dataset
 from mcm_fast.metrics.evaluate import Scorer, default_features, reference_set, score
 from mcm_fast.metrics.grid import save_grid
+from mcm_fast.threads import governed
 from mcm_fast.train.build import load_model
 from mcm_fast.train.config import load_config
 from mcm_fast.train.loop import train
@@ -26,12 +27,12 @@ TEACHER_BUDGETS = (("ddim", STUDENT_STEPS), ("addim", STUDENT_STEPS), ("ddim", 6
 
 
 def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student_iters: int | None = None,
-        n: int = 2000, seed: int = 0, progress: bool = True, echo=print) -> list[dict]:
+        n: int = 2000, seed: int = 0, progress: bool = True, echo=print, threads: int | None = None) -> list[dict]:
     """Runs the demo; returns the table rows {"model", "sampler", "steps", "fd_mnist", "precision", "recall",
-    "seconds"}."""
+    "seconds"}. threads: CPU threads, None: the cores other processes leave free (mcm_fast.threads)."""
     out = Path(out)
     teacher_dir, student_dir = out / "teacher", out / f"mcm{STUDENT_STEPS}"
-    common = {"seed": seed}
+    common = {"seed": seed, "threads": threads}
     stages = (
         ("teacher", teacher_dir,
          load_config("tiny-teacher", {**common, **({"steps": teacher_iters} if teacher_iters else {})})),
@@ -49,6 +50,7 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
 
     teacher, teacher_config, info = load_model(teacher_dir)
     student, student_config, _ = load_model(student_dir)
+    governed(teacher, threads), governed(student, threads)
     scorer = Scorer(student_config, info, n, seed + 1)
     candidates = [("teacher", teacher, teacher_config, sampler, steps) for sampler, steps in TEACHER_BUDGETS]
     candidates.insert(0, (f"MCM (S={STUDENT_STEPS})", student, student_config, "ddim", STUDENT_STEPS))

@@ -22,6 +22,13 @@ def _no_backend_env(monkeypatch):
     monkeypatch.delenv("MCM_FAST_BACKEND", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fixed_threads(monkeypatch):
+    """Tests hold torch's thread count, as they hold seeds: the count changes a run's bits (by rounding), and the
+    machine's load must not. mcm_fast.threads then sees no /proc; tests/test_threads.py gives it one."""
+    monkeypatch.setattr("mcm_fast.threads.machine_times", lambda: None)
+
+
 @pytest.fixture
 def gen(request):
     """A torch.Generator seeded by the test id: every test draws its own, reproducible inputs."""

@@ -11,6 +11,7 @@ from mcm_fast._checks import inputs_checked
 from mcm_fast.data import load_dataset
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import count_parameters
+from mcm_fast.threads import Threads
 from mcm_fast.train.build import make_net, make_schedule
 from mcm_fast.train.config import load_config
 from mcm_fast.train.ema import ema_decay, ema_update
@@ -32,10 +33,13 @@ def _timed(fn, iters: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, steps=(1, 2, 4, 8), echo=print) -> dict:
+def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, steps=(1, 2, 4, 8), echo=print,
+          threads: int | None = None) -> dict:
     """Images/s of one optimizer step of the config's run (a frozen copy of the network stands in for a
-    teacher) and of its kind's sampling at each step count; prints and returns them."""
+    teacher) and of its kind's sampling at each step count, with the CPU threads training and sampling would use
+    (threads; None: the cores other processes leave free); prints and returns them."""
     config = load_config(config_name, overrides)
+    governor = Threads(threads)
     kind, device = KINDS[config.kind], torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
                         split=config.data.split, n=config.data.n, seed=config.seed)
@@ -55,6 +59,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
                                   weight_decay=optim.weight_decay, fused=device.type == "cuda")
 
     def train_step(step=0):
+        governor()
         with autocast(config.precision, device), inputs_checked():
             loss_fn(cond, x, step).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
@@ -67,7 +72,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
     results = {"train_images_per_s": batch / _timed(train_step, iters, device)}
     echo(f"{config.model} ({params / 1e6:.2f}M parameters) on {device}, batch {batch}, data {tuple(data.shape)}")
     echo(f"train step ({kind.loss_name}): {results['train_images_per_s']:.1f} images/s")
-    net.eval()
+    net.eval().register_forward_pre_hook(governor)
     noise = torch.randn_like(x)
     for n_steps in steps:
         rate = batch / _timed(lambda n_steps=n_steps: kind.sample(model, config, n_steps, noise, **cond), iters, device)

@@ -10,6 +10,7 @@ import torch
 
 from mcm_fast.metrics.evaluate import Scorer, guidance_inputs, sample_inputs
 from mcm_fast.metrics.grid import check_output_path, save_grid
+from mcm_fast.threads import governed
 from mcm_fast.train.build import default_steps, generate, load_model
 
 
@@ -21,10 +22,13 @@ def sampler_of(model, config, n_steps: int, sampler: str = "addim", **guide):
 
 
 def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
-                sampler: str = "addim", scale: int = 1, device: str = "cpu", guidance: float = 0.0):
-    """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path."""
+                sampler: str = "addim", scale: int = 1, device: str = "cpu", guidance: float = 0.0,
+                threads: int | None = None):
+    """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path. threads:
+    CPU threads, None: the cores other processes leave free (mcm_fast.threads)."""
     check_output_path(out)
     model, config, info = load_model(ckpt, device)
+    governed(model, threads)
     if len(info["shape"]) != 3:
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
     noise, cond, generator = sample_inputs(info, n, seed, device, label)
@@ -45,15 +49,16 @@ def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list
 
 
 def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler: str = "addim", device: str = "cpu",
-                        out=None, echo=print, guidance: float = 0.0) -> list[dict]:
+                        out=None, echo=print, guidance: float = 0.0, threads: int | None = None) -> list[dict]:
     """Scores a checkpoint's EMA model at each step count against held-out data; prints and returns the rows.
 
     With out, a directory, also writes eval.json (the rows), the metric against the steps (metric.png) and,
-    for images, a grid of the first 100 samples per step count (samples-<steps>.png).
+    for images, a grid of the first 100 samples per step count (samples-<steps>.png). threads: as sample_grid's.
     """
     if out is not None:
         check_output_path(Path(out) / "eval.json")
     model, config, info = load_model(ckpt, device)
+    governed(model, threads)
     scorer = Scorer(config, info, n, seed, device)
     rows = []
     echo(f"{ckpt}: {config.kind} {config.model}, {n} samples against held-out {config.data.name}")

@@ -115,6 +115,7 @@ class TrainConfig:
     compile: bool = False
     precision: str = "auto"  # auto: bf16 autocast on GPU and on CPUs with native bf16, else fp32
     device: str = "auto"
+    threads: int | None = None  # CPU intra-op threads; None: the cores other processes leave free (mcm_fast.threads)
     strategy: str = "ddp"  # multi-process wrapping under torchrun: ddp or fsdp
 
     def __post_init__(self):
@@ -357,6 +358,7 @@ def _rules() -> dict:
         "eval_samples": (_int(MIN_EVAL_SAMPLES), f"an integer >= {MIN_EVAL_SAMPLES}"),
         "sample_steps": (_optional(_int(1, MAX_STEPS)), f"None or an integer in [1, {MAX_STEPS}]"),
         "compile": (lambda v: isinstance(v, bool), "true or false"),
+        "threads": (_optional(positive), "None (the cores other processes leave free) or an integer >= 1"),
         "model_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping"),
     }
 

@@ -23,6 +23,7 @@ from mcm_fast._checks import inputs_checked
 from mcm_fast.data import batch_indices, load_dataset, shard
 from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.grid import save_grid
+from mcm_fast.threads import Threads
 from mcm_fast.train import distributed
 from mcm_fast.train.build import (
     adopt_teacher,
@@ -44,8 +45,9 @@ from mcm_fast.train.kinds import KINDS
 LOG_NAME = "log.jsonl"
 PARAMETERIZATION_KEYS = ("model", "model_options", "prediction", "schedule", "schedule_options", "schedule_shift",
                       "time_input")  # what a student shares with its teacher
+# may change when a run resumes; every other key may not
 LOOP_KEYS = ("steps", "cooldown", "log_every", "save_every", "keep", "sample_every", "eval_every", "eval_samples",
-             "sample_steps", "compile", "device", "precision")  # may change when a run resumes; every other key may not
+             "sample_steps", "compile", "device", "precision", "threads")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,6 +88,7 @@ class Trainer:
         if not found.is_dir():
             raise ConfigError(f"--out: {found} is a file; expected {self.out} to be a run directory (new or to resume)")
         self.ranks = distributed.setup(config.device)
+        self.threads = Threads(config.threads)  # called every step, and by the EMA network that samples
         self.progress = progress and self.ranks.main
         self.data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
                                  split=config.data.split, n=config.data.n, seed=config.seed)
@@ -103,6 +106,7 @@ class Trainer:
             load_teacher_weights(net, teacher_net)
         net = net.to(self.ranks.device)
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
+        self.ema.register_forward_pre_hook(self.threads)
         self.extra = self.kind.extra_state(net)  # e.g. Song et al.'s EMA target network
         self.net = distributed.parallel(net, config.strategy, self.ranks)
         if config.strategy == "fsdp" and self.ranks.world > 1:  # shard the copies alike, so updates stay local
@@ -187,6 +191,7 @@ class Trainer:
         if self.step:  # resumed: what a killed run left undone after its checkpoint
             self._outputs(writer)
         while self.step < config.steps:
+            self.threads()
             window.append(self._train_step(self.step))
             self.step += 1
             images += config.optim.batch_size
