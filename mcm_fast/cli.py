@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 
 EXAMPLES = """examples:
   mcm-fast demo                                        # tiny teacher + 4-step MCM on MNIST, on CPU in minutes
+  mcm-fast config --config mnist-cd                     # every config key, its value and meaning
   mcm-fast train --config mnist-teacher --out runs/mnist-teacher
   mcm-fast train --config mnist-cd --out runs/mnist-cd4 --set objective.student_steps=4
   torchrun --nproc_per_node 8 -m mcm_fast train --config mnist-teacher --out runs/t --set optim.batch_size=1024
@@ -95,9 +97,15 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True,
                        help="run directory (checkpoints, log.jsonl, samples/); resumes if present")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
+                       help="override a config key (repeatable); `mcm-fast config` lists them all")
     _threads(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    config = command("config", "print every config key of a preset or file with its value and meaning",
+                     "mcm-fast config --config tiny-cd --set data.resolution=8")
+    config.add_argument("--config", default="tiny-teacher", help="a preset name or a .yaml/.json file "
+                        "(default tiny-teacher)")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
 
     sample = command("sample", "write a grid of samples from a checkpoint",
                      "mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png")
@@ -140,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     usage errors keep its convention: status 2 and one `error:` line after the usage)."""
     args = parser().parse_args(argv)
     prefix = f"mcm-fast {args.command}"
+    for library in ("DIFFUSERS", "TRANSFORMERS"):  # their loggers, read on import: our lines only on stderr
+        os.environ.setdefault(f"{library}_VERBOSITY", "error")
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
@@ -179,6 +189,10 @@ def _run(args) -> int:
 
         threads = [] if args.threads is None else [f"threads={args.threads}"]
         train(load_config(args.config, [*args.set, *threads]), args.out, progress=not args.no_progress)
+    elif args.command == "config":
+        from mcm_fast.train.config import describe, load_config
+
+        print(describe(load_config(args.config, args.set)))
     elif args.command == "sample":
         from mcm_fast.commands.evaluate import sample_grid
 

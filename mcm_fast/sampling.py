@@ -18,6 +18,7 @@ from mcm_fast._checks import (
     check_float_tensor,
     check_generator,
     check_int,
+    check_range,
     check_real,
     check_shape,
     inputs_checked,
@@ -297,6 +298,8 @@ def sample_diffusion(model, n_steps: int, solver: str = "ddim", shape=None, sche
     number = isinstance(x_var, Real) and not isinstance(x_var, bool)
     if not (x_var == "analytic" or isinstance(x_var, XVarTable) or number):
         raise ValueError(f"x_var: expected 'analytic', a float or an XVarTable, got {x_var!r}")
+    if number:
+        check_range("x_var", x_var, 0.0, float("inf"))  # as addim_step: a variance, finite and >= 0
     model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, guidance, null_cond, cond)
     times = time_grid(schedule, n_steps, ("edm" if solver == "heun" else "t") if grid is None else grid)
     with inputs_checked():

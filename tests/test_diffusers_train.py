@@ -2,6 +2,10 @@
 student distills from it, checkpoints reload (safetensors), and a diffusers pipeline folder is a teacher whose
 student samples inside a diffusers pipeline with MCMScheduler."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +99,43 @@ def test_bad_diffusers_configs_name_the_key(tmp_path, pipeline_dir):
                  objective={"student_steps": [1, 2]})
     with pytest.raises(ConfigError, match="^objective.student_steps: a student of several step counts"):
         make_net(multi, (1, 8, 8), 10)
+
+
+def pipeline_copy(pipeline_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(pipeline_dir, tmp_path / "pipeline"))
+
+
+def test_a_pipeline_with_pickled_weights_only_is_refused_with_how_to_convert(tmp_path, pipeline_dir):
+    folder = pipeline_copy(pipeline_dir, tmp_path)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle, never read")
+    with pytest.raises(ValueError, match=r"^teacher: .*unet holds diffusion_pytorch_model.bin \(a pickle\) and no "
+                                         r"diffusion_pytorch_model.safetensors; .*save_pretrained"):
+        load_model(folder)
+    (folder / "unet" / "diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=f"^teacher: no {weights}"):
+        load_model(folder)
+
+
+def test_a_pipeline_folder_without_a_scheduler_says_so(tmp_path, pipeline_dir):
+    folder = pipeline_copy(pipeline_dir, tmp_path)
+    (folder / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="looks like a diffusers pipeline folder .* no "
+                                                "scheduler/scheduler_config.json"):
+        load_model(folder)
+
+
+def test_a_pipeline_teacher_run_prints_only_our_lines_on_stderr(tmp_path, pipeline_dir):
+    """diffusers' own logging (accelerate's 5-line notice, unsafe serialization) stays out of the CLI's stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("DIFFUSERS_VERBOSITY", None)
+    command = [sys.executable, "-m", "mcm_fast", "train", "--config", "tiny-cd", "--out", str(tmp_path / "cd"),
+               "--no-progress", "--set", f"teacher={pipeline_dir}", "--set", "steps=1", "--set", "eval_samples=8",
+               "--set", "data.resolution=8", "--set", "optim.batch_size=8", "--set", "sample_steps=2",
+               "--set", "objective.student_steps=2", "--set", "objective.teacher_steps=4"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith("mcm-fast train: ") for line in result.stderr.splitlines()), result.stderr

@@ -7,9 +7,9 @@ import torch
 
 from mcm_fast import threads as threads_module
 from mcm_fast.threads import Threads, free_threads, governed, machine_times, process_ticks
+from mcm_fast.train.checkpoint import load_checkpoint
 from mcm_fast.train.config import ConfigError
 from mcm_fast.train.loop import train
-from mcm_fast.train.checkpoint import load_checkpoint
 from tests.test_train import assert_same_run, losses, tiny
 
 

@@ -8,7 +8,7 @@ import time
 import torch
 
 from mcm_fast._checks import inputs_checked
-from mcm_fast.data import load_dataset
+from mcm_fast.data.splits import training_data
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import count_parameters
 from mcm_fast.threads import Threads
@@ -41,8 +41,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
     config = load_config(config_name, overrides)
     governor = Threads(threads)
     kind, device = KINDS[config.kind], torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
-                        split=config.data.split, n=config.data.n, seed=config.seed)
+    data = training_data(config.data, config.seed)
     net = make_net(config, tuple(data.shape), data.num_classes).to(device)
     schedule = make_schedule(config)
     model, extra = kind.wrap(net, config, schedule), kind.extra_state(net)

@@ -59,15 +59,16 @@ def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler:
         check_output_path(Path(out) / "eval.json")
     model, config, info = load_model(ckpt, device)
     governed(model, threads)
-    scorer = Scorer(config, info, n, seed, device)
+    scorer = Scorer(config, info, n, seed, device, what="--n")
     rows = []
-    echo(f"{ckpt}: {config.kind} {config.model}, {n} samples against held-out {config.data.name}")
+    echo(f"{ckpt}: {config.kind} {config.model}, {n} samples against {n} examples of {scorer.reference_name}")
     for n_steps in steps or (default_steps(config),):
         start = time.perf_counter()
         scores, samples = scorer(sampler_of(model, config, n_steps, sampler, **guidance_inputs(info, guidance)))
-        row = {"steps": n_steps, **scores, "seconds": time.perf_counter() - start}
+        row = {"steps": n_steps, **scores, "seconds": time.perf_counter() - start, "reference": scorer.reference_name}
         rows.append(row)
-        echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                       if k != "reference"))
         if out is not None and samples.dim() == 4:
             save_grid(samples[:100], Path(out) / f"samples-{n_steps}.png",
                       nrow=10 if info["num_classes"] == 10 else None)

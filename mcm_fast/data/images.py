@@ -174,11 +174,29 @@ def load_npz(path: str | Path, split: str | None = None) -> ImageData:
 
 def load_dataset(name: str, path: str | Path | None = None, resolution: int | None = None, split: str = "train",
                  n: int | None = None, seed: int = 0) -> ImageData | PointData:
-    """The data set `name` ("mnist", "folder", "npz", "ring", "grid"): the one entry point the trainer calls.
+    """The data set `name` ("mnist", "folder", "npz", "ring", "grid"): the one entry point the trainer calls
+    (through mcm_fast.data.splits), with its arguments checked by check_arguments."""
+    check_arguments(name, path, resolution, split, n)
+    if name == "mnist":
+        return load_mnist(split, 32 if resolution is None else resolution)
+    if name in TOYS:
+        return load_toy(name, n, seed)
+    if name == "folder":
+        return load_image_folder(path, resolution)
+    data = load_npz(path, split)
+    height, width = data.shape[1:]
+    if resolution is not None and (height, width) != (resolution, resolution):
+        raise ValueError(f"resolution: the npz images in {str(path)!r} are {height}x{width} and are not resized; "
+                         f"expected None or their size, got {resolution!r}")
+    return data
 
-    mnist reads resolution (default 32) and split; folder path and resolution; npz path, split and resolution
-    (arrays are not resized: it must be None or their size); ring and grid read n and seed. An argument the kind
-    does not read is an error unless left at its default (seed is accepted by every kind).
+
+def check_arguments(name: str, path=None, resolution=None, split: str = "train", n=None) -> None:
+    """load_dataset's arguments, checked without reading any data (a run's config checks them before it starts).
+
+    mnist reads resolution (default 32: one of MNIST_RESOLUTIONS) and split (train or test); folder path and
+    resolution; npz path, split and resolution (arrays are not resized: it must be None or their size); ring and
+    grid read n (and seed). An argument the kind does not read is an error unless left at its default.
     """
     if name not in DATASETS:
         raise ValueError(f"name: expected one of {', '.join(DATASETS)}, got {name!r}")
@@ -189,23 +207,18 @@ def load_dataset(name: str, path: str | Path | None = None, resolution: int | No
         values = ", ".join(f"{k}={v!r}" for k, v in unused.items())
         raise ValueError(f"{names}: not used by data set {name!r} (it reads {', '.join(USES[name])}), got {values}")
     if name == "mnist":
-        return load_mnist(split, 32 if resolution is None else resolution)
-    if name in TOYS:
+        if split not in ("train", "test"):
+            raise ValueError(f"split: expected 'train' or 'test' for MNIST, got {split!r}")
+        if resolution is not None and resolution not in MNIST_RESOLUTIONS:
+            raise ValueError(f"resolution: expected one of {', '.join(map(str, MNIST_RESOLUTIONS))} for MNIST, got "
+                             f"{resolution!r}")
+    elif name in TOYS:
         if n is None:
             raise ValueError(f"n: data set {name!r} needs the number of points to draw")
-        return load_toy(name, n, seed)
-    if path is None:
+    elif path is None:
         raise ValueError(f"path: data set {name!r} needs a path")
-    if name == "folder":
-        if resolution is None:
-            raise ValueError("resolution: data set 'folder' needs a resolution to resize its images to")
-        return load_image_folder(path, resolution)
-    data = load_npz(path, split)
-    height, width = data.shape[1:]
-    if resolution is not None and (height, width) != (resolution, resolution):
-        raise ValueError(f"resolution: the npz images in {str(path)!r} are {height}x{width} and are not resized; "
-                         f"expected None or their size, got {resolution!r}")
-    return data
+    elif name == "folder" and resolution is None:
+        raise ValueError("resolution: data set 'folder' needs a resolution to resize its images to")
 
 
 def _check_positive(name: str, value) -> None:

@@ -32,6 +32,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: E402
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x"}  # diffusers' name -> the package's
 BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")  # schedule_from_betas's
 UNET_CONFIG, SCHEDULER_CONFIG = "unet/config.json", "scheduler/scheduler_config.json"  # in a pipeline folder
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # in unet/
 
 
 def prediction_of(prediction_type) -> str:
@@ -225,5 +226,17 @@ def pipeline_settings(path) -> tuple[dict, dict]:
 
 
 def load_pipeline_unet(path) -> DiffusersNet:
-    """The UNet of a diffusers pipeline folder as a raw network (its safetensors weights; nothing downloaded)."""
-    return DiffusersNet(diffusers.UNet2DModel.from_pretrained(Path(path) / "unet", local_files_only=True))
+    """The UNet of a diffusers pipeline folder as a raw network: its safetensors weights only (a pickled .bin is
+    refused, never unpickled), nothing downloaded."""
+    folder = Path(path) / "unet"
+    weights = folder / UNET_WEIGHTS
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        if pickled:
+            raise ValueError(f"teacher: {folder} holds {pickled[0]} (a pickle) and no {UNET_WEIGHTS}; mcm_fast loads "
+                             f"safetensors only: convert it where you trust the file with "
+                             f"UNet2DModel.from_pretrained('{folder}').save_pretrained('{folder}')")
+        raise FileNotFoundError(f"teacher: no {weights} (the pipeline's UNet weights, as save_pretrained writes them)")
+    unet = diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                 low_cpu_mem_usage=False)  # True needs accelerate, and says so
+    return DiffusersNet(unet)

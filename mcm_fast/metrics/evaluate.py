@@ -9,28 +9,26 @@ from __future__ import annotations
 
 import torch
 
-from mcm_fast.data import load_dataset
-from mcm_fast.data.points import TOYS
+from mcm_fast.data.splits import reference_data
 from mcm_fast.metrics.distances import sliced_wasserstein
 from mcm_fast.metrics.features import mnist_features, pixel_features
 from mcm_fast.metrics.frechet import frechet_distance
 from mcm_fast.metrics.precision_recall import precision_recall
 
+MIN_SAMPLES = 4  # precision and recall need more than their 3 neighbours
 
-def reference_set(config, n: int) -> torch.Tensor:
-    """n held-out examples for the run's data: MNIST's test split, fresh toy draws, else (folders, npz) a
-    seeded random subset of the training data."""
-    data = config.data
-    if data.name == "mnist":
-        held_out = load_dataset("mnist", resolution=data.resolution, split="test")
-    elif data.name in TOYS:
-        held_out = load_dataset(data.name, n=n, seed=config.seed + 1)
-    else:
-        held_out = load_dataset(data.name, path=data.path, resolution=data.resolution, split=data.split)
+
+def reference_set(config, n: int, what: str = "eval_samples") -> tuple[torch.Tensor, str]:
+    """(n examples, what they are) that a run is scored against: never data it trained on (data.splits). what
+    names n in errors: the config key, or --n for the command line."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < MIN_SAMPLES:
+        raise ValueError(f"{what}: expected an integer >= {MIN_SAMPLES} (precision and recall compare each sample "
+                         f"with its {MIN_SAMPLES - 1} nearest neighbours), got {n!r}")
+    held_out, description = reference_data(config.data, config.seed)
     if n > len(held_out):
-        raise ValueError(f"eval_samples: expected at most {len(held_out)} (the held-out set), got {n}")
+        raise ValueError(f"{what}: expected at most {len(held_out)} (the examples of {description}), got {n}")
     generator = torch.Generator().manual_seed(config.seed)
-    return held_out.batch(torch.randperm(len(held_out), generator=generator)[:n])["x"]
+    return held_out.batch(torch.randperm(len(held_out), generator=generator)[:n])["x"], description
 
 
 def default_features(config):
@@ -76,11 +74,12 @@ def guidance_inputs(info: dict, guidance: float) -> dict:
 
 class Scorer:
     """The one scoring pipeline of demo, eval, the trainer and the experiments: n samples from the noise and
-    labels of sample_inputs(seed), their features, FD, precision and recall against n held-out examples."""
+    labels of sample_inputs(seed), their features, FD, precision and recall against n held-out examples
+    (self.reference, described by self.reference_name; `what` names n in errors)."""
 
-    def __init__(self, config, info: dict, n: int, seed: int, device="cpu"):
+    def __init__(self, config, info: dict, n: int, seed: int, device="cpu", what: str = "eval_samples"):
         self.info, self.n, self.seed, self.device = info, n, seed, device
-        self.reference = reference_set(config, n)
+        self.reference, self.reference_name = reference_set(config, n, what)
         self.name, self.features = default_features(config)
 
     def __call__(self, generate) -> tuple[dict, torch.Tensor]:

@@ -91,9 +91,15 @@ def default_steps(config: TrainConfig) -> int:
 
 
 def is_diffusers_pipeline(path: str | Path) -> bool:
-    """Whether path is a diffusers pipeline folder with a UNet and a scheduler (save_pretrained's layout)."""
+    """Whether path is a diffusers pipeline folder with a UNet and a scheduler (save_pretrained's layout); one with
+    a unet/ but no scheduler config is an error naming the file it lacks."""
     path = Path(path)
-    return (path / "unet" / "config.json").is_file() and (path / "scheduler" / "scheduler_config.json").is_file()
+    if not (path / "unet" / "config.json").is_file():
+        return False
+    if not (path / "scheduler" / "scheduler_config.json").is_file():
+        raise FileNotFoundError(f"{path}: looks like a diffusers pipeline folder (unet/config.json) but has no "
+                                f"scheduler/scheduler_config.json; expected both, as save_pretrained writes them")
+    return True
 
 
 def adopt_teacher(config: TrainConfig) -> TrainConfig:

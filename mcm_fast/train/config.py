@@ -6,8 +6,10 @@ against the dataclasses: an unknown key or a value of the wrong type is an error
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +25,6 @@ STRATEGIES = ("ddp", "fsdp")
 INITS = ("teacher", "random")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_RESOLUTION = 4096  # an image side
-MIN_EVAL_SAMPLES = 4  # precision and recall need more than their 3 neighbours
 
 
 class ConfigError(ValueError):
@@ -34,11 +35,13 @@ class ConfigError(ValueError):
 class DataConfig:
     """What to train on: mnist, folder (PNG/JPEG), npz, or the 2-D toys ring and grid (see mcm_fast.data)."""
 
-    name: str = "mnist"
-    path: str | None = None
-    resolution: int | None = 16
-    split: str = "train"
+    name: str = "mnist"  # mnist, folder (PNG/JPEG, a subfolder per class), npz, or the 2-D toys ring and grid
+    path: str | None = None  # folder, npz: the training images
+    resolution: int | None = 16  # the image side (mnist: 8, 16, 28 or 32; folder: resized to it; npz: None or theirs)
+    split: str = "train"  # mnist: train or test; npz: the keys x_{split}, y_{split} (plain x, y hold train)
     n: int | None = None  # points drawn for the 2-D toys
+    holdout: float = 0.1  # folder, npz: this fraction of the examples is held out of training and scores the run
+    test_path: str | None = None  # folder, npz: a test folder or file (read as path is) to score against instead
 
 
 @dataclass
@@ -48,12 +51,12 @@ class ObjectiveConfig:
     student_steps: int | list = 4  # a list (e.g. [1, 2, 4, 8, 16]): one student for each of these step counts
     steps_probs: list | None = None  # how often each S of a list is drawn (None: uniformly)
     guidance: list | None = None  # [lo, hi]: classifier-free guidance distilled into the student, w ~ U(lo, hi)
-    teacher_steps: list | int = field(default_factory=lambda: [64, 1280, 100_000])  # start, end, anneal; or one int
-    teacher_solver: str = "addim"
-    xvar_frac: float | str = 0.75
-    loss: str = "pseudo_huber"
-    huber_eps: float = 1e-4
-    weighting: str = "sqrt(snr+1)"  # the paper's is snr+1; sqrt evens the loss over segments (README)
+    teacher_steps: list | int = field(default_factory=lambda: [64, 1280, 100_000])  # N: start, end, anneal; or one
+    teacher_solver: str = "addim"  # the teacher's integrator in Algorithm 1: addim, ddim, euler or heun
+    xvar_frac: float | str = 0.75  # aDDIM's x_var: this fraction of ||x_teacher - x||^2 / d, or "analytic"
+    loss: str = "pseudo_huber"  # the distance of student and target: pseudo_huber or l2_squared
+    huber_eps: float = 1e-4  # the pseudo-Huber epsilon
+    weighting: str = "sqrt(snr+1)"  # snr+1 (the paper's) or sqrt(snr+1) (evens the loss over segments)
     label_dropout: float = 0.1  # classifier-free guidance: labels become the null class this often
     multiscale: int = 0  # 2x2 poolings added to the loss (simple diffusion's multiscale loss)
     boundaries: str = "t"  # segment edges uniform in t (the paper) or in logsnr; sampling follows
@@ -65,8 +68,8 @@ class SongConfig:
 
     mode: str = "cd"  # cd (a teacher) or ct (from data)
     steps: int | None = 18  # N of the Karras grid; None = CT's schedule N(k)
-    solver: str = "heun"
-    distance: str = "pseudo_huber"
+    solver: str = "heun"  # the teacher's ODE step on the Karras grid: heun or euler
+    distance: str = "pseudo_huber"  # the consistency distance: pseudo_huber, l2 or l2_squared
     target_decay: float | None = None  # EMA of the target network; None = 0.95 for cd, mu(k) for ct
 
 
@@ -74,21 +77,21 @@ class SongConfig:
 class OptimConfig:
     """AdamW with linear warmup, gradient clipping and an EMA of the weights for evaluation."""
 
-    lr: float = 2e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
-    warmup: int = 200
-    grad_clip: float = 1.0
+    lr: float = 2e-4  # AdamW's learning rate after warmup
+    betas: list = field(default_factory=lambda: [0.9, 0.99])  # AdamW's [beta1, beta2]
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    warmup: int = 200  # steps of linear learning-rate warmup
+    grad_clip: float = 1.0  # the largest gradient norm (larger ones are scaled down to it)
     batch_size: int = 128  # the global batch, over all ranks and accumulation steps
     accumulate: int = 1  # micro-batches per step on each rank
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # the EMA of the weights that samples and is evaluated (warmed up over the first steps)
 
 
 @dataclass
 class TrainConfig:
     """A training run: kind, network, data, objective, optimizer and the loop's schedule."""
 
-    kind: str = "teacher"
+    kind: str = "teacher"  # teacher (v-loss), cd, ct, direct (Algorithm 1) or cm (Song et al.)
     model: str = "tiny"  # a UViT preset (mcm_fast.models.UVIT_PRESETS), "mlp" for 2-D data, or diffusers-unet2d/-dit
     model_options: dict = field(default_factory=dict)  # overrides of the preset's fields; a diffusers model's arguments
     prediction: str = "v"  # x, eps, v or flow (velocity eps - x); EDM's D is x on the edm schedule
@@ -102,19 +105,19 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     song: SongConfig = field(default_factory=SongConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 1000
+    steps: int = 1000  # optimizer steps in all (may grow when a run resumes)
     cooldown: int = 0  # the last cooldown steps decay the learning rate linearly to 0 (0: constant after warmup)
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 250
-    keep: int = 3
-    sample_every: int = 0  # 0: a grid only at the end
-    eval_every: int = 0  # 0: evaluate only at the end
-    eval_samples: int = 500
+    seed: int = 0  # every random draw of the run derives from it
+    log_every: int = 10  # steps between rows of log.jsonl
+    save_every: int = 250  # steps between checkpoints (0: only at the end)
+    keep: int = 3  # checkpoints kept, the newest
+    sample_every: int = 0  # steps between sample grids (0: a grid only at the end)
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    eval_samples: int = 500  # samples per evaluation, scored against as many held-out examples
     sample_steps: int | None = None  # None: the student's S, or 64 aDDIM steps for a teacher
-    compile: bool = False
+    compile: bool = False  # torch.compile the loss
     precision: str = "auto"  # auto: bf16 autocast on GPU and on CPUs with native bf16, else fp32
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda when there is one), cpu or cuda
     threads: int | None = None  # CPU intra-op threads; None: the cores other processes leave free (mcm_fast.threads)
     strategy: str = "ddp"  # multi-process wrapping under torchrun: ddp or fsdp
 
@@ -160,6 +163,34 @@ PRESETS = {
     "ring-teacher": lambda: _ring(kind="teacher"),
     "ring-cd": lambda: _ring(kind="cd", teacher="runs/ring-teacher", steps=2000),
 }
+
+
+def key_meanings() -> dict[str, str]:
+    """{dotted key: its one-line meaning}, read from the comments beside the dataclass fields above: one source."""
+    meanings = {}
+    for prefix, cls in (("", TrainConfig), ("data.", DataConfig), ("objective.", ObjectiveConfig),
+                        ("song.", SongConfig), ("optim.", OptimConfig)):
+        for line in inspect.getsource(cls).splitlines():
+            found = re.match(r"    (\w+): [^#]*  # (.*)$", line)
+            if found:
+                meanings[prefix + found.group(1)] = found.group(2)
+    return meanings
+
+
+def describe(config: TrainConfig) -> str:
+    """Every key of config as `key = value  # meaning`, one a line, in the order of the dataclasses."""
+    meanings, lines = key_meanings(), []
+
+    def walk(values: dict, prefix: str):
+        for key, value in values.items():
+            if isinstance(value, dict) and key not in ("model_options", "schedule_options"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                lines.append((f"{prefix}{key} = {json.dumps(value)}", meanings.get(prefix + key, "")))
+
+    walk(config.to_dict(), "")
+    width = max(len(text) for text, _ in lines)
+    return "\n".join(f"{text:<{width}}  # {meaning}" for text, meaning in lines)
 
 
 def _is_float(text: str) -> bool:
@@ -224,10 +255,14 @@ def _merge(base: dict, changes: dict) -> dict:
     return out
 
 
+# what a run saved before an option existed trained with, where that is not the option's default
+BEFORE = {"data": {"holdout": 0.0}}
+
+
 def with_defaults(saved: dict) -> dict:
-    """A saved config dict with every key it lacks, at any depth, set to its default: a run saved before an
-    option existed resumes as if it had the option's default, which is what it trained with."""
-    return _merge(TrainConfig().to_dict(), saved)
+    """A saved config dict with every key it lacks, at any depth, set to what the run trained with: the option's
+    default, or its value in BEFORE, so that a run saved before an option existed resumes as it trained."""
+    return _merge(_merge(TrainConfig().to_dict(), BEFORE), saved)
 
 
 def read_config_file(path: Path) -> dict:
@@ -319,6 +354,7 @@ def _rules() -> dict:
     from mcm_fast.data.images import DATASETS
     from mcm_fast.data.points import MAX_POINTS
     from mcm_fast.denoiser import PREDICTIONS, TIME_INPUTS
+    from mcm_fast.metrics.evaluate import MIN_SAMPLES
     from mcm_fast.models import UVIT_PRESETS
     from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS
     from mcm_fast.sampling import MAX_STEPS
@@ -338,6 +374,8 @@ def _rules() -> dict:
         "data.resolution": (_optional(_int(1, MAX_RESOLUTION)), f"None or an integer in [1, {MAX_RESOLUTION}]"),
         "data.split": (lambda v: isinstance(v, str) and v != "", "a split name such as train or test"),
         "data.n": (_optional(_int(1, MAX_POINTS)), f"None or an integer in [1, {MAX_POINTS}]"),
+        "data.holdout": (_real(0, 1, high_open=True), "a fraction in [0, 1)"),
+        "data.test_path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),
         "song.target_decay": (_optional(_real(0, 1)), "None or a number in [0, 1]"),
         "optim.lr": (_real(0, math.inf, True, True), "a finite number > 0"),
         "optim.betas": (_pair(_real(0, 1, high_open=True)), "[beta1, beta2], two numbers in [0, 1)"),
@@ -355,7 +393,7 @@ def _rules() -> dict:
         "keep": (positive, "an integer >= 1"),
         "sample_every": (count, "an integer >= 0 (0: only at the end)"),
         "eval_every": (count, "an integer >= 0 (0: only at the end)"),
-        "eval_samples": (_int(MIN_EVAL_SAMPLES), f"an integer >= {MIN_EVAL_SAMPLES}"),
+        "eval_samples": (_int(MIN_SAMPLES), f"an integer >= {MIN_SAMPLES}"),
         "sample_steps": (_optional(_int(1, MAX_STEPS)), f"None or an integer in [1, {MAX_STEPS}]"),
         "compile": (lambda v: isinstance(v, bool), "true or false"),
         "threads": (_optional(positive), "None (the cores other processes leave free) or an integer >= 1"),
@@ -381,11 +419,14 @@ def check_config(config: TrainConfig) -> None:
     if config.schedule_shift is not None and config.schedule != "cosine":
         raise ConfigError(f"schedule_shift: shifts the cosine schedule, expected None for schedule={config.schedule!r}")
     from mcm_fast.consistency import ConsistencyLoss
+    from mcm_fast.data.images import check_arguments
     from mcm_fast.denoiser import Denoiser
     from mcm_fast.objectives import MCMObjective
     from mcm_fast.schedules import CosineSchedule
     from mcm_fast.train.build import make_schedule
 
+    data = config.data
+    _delegate("data.", {}, lambda: check_arguments(data.name, data.path, data.resolution, data.split, data.n))
     schedule = make_schedule(config)
     _delegate("", {}, lambda: Denoiser(lambda z, time: z, schedule, config.prediction, config.time_input))
     obj, song = config.objective, config.song

@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from mcm_fast._checks import inputs_checked
-from mcm_fast.data import batch_indices, load_dataset, shard
+from mcm_fast.data import batch_indices, shard
+from mcm_fast.data.splits import training_data
 from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.threads import Threads
@@ -90,8 +91,7 @@ class Trainer:
         self.ranks = distributed.setup(config.device)
         self.threads = Threads(config.threads)  # called every step, and by the EMA network that samples
         self.progress = progress and self.ranks.main
-        self.data = load_dataset(config.data.name, path=config.data.path, resolution=config.data.resolution,
-                                 split=config.data.split, n=config.data.n, seed=config.seed)
+        self.data = training_data(config.data, config.seed)
         self.info = {"shape": list(self.data.shape), "num_classes": self.data.num_classes}
         micro_batches = self.ranks.world * config.optim.accumulate
         if config.optim.batch_size % micro_batches:
