@@ -150,7 +150,7 @@ def test_every_config_key_has_a_meaning_and_the_config_command_prints_them(capsy
 @pytest.mark.parametrize("x_var", [-1.0, float("nan"), float("inf")])
 def test_sample_diffusion_refuses_a_bad_x_var_like_addim_step(x_var):
     model = mf.Denoiser(lambda z, logsnr: torch.zeros_like(z), mf.CosineSchedule())
-    with pytest.raises(ValueError, match="^x_var: expected finite value"):
+    with pytest.raises(ValueError, match="^x_var: expected (a )?finite value"):
         mf.sample_diffusion(model, 2, "addim", shape=(2, 3), x_var=x_var)
-    with pytest.raises(ValueError, match="^x_var: expected finite value"):
+    with pytest.raises(ValueError, match="^x_var: expected (a )?finite value"):
         mf.addim_step(torch.zeros(2, 3), torch.zeros(2, 3), 0.5, 0.2, mf.CosineSchedule(), x_var)
