@@ -39,7 +39,8 @@ def test_yaml_and_json_files_with_a_preset(tmp_path):
     assert (config.steps, config.optim.batch_size, config.seed, config.model) == (12, 32, 3, "tiny")
     assert config.optim.lr == PRESETS["tiny-teacher"]().optim.lr  # nested keys merge, not replace
     json_file = tmp_path / "run.json"
-    json_file.write_text(json.dumps({"kind": "ct", "data": {"name": "ring", "resolution": None}, "model": "mlp"}))
+    ring = {"name": "ring", "resolution": None, "n": 100}
+    json_file.write_text(json.dumps({"kind": "ct", "data": ring, "model": "mlp"}))
     config = load_config(str(json_file))
     assert (config.kind, config.data.name, config.model) == ("ct", "ring", "mlp")
 

@@ -1,8 +1,8 @@
 """A user's own data (issue 33): a run never scores against examples it trained on, the split holds through
 train, resume and eval, and data errors name their dotted config key, at config time where they can."""
 import json
-import re
 import math
+import re
 
 import numpy as np
 import pytest
