@@ -81,7 +81,8 @@ class Threads:
                 torch.set_num_threads(threads)
 
 
-def governed(module: torch.nn.Module, threads: int | None = None) -> torch.nn.Module:
-    """module, whose every call first sets torch's threads by Threads(threads): for the commands that sample."""
-    module.register_forward_pre_hook(Threads(threads))
+def governed(module: torch.nn.Module, threads: int | None = None, interval: float = 1.0) -> torch.nn.Module:
+    """module, whose every call first sets torch's threads by Threads(threads, interval): for the commands that
+    sample."""
+    module.register_forward_pre_hook(Threads(threads, interval))
     return module

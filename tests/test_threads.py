@@ -96,8 +96,7 @@ def test_a_bad_count_is_refused_by_name(value, error):
 
 def test_a_governed_module_sets_threads_before_every_call(tmp_path, monkeypatch):
     proc = FakeProc(tmp_path, monkeypatch)
-    net = governed(torch.nn.Linear(3, 3), None)
-    net._forward_pre_hooks[next(iter(net._forward_pre_hooks))].interval = 0.0
+    net = governed(torch.nn.Linear(3, 3), None, interval=0.0)
     proc.advance(others=1.0, own=1.0)
     net(torch.zeros(1, 3))
     assert torch.get_num_threads() == 1
