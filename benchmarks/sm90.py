@@ -6,8 +6,8 @@ tensors with torch.library.wrap_triton replaced by a recorder, and each recorded
 configuration of it) goes through Triton's own argument specialization and compiler for GPUTarget("cuda", 90,
 32), the target Triton's CUDA driver reports on an H100 or H200 (so the compiled kernels are those a launch there
 would compile). CUDA kernels (csrc/cuda/*.cu) are compiled by nvcc for sm_90a. Resources come from the cuobjdump that
-Triton's wheel ships. Shared by tests/test_sm90_compile.py, tests/test_cuda_build.py and scripts/hopper_report.py;
-run with TRITON_INTERPRET unset (the interpreter replaces the kernels and the autotune lists).
+Triton's wheel ships. Shared by tests/ops/test_sm90_compile.py, tests/ops/test_cuda_build.py and
+scripts/hopper_report.py; run with TRITON_INTERPRET unset (the interpreter replaces the kernels and the autotune lists).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """aDDIM's last step (issue 17): a teacher sampled with aDDIM whose step into t = 0 is DDIM's (the package's rule,
-solvers.endpoint_x_var) against aDDIM with math.md §3's formula at every step, and plain DDIM, on the same
+integrators.endpoint_x_var) against aDDIM with math.md §3's formula at every step, and plain DDIM, on the same
 noises, in FD-MNIST, precision and recall. Also the per-pixel RMS that the last aDDIM step adds to x_hat.
 
     python experiments/addim_endpoint.py --ckpt runs/sweep/teacher --n 2000 --seed 1

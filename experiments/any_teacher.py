@@ -8,9 +8,10 @@ S = 2, 4, 8 with the same student budget:
 Each student is scored (FD-MNIST, precision, recall) against its own teacher at the same number of network
 calls (DDIM and aDDIM with S steps) and against the teacher's many-step aDDIM. Every run is an ordinary run
 directory under --out with its scores in scores.json, so rerunning the script continues where it stopped; the
-table goes to --out/tables.md.
+table goes to --out/tables.md; `python -m experiments.results add any_teacher runs/any_teacher` records the
+scores (experiments/results.py).
 
-    python -m experiments.any_teacher                                       # 3 seeds, in experiments/any_teacher
+    python -m experiments.any_teacher                                       # 3 seeds, in runs/any_teacher
     python -m experiments.any_teacher --scale smoke --out /tmp/any-teacher  # the pipeline end to end in minutes
 (from the repository root, with the diffusers extra installed)
 """
@@ -98,7 +99,7 @@ def table(per_seed, scale: Scale) -> str:
 
 
 def main(argv=None):
-    seeds, scale, out = parse_args(__doc__, "experiments/any_teacher", SCALES, argv)
+    seeds, scale, out = parse_args(__doc__, "runs/any_teacher", SCALES, argv)
     start = time.perf_counter()
     for seed in seeds:
         run_seed(scale, seed, out)

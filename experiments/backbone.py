@@ -79,13 +79,16 @@ def run_seed(scale: Scale, seed: int, out: Path, names, echo=print) -> None:
                                                                                        seed)])
 
 
-def table(scale: Scale, out: Path) -> str:
-    per_seed = []
-    for seed in scale.seeds:
-        root = out / f"seed{seed}"
-        per_seed.append({n: json.loads((root / n / "scores.json").read_text()) for n in BACKBONES
-                         if (root / n / "scores.json").is_file()})
-    fd, precision, recall = (summarize([r for r in per_seed if r], k) for k in ("fd_mnist", "precision", "recall"))
+def scored(scale: Scale, out: Path) -> list[dict[str, list[dict]]]:
+    """One {backbone: score rows} per seed of the runs scored so far."""
+    per_seed = [{n: json.loads((out / f"seed{seed}" / n / "scores.json").read_text()) for n in BACKBONES
+                 if (out / f"seed{seed}" / n / "scores.json").is_file()} for seed in scale.seeds]
+    return [r for r in per_seed if r]
+
+
+def table(per_seed, scale: Scale) -> str:
+    """Parameters, multiply-adds per image and FD-MNIST per sampler of each backbone (mean ± spread over seeds)."""
+    fd, precision, recall = (summarize(per_seed, k) for k in ("fd_mnist", "precision", "recall"))
     budget = samplers(scale)
     lines = ["| backbone | parameters | MACs / image | " + " | ".join(f"{s} {m}" for s, m in budget)
              + " | precision / recall (last) |\n", "|---|---|---|" + "---|" * (len(budget) + 1) + "\n"]
@@ -105,7 +108,7 @@ def main(argv=None):
     start = time.perf_counter()
     for seed in seeds:
         run_seed(scale, seed, out, BACKBONES)
-    text = table(scale, out)
+    text = table(scored(scale, out), scale)
     out.mkdir(parents=True, exist_ok=True)
     (out / "backbone.md").write_text(text)
     print(text)

@@ -1,4 +1,4 @@
-"""DDIM against aDDIM on a 2-D Gaussian mixture with its exact denoiser (the first table of docs/results.md).
+"""DDIM against aDDIM on a 2-D Gaussian mixture with its exact denoiser (docs/results.md, "Which settings?").
 
     python experiments/ddim_vs_addim_2d.py --steps 1,2,4,8,16,64 --n 20000
 

@@ -12,9 +12,9 @@ Every run is an ordinary run directory under --out (checkpointed, so an interrup
 scores in scores.json, so rerunning the script continues where it stopped. Several processes may run one seed:
 each trains the runs no other live process holds (a lock per run directory, released when its process ends,
 killed too). The tables (mean and standard deviation over seeds) go to --out/tables.md and the plots to
---out/*.png.
+--out/*.png; `python -m experiments.results add tables runs/tables` records the scores (experiments/results.py).
 
-    python experiments/mnist_tables.py                                # every table, 3 seeds, in experiments/tables
+    python experiments/mnist_tables.py                                # every table, 3 seeds, in runs/tables
     python experiments/mnist_tables.py --scale smoke --out /tmp/tables  # the pipeline end to end in minutes
     python experiments/mnist_tables.py --seeds 2 --threads 1 &          # twice: two cores share one seed
 """
@@ -281,8 +281,8 @@ def parse_args(doc: str, out: str, scales: dict, argv=None) -> tuple[list[int], 
     """The options of the MNIST experiments: (the seeds to run now, the scale, the run directory); sets the torch
     threads. Every experiment resumes from the runs scored so far and reports every seed scored."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--out", default=out, help="run directories; git keeps only their scores and logs, so a "
-                        "later session continues from the runs scored so far")
+    parser.add_argument("--out", default=out, help="run directories (outside git: record their scores with "
+                        "python -m experiments.results add)")
     parser.add_argument("--scale", choices=sorted(scales), default="full")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (the report reads every seed "
                         "already run); e.g. one process per seed, each with --threads 1")
@@ -296,7 +296,7 @@ def parse_args(doc: str, out: str, scales: dict, argv=None) -> tuple[list[int], 
 
 
 def main(argv=None):
-    seeds, scale, out = parse_args(__doc__, "experiments/tables", SCALES, argv)
+    seeds, scale, out = parse_args(__doc__, "runs/tables", SCALES, argv)
     start = time.perf_counter()
     for seed in seeds:
         run_seed(scale, seed, out)

@@ -140,7 +140,7 @@ def report(per_seed: list[dict], scale: Scale) -> str:
 
 
 def main(argv=None):
-    seeds, scale, out = parse_args(__doc__, "experiments/tables", SCALES, argv)  # the tables' runs are shared
+    seeds, scale, out = parse_args(__doc__, "runs/tables", SCALES, argv)  # the tables' runs are shared
     for seed in seeds:
         run_seed(scale, seed, out)
     per_seed = [results for results in (_scored(scale, seed, out) for seed in scale.seeds) if results]

@@ -11,18 +11,15 @@ import torch
 import triton
 import triton.language as tl
 
+from mcm_fast._checks import compute_dtype
+
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 BLOCK = 4096  # elements of one sample per program
 
 
-def compute_dtype(x: torch.Tensor):
-    """The Triton arithmetic dtype for data x: float64 for float64, else float32."""
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
-
-
-def partial_dtype(x: torch.Tensor) -> torch.dtype:
-    """The torch dtype of per-program partial sums for data x: float64 for float64, else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def tl_compute_dtype(x: torch.Tensor):
+    """compute_dtype(x) (float64 for float64 data, else float32) as the Triton dtype of a kernel's arithmetic."""
+    return tl.float64 if compute_dtype(x) == torch.float64 else tl.float32
 
 
 @triton.jit

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from mcm_fast.kernels.common import BLOCK, alpha_sigma, cast, compute_dtype, ddim_coefs, partial_dtype
+from mcm_fast._checks import compute_dtype
+from mcm_fast.kernels.common import BLOCK, alpha_sigma, cast, ddim_coefs, tl_compute_dtype
 
 ROW_MAX = 16384  # elements per sample that one aDDIM program holds (e.g. 3 x 64 x 64 images, 4 x 64 x 64 latents)
 
@@ -87,18 +88,18 @@ def ddim_step(x_hat, z_t, logsnr_t, logsnr_s, x_var=None):
     if x_var is not None and d <= ROW_MAX and x.dtype != torch.float64:
         block_d = triton.next_power_of_2(d)
         wrap_triton(_addim_step_row_kernel)[(batch,)](x, z, out, logsnr_t, logsnr_s, x_var.contiguous(), d,
-                                                      BLOCK_D=block_d, COMPUTE=compute_dtype(x),
+                                                      BLOCK_D=block_d, COMPUTE=tl_compute_dtype(x),
                                                       num_warps=min(16, max(4, block_d // 1024)))
         return out
     chunks = triton.cdiv(d, BLOCK)
     grid = (chunks, batch)
     norm_sq = logsnr_t  # unread by DDIM
     if x_var is not None:
-        partials = torch.empty(batch, chunks, device=x.device, dtype=partial_dtype(x))
+        partials = torch.empty(batch, chunks, device=x.device, dtype=compute_dtype(x))
         wrap_triton(_residual_sq_partials_kernel)[grid](x, z, logsnr_t, partials, d, chunks, BLOCK=BLOCK,
-                                                        COMPUTE=compute_dtype(x), num_warps=8)
+                                                        COMPUTE=tl_compute_dtype(x), num_warps=8)
         norm_sq = partials.sum(1)  # ||z_t - alpha_t x_hat||^2 = sigma_t^2 ||eps_hat||^2, in a fixed order
     wrap_triton(_ddim_step_fwd_kernel)[grid](
         x, z, out, logsnr_t, logsnr_s, logsnr_t if x_var is None else x_var.contiguous(), norm_sq, d, BLOCK=BLOCK,
-        ADJUSTED=x_var is not None, COMPUTE=compute_dtype(x), num_warps=8)
+        ADJUSTED=x_var is not None, COMPUTE=tl_compute_dtype(x), num_warps=8)
     return out

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from mcm_fast.kernels.common import BLOCK, cast, compute_dtype, partial_dtype, target_coefs
+from mcm_fast._checks import compute_dtype
+from mcm_fast.kernels.common import BLOCK, cast, target_coefs, tl_compute_dtype
 
 
 @triton.jit
@@ -86,7 +87,7 @@ def mcm_target(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
     if x.numel():
         d, grid = _grid(x)
         logsnrs = (v.contiguous() for v in (logsnr_t, logsnr_s, logsnr_step))
-        wrap_triton(_mcm_target_fwd_kernel)[grid](x, zs, zt, out, *logsnrs, d, BLOCK=BLOCK, COMPUTE=compute_dtype(x),
+        wrap_triton(_mcm_target_fwd_kernel)[grid](x, zs, zt, out, *logsnrs, d, BLOCK=BLOCK, COMPUTE=tl_compute_dtype(x),
                                                   num_warps=8)
     return out
 
@@ -97,16 +98,16 @@ def mcm_sqdist(x_hat, target, save_diff, z_s=None, z_t=None, logsnrs=None):
     x = x_hat.contiguous()
     fused = z_s is not None
     operands = [t.contiguous() for t in ((target, z_s, z_t) if fused else (target,))]
-    diff = torch.empty(x.shape, device=x.device, dtype=partial_dtype(x)) if save_diff else x.new_empty(0)
+    diff = torch.empty(x.shape, device=x.device, dtype=compute_dtype(x)) if save_diff else x.new_empty(0)
     batch = x.shape[0]
     if x.numel() == 0:
-        return x.new_zeros(batch, dtype=partial_dtype(x)), diff
+        return x.new_zeros(batch, dtype=compute_dtype(x)), diff
     d, grid = _grid(x)
-    partials = torch.empty(batch, grid[0], device=x.device, dtype=partial_dtype(x))
+    partials = torch.empty(batch, grid[0], device=x.device, dtype=compute_dtype(x))
     extra = operands[1:] + [v.contiguous() for v in logsnrs] if fused else [x] * 5  # unread without FUSED_TARGET
     wrap_triton(_mcm_sqdist_fwd_kernel)[grid](
         x, operands[0], *extra, diff if save_diff else x, partials, d, grid[0], BLOCK=BLOCK, FUSED_TARGET=fused,
-        SAVE_DIFF=save_diff, COMPUTE=compute_dtype(x), num_warps=8)
+        SAVE_DIFF=save_diff, COMPUTE=tl_compute_dtype(x), num_warps=8)
     return partials.sum(1), diff
 
 
@@ -116,5 +117,5 @@ def mcm_sqdist_backward(diff, grad_dist_sq, dtype):
     if diff.numel():
         d, grid = _grid(diff)
         wrap_triton(_mcm_sqdist_bwd_kernel)[grid](diff, grad_dist_sq.contiguous(), out, d, BLOCK=BLOCK,
-                                                  COMPUTE=compute_dtype(diff), num_warps=8)
+                                                  COMPUTE=tl_compute_dtype(diff), num_warps=8)
     return out

@@ -13,6 +13,13 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_STEPS = 100_000  # network calls of one sampling run, teacher steps of one segment: more is a mistake
 MAX_ELEMENTS = 2**31  # elements of one batch drawn from noise (8 GiB in float32)
 
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype our formulas compute in: float64 for float64 data, else float32 (float16 and bfloat16 too)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 _INPUTS_CHECKED = contextvars.ContextVar("inputs_checked", default=False)
 
 
@@ -48,12 +55,13 @@ def check_float_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
     return x
 
 
-def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    """value must be an int (not a bool; TypeError) in [lo, hi] (ValueError)."""
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """value must be an int (not a bool; TypeError) in [lo, hi] (ValueError); a bound of None is open."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r:.40}")
-    if value < lo or (hi is not None and value > hi):
-        expected = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        expected = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None \
+            else f"<= {hi}"
         raise ValueError(f"{name}: expected an integer {expected}, got {value!r}")
     return int(value)
 

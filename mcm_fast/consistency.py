@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 
@@ -112,8 +112,7 @@ class ConsistencyLoss:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         if steps is not None:
             check_int("steps", steps, 2, MAX_STEPS)
-        if isinstance(total_steps, bool) or not isinstance(total_steps, Integral) or total_steps < 1:
-            raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
+        check_int("total_steps", total_steps, 1)
         if isinstance(huber_c, bool) or not (isinstance(huber_c, Real) and 0 < huber_c < math.inf):
             raise ValueError(f"huber_c: expected a finite number > 0, got {huber_c!r}")
         self.kind, self.grid, self.solver, self.distance = kind, grid, solver, distance

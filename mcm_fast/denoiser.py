@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from mcm_fast._checks import batch_view, check_float_tensor, check_range, per_sample
+from mcm_fast._checks import batch_view, check_float_tensor, check_range, compute_dtype, per_sample
 from mcm_fast.schedules import Schedule, alpha_sigma
 
 
 def eps_hat(x_hat, z_t, alpha_t, sigma_t):
     """eps_hat = (z_t - alpha_t x_hat) / sigma_t (math.md §1)."""
     return (z_t - alpha_t * x_hat) / sigma_t
-
-
-def v_target(x, eps, alpha_t, sigma_t):
-    """v = alpha_t eps - sigma_t x, the v-prediction target (math.md §1)."""
-    return alpha_t * eps - sigma_t * x
 
 
 def x_from_x(out, z_t, alpha_t, sigma_t):
@@ -50,7 +45,7 @@ TIME_INPUTS = ("logsnr", "t", "native")
 def read_output(out: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor, schedule: Schedule, prediction: str):
     """x_hat from a network's output on the schedule's own z at the [B] logsnr: the prediction read with the
     schedule's own a and b (alpha_t and sigma_t for VP schedules), in at least float32."""
-    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(z)
     a, b = (batch_view(v.to(dtype), z) for v in schedule.native_alpha_sigma(logsnr))
     return PREDICTIONS[prediction](out, z, a, b)
 
@@ -97,7 +92,7 @@ class Denoiser(torch.nn.Module):
         if not isinstance(t, torch.Tensor):  # tensors are checked by schedule.logsnr
             check_range("t", t, 0.0, 1.0)
         t = per_sample("t", t, z_t.shape[0], z_t.device)
-        net_dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
+        net_dtype = compute_dtype(z_t)
         logsnr = self.schedule.logsnr(t)
         if not self.schedule.variance_preserving:  # the schedule's own z = (a / alpha_t) z_t
             a = self.schedule.native_alpha_sigma(logsnr)[0]

@@ -6,13 +6,13 @@ student was trained; mf.sample takes the same argument)."""
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
-from mcm_fast._checks import MAX_ELEMENTS, check_batch, check_float_tensor, check_like
-from mcm_fast.sampling import _setup, consistency_jumps, sample
+from mcm_fast._checks import MAX_ELEMENTS, check_batch, check_float_tensor, check_int, check_like
+from mcm_fast.sampling import consistency_jumps, prepare, sample
 from mcm_fast.schedules import SPACINGS
 
 
@@ -20,13 +20,7 @@ def _segment_starts(schedule, n_steps: int, boundaries: str) -> list[float]:
     """The n_steps + 1 segment edges from 1 down to 0 (Python floats)."""
     if boundaries not in SPACINGS:
         raise ValueError(f"boundaries: expected one of {SPACINGS}, got {boundaries!r}")
-    return schedule.segment_edges(n_steps, boundaries).flip(0).tolist()
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return int(value)
+    return schedule.falling_edges(n_steps, boundaries)
 
 
 @torch.no_grad()
@@ -43,7 +37,7 @@ def inpaint(model, x_known: torch.Tensor, mask: torch.Tensor, n_steps: int = 4, 
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask: expected values 0 (to fill) or 1 (known)")
     mask = mask.to(x_known.dtype)
-    model, schedule, z = _setup(model, n_steps, x_known.shape, schedule, noise, generator, 0.0, None, cond,
+    model, schedule, z = prepare(model, n_steps, x_known.shape, schedule, noise, generator, 0.0, None, cond,
                                 x_known.device, x_known.dtype)
     check_like("noise", z, "x_known", x_known)
     project = lambda x_hat: mask * x_known + (1 - mask) * x_hat  # noqa: E731
@@ -61,13 +55,13 @@ def super_resolve(model, x_low: torch.Tensor, factor: int, n_steps: int = 4, sch
                   generator=None, boundaries: str = "t", **cond) -> torch.Tensor:
     """An image whose factor x factor block means equal x_low ([B, C, H, W] -> [B, C, factor H, factor W])."""
     check_float_tensor("x_low", x_low, min_dim=4)
-    factor = _positive_int("factor", factor)
+    factor = check_int("factor", factor, 1)
     shape = (*x_low.shape[:-2], x_low.shape[-2] * factor, x_low.shape[-1] * factor)
     if math.prod(shape) > MAX_ELEMENTS:
         raise ValueError(f"factor: expected an output of at most {MAX_ELEMENTS} elements, got shape {shape}")
     up = lambda y: y.repeat_interleave(factor, -2).repeat_interleave(factor, -1)  # noqa: E731
     low_up = up(x_low)
-    model, schedule, z = _setup(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device,
+    model, schedule, z = prepare(model, n_steps, shape, schedule, noise, generator, 0.0, None, cond, x_low.device,
                                 x_low.dtype)
     # replace the block means of x_hat by x_low's: down(project(x)) = x_low exactly
     project = lambda x_hat: x_hat - up(downsample(x_hat, factor)) + low_up  # noqa: E731
@@ -83,8 +77,8 @@ def sdedit(model, x_guide: torch.Tensor, t_start: float, n_steps: int = 4, sched
     check_float_tensor("x_guide", x_guide)
     if isinstance(t_start, bool) or not isinstance(t_start, Real) or not 0 < t_start <= 1:
         raise ValueError(f"t_start: expected a time in (0, 1], got {t_start!r}")
-    n_steps = _positive_int("n_steps", n_steps)
-    model, schedule, eps = _setup(model, n_steps, x_guide.shape, schedule, noise, generator, 0.0, None, cond,
+    n_steps = check_int("n_steps", n_steps, 1)
+    model, schedule, eps = prepare(model, n_steps, x_guide.shape, schedule, noise, generator, 0.0, None, cond,
                                   x_guide.device, x_guide.dtype)
     alpha, sigma = schedule.alpha_sigma(float(t_start))
     z = (alpha * x_guide.double() + sigma * eps.double()).to(x_guide.dtype)

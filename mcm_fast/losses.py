@@ -8,14 +8,14 @@ PyTorch for every backend, with autograd; the public, checked functions are in m
 """
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 
-from mcm_fast._checks import batch_view
+from mcm_fast._checks import batch_view, check_int, compute_dtype
 from mcm_fast.denoiser import eps_hat
 from mcm_fast.schedules import alpha_sigma
-from mcm_fast.solvers import _alpha_sigma_like, _compute_dtype
+from mcm_fast.solvers import alpha_sigma_like
 
 LOSSES = ("pseudo_huber", "l2_squared")
 MAX_HUBER_EPS = 1e15
@@ -28,7 +28,7 @@ def squared_error(x_hat: torch.Tensor, x: torch.Tensor, multiscale: int = 0) -> 
     multiscale = m > 0 is simple diffusion's multiscale loss for images: the mean over k = 0..m of
     4^k ||avgpool_{2^k}(x_hat - x)||^2, so each scale counts per pixel of its own resolution.
     """
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(x)
     delta = x_hat.to(dtype) - x.to(dtype)
     total = delta.flatten(1).square().sum(1)
     for k in range(1, multiscale + 1):
@@ -39,8 +39,7 @@ def squared_error(x_hat: torch.Tensor, x: torch.Tensor, multiscale: int = 0) -> 
 
 def check_multiscale(multiscale, x: torch.Tensor | None = None) -> int:
     """multiscale must be an int >= 0; with x, its images must halve evenly that many times."""
-    if isinstance(multiscale, bool) or not isinstance(multiscale, Integral) or not 0 <= multiscale <= MAX_MULTISCALE:
-        raise ValueError(f"multiscale: expected an integer in [0, {MAX_MULTISCALE}], got {multiscale!r}")
+    check_int("multiscale", multiscale, 0, MAX_MULTISCALE)
     if x is not None and multiscale and (x.dim() != 4 or x.shape[-1] % 2**multiscale or x.shape[-2] % 2**multiscale):
         raise ValueError(f"multiscale: expected [B, C, H, W] images with H and W divisible by {2**multiscale}, "
                          f"got shape {tuple(x.shape)}")
@@ -58,11 +57,11 @@ def mcm_target_reference(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
 
 def _target(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
     """mcm_target_reference in the compute dtype (float32, float64 for float64 inputs), not rounded to x_ref's."""
-    dtype = _compute_dtype(x_ref)
+    dtype = compute_dtype(x_ref)
     x, zs, zt = x_ref.to(dtype), z_s.to(dtype), z_t.to(dtype)
-    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
-    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
-    alpha_q, sigma_q = _alpha_sigma_like(logsnr_step, x)
+    alpha_t, sigma_t = alpha_sigma_like(logsnr_t, x)
+    alpha_s, sigma_s = alpha_sigma_like(logsnr_s, x)
+    alpha_q, sigma_q = alpha_sigma_like(logsnr_step, x)
     z_ref = alpha_q * x + sigma_q * eps_hat(x, zs, alpha_s, sigma_s)  # step 6
     z_ref = torch.where(batch_view(logsnr_s == logsnr_step, x), zs, z_ref)
     ratio = sigma_q / sigma_t

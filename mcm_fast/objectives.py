@@ -2,8 +2,9 @@
 objective of Algorithm 1 (math.md §4), with the Direct CM target of Vouitsis et al. 2024 (math.md §6).
 
 MCMObjective is composed of parts chosen once from its options: a segment grid (edges uniform in t or logSNR),
-a teacher integrator (TEACHER_INTEGRATORS), a target (TARGETS: one teacher step and the student's stop-gradient
-jump, or Direct CM's teacher solve), a weighting and a loss; loss_at is the numbered steps of Algorithm 1.
+a teacher integrator (TEACHER_SOLVERS of mcm_fast.integrators), a target (TARGETS: one teacher step and the
+student's stop-gradient jump, or Direct CM's teacher solve), a weighting and a loss; loss_at is the numbered
+steps of Algorithm 1.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import torch
 
 from mcm_fast._checks import MAX_STEPS, batch_view, check_batch, check_generator, check_int, inputs_checked
 from mcm_fast.denoiser import Denoiser
+from mcm_fast.guidance import guided_outputs
+from mcm_fast.integrators import INTEGRATORS
 from mcm_fast.losses import LOSSES, check_huber_eps, check_multiscale, robust_loss, squared_error
 from mcm_fast.models.dropout import MaskTape, foreign_dropout
 from mcm_fast.models.embeddings import check_student_steps
 from mcm_fast.ops.losses import target_loss_unchecked, target_unchecked
-from mcm_fast.ops.steps import addim_unchecked, ddim_unchecked
-from mcm_fast.sampling import guided_outputs
 from mcm_fast.schedules import SPACINGS, Schedule, alpha_sigma
-from mcm_fast.solvers import analytic_x_var, endpoint_x_var, euler_step_reference, heun_step_reference
+from mcm_fast.solvers import analytic_x_var
 
 REFERENCES = ("online", "ema")
 
@@ -135,27 +136,7 @@ class SegmentGrid:
         return lo + (hi - lo) * (position.double() / points.n_seg)
 
 
-def _addim(obj, teacher, x_teacher, x_cond, x, z_t, s, logsnr_t, logsnr_s, cond):
-    """aDDIM with x_var 0 from data, else xvar_frac ||x_cond - x||^2 / d (or the analytic value), and 0 into
-    s = 0 (solvers.endpoint_x_var); x_cond is the guided teacher's conditional output (else x_teacher)."""
-    if teacher is None:
-        x_var = torch.zeros_like(s)
-    elif obj.xvar_frac == "analytic":
-        x_var = endpoint_x_var(analytic_x_var(logsnr_t), s)
-    else:
-        x_var = endpoint_x_var(obj.xvar_frac * (x_cond.double() - x.double()).flatten(1).square().mean(1), s)
-    return addim_unchecked(x_teacher, z_t, logsnr_t, logsnr_s, x_var, obj.backend)
-
-
-TEACHER_INTEGRATORS = {  # Algorithm 1, step 5: z_s from x_teacher = teacher(z_t, t) (x from data)
-    "addim": _addim,
-    "ddim": lambda obj, teacher, x_teacher, x_cond, x, z_t, s, lt, ls, cond: ddim_unchecked(
-        x_teacher, z_t, lt, ls, obj.backend),
-    "euler": lambda obj, teacher, x_teacher, x_cond, x, z_t, s, lt, ls, cond: euler_step_reference(
-        x_teacher, z_t, lt, ls),
-    "heun": lambda obj, teacher, x_teacher, x_cond, x, z_t, s, lt, ls, cond: heun_step_reference(
-        teacher, x_teacher, z_t, s, lt, ls, **cond),
-}
+TEACHER_SOLVERS = ("addim", "ddim", "euler", "heun")  # Algorithm 1, step 5 (of mcm_fast.integrators)
 
 
 def _consistency_target(obj, student, reference, teacher, x, z_t, t, s, points, inputs, cond):
@@ -280,7 +261,7 @@ class MCMObjective:
         self.schedule = schedule
         self.steps = steps  # the S this student serves; student_steps is the one S, or the tuple
         self.student_steps = steps if multi else steps[0]
-        self.teacher_solver = _choice("teacher_solver", teacher_solver, TEACHER_INTEGRATORS)
+        self.teacher_solver = _choice("teacher_solver", teacher_solver, TEACHER_SOLVERS)
         self.xvar_frac = xvar_frac
         self.loss = _choice("loss", loss, LOSSES)
         self.huber_eps = float(huber_eps)
@@ -398,8 +379,18 @@ class MCMObjective:
         if w is not None and teacher is not None:
             model = teacher
             teacher = lambda z, time, **c: self.teacher_call(model, x, z, time, w, c)[0]  # noqa: E731
-        return TEACHER_INTEGRATORS[self.teacher_solver](self, teacher, x_teacher, x_cond, x, z_t, s, logsnr(t),
-                                                        logsnr(s), cond)
+        return INTEGRATORS[self.teacher_solver](x_teacher, z_t, s, logsnr(t), logsnr(s), model=teacher, cond=cond,
+                                                x_var=lambda: self.x_var(teacher, x_cond, x, logsnr(t)),
+                                                backend=self.backend)
+
+    def x_var(self, teacher, x_cond, x, logsnr_t):
+        """aDDIM's x_var in the teacher step: 0 from data (x_hat is x), else xvar_frac ||x_cond - x||^2 / d or the
+        analytic value; x_cond is the guided teacher's conditional output (else its output)."""
+        if teacher is None:
+            return torch.zeros_like(logsnr_t)
+        if self.xvar_frac == "analytic":
+            return analytic_x_var(logsnr_t)
+        return self.xvar_frac * (x_cond.double() - x.double()).flatten(1).square().mean(1)
 
     def _distance(self, x_hat, x_ref, z_s, z_t, logsnrs, weight):
         """Steps 6-8: weight * rho(||x_hat - sg(x_target)||^2) per sample, in one fused pass unless multiscale."""

@@ -132,6 +132,10 @@ class Schedule:
         edges[0], edges[-1] = 0.0, 1.0  # exact ends, whatever the inverse's rounding
         return edges
 
+    def falling_edges(self, n: int, spacing: str = "t") -> list[float]:
+        """The segment edges from 1 down to 0 as floats: the times a sampler of n steps visits."""
+        return self.segment_edges(n, spacing).flip(0).tolist()
+
 
 @dataclass(frozen=True)
 class CosineSchedule(Schedule):

@@ -11,18 +11,14 @@ import math
 
 import torch
 
-from mcm_fast._checks import batch_view, check_float_tensor
+from mcm_fast._checks import batch_view, check_float_tensor, compute_dtype
 from mcm_fast.denoiser import eps_hat
 from mcm_fast.schedules import alpha_sigma
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _alpha_sigma_like(logsnr: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def alpha_sigma_like(logsnr: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha, sigma of a [B] logSNR as [B, 1, ..., 1] views in x's compute dtype."""
-    alpha, sigma = alpha_sigma(logsnr.to(_compute_dtype(x)))
+    alpha, sigma = alpha_sigma(logsnr.to(compute_dtype(x)))
     return batch_view(alpha, x), batch_view(sigma, x)
 
 
@@ -34,10 +30,10 @@ def analytic_x_var(logsnr_t: torch.Tensor) -> torch.Tensor:
 
 def ddim_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
     """z_s = alpha_s x_hat + sigma_s eps_hat (math.md §2). Reads x_hat and z_t, writes z_s: 3 tensors' bytes."""
-    dtype = _compute_dtype(x_hat)
+    dtype = compute_dtype(x_hat)
     x, z = x_hat.to(dtype), z_t.to(dtype)
-    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
-    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
+    alpha_t, sigma_t = alpha_sigma_like(logsnr_t, x)
+    alpha_s, sigma_s = alpha_sigma_like(logsnr_s, x)
     return (alpha_s * x + sigma_s * eps_hat(x, z, alpha_t, sigma_t)).to(x_hat.dtype)
 
 
@@ -46,8 +42,8 @@ def _addim_terms(x, z, logsnr_t, logsnr_s, x_var):
 
     Where x_var = 0 the norm is replaced by 1 if it is 0, so c = sigma_s exactly and no 0 / 0 appears.
     """
-    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, x)
-    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, x)
+    alpha_t, sigma_t = alpha_sigma_like(logsnr_t, x)
+    alpha_s, sigma_s = alpha_sigma_like(logsnr_s, x)
     e = eps_hat(x, z, alpha_t, sigma_t)
     norm_sq = batch_view(e.flatten(1).square().sum(1), x)
     var = batch_view(x_var.to(x.dtype), x)
@@ -63,7 +59,7 @@ def addim_step_reference(x_hat, z_t, logsnr_t, logsnr_s, x_var):
     K = alpha_s - alpha_t sigma_s / sigma_t; ||eps_hat||^2 is per sample; x_var = 0 gives DDIM exactly.
     Reads x_hat and z_t, writes z_s: 3 tensors' bytes (plus a [B] reduction).
     """
-    dtype = _compute_dtype(x_hat)
+    dtype = compute_dtype(x_hat)
     x, z = x_hat.to(dtype), z_t.to(dtype)
     _, _, alpha_s, e, _, _, c = _addim_terms(x, z, logsnr_t, logsnr_s, x_var)
     return (alpha_s * x + c * e).to(x_hat.dtype)
@@ -76,7 +72,7 @@ def addim_step_backward(grad, x_hat, z_t, logsnr_t, logsnr_s, x_var):
     dL/dx_hat = alpha_s g - (alpha_t / sigma_t) dL/deps_hat, dL/dz_t = dL/deps_hat / sigma_t and
     dL/dx_var = (g . eps_hat) d K^2 / (2 c ||eps_hat||^2).
     """
-    dtype = _compute_dtype(x_hat)
+    dtype = compute_dtype(x_hat)
     x, z, g = x_hat.to(dtype), z_t.to(dtype), grad.to(dtype)
     alpha_t, sigma_t, alpha_s, e, norm_sq, dk_sq, c = _addim_terms(x, z, logsnr_t, logsnr_s, x_var)
     g_dot_e = batch_view((g * e).flatten(1).sum(1), x)
@@ -87,22 +83,11 @@ def addim_step_backward(grad, x_hat, z_t, logsnr_t, logsnr_s, x_var):
     return grad_x.to(x_hat.dtype), (grad_e / sigma_t).to(z_t.dtype), grad_var.to(x_var.dtype)
 
 
-def endpoint_x_var(x_var: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """aDDIM's x_var for steps into s ([B] each): 0 where s = 0, so that a step into the data is a DDIM step.
-
-    The variance aDDIM puts back along eps_hat is meant for the next denoiser call, which turns it into detail;
-    a step into s = 0 has no next call, so it would stay as white noise in the sample (as DDPM's posterior
-    variance vanishes at s = 0, its last step returns x_hat). The teacher samplers and Algorithm 1's target
-    apply this rule alike; addim_step itself keeps the formula of math.md §3.
-    """
-    return torch.where(s == 0, torch.zeros_like(x_var), x_var)
-
-
 def ddim_step_backward(grad, logsnr_t, logsnr_s):
     """Gradients of DDIM for x_hat and z_t: K g and (sigma_s / sigma_t) g, K = alpha_s - alpha_t sigma_s / sigma_t."""
-    g = grad.to(_compute_dtype(grad))
-    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, g)
-    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, g)
+    g = grad.to(compute_dtype(grad))
+    alpha_t, sigma_t = alpha_sigma_like(logsnr_t, g)
+    alpha_s, sigma_s = alpha_sigma_like(logsnr_s, g)
     ratio = sigma_s / sigma_t
     return ((alpha_s - alpha_t * ratio) * g).to(grad.dtype), (ratio * g).to(grad.dtype)
 
@@ -112,10 +97,10 @@ def inv_ddim_reference(z_s, z_t, logsnr_t, logsnr_s):
 
     The denominator vanishes as s -> t, so the inverse is meant for gaps of at least one segment.
     """
-    dtype = _compute_dtype(z_s)
+    dtype = compute_dtype(z_s)
     zs, zt = z_s.to(dtype), z_t.to(dtype)
-    alpha_t, sigma_t = _alpha_sigma_like(logsnr_t, zs)
-    alpha_s, sigma_s = _alpha_sigma_like(logsnr_s, zs)
+    alpha_t, sigma_t = alpha_sigma_like(logsnr_t, zs)
+    alpha_s, sigma_s = alpha_sigma_like(logsnr_s, zs)
     ratio = sigma_s / sigma_t
     return ((zs - ratio * zt) / (alpha_s - alpha_t * ratio)).to(z_s.dtype)
 
@@ -125,14 +110,14 @@ def _flow_slope(x_hat, z, logsnr):
 
     From x~ = z / alpha and dx~/dsigma~ = eps_hat with sigma~ = sigma / alpha = exp(-lambda / 2).
     """
-    alpha, _ = _alpha_sigma_like(logsnr, z)
+    alpha, _ = alpha_sigma_like(logsnr, z)
     return alpha * (x_hat - alpha * z) / 2
 
 
 def euler_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
     """One Euler step of the probability-flow ODE in logSNR time (first order; DDIM is exact when x_hat is
     constant along the path, this is the plain Euler rule)."""
-    dtype = _compute_dtype(z_t)
+    dtype = compute_dtype(z_t)
     x, z = x_hat.to(dtype), z_t.to(dtype)
     h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
     return (z + h * _flow_slope(x, z, logsnr_t)).to(z_t.dtype)
@@ -141,10 +126,23 @@ def euler_step_reference(x_hat, z_t, logsnr_t, logsnr_s):
 def heun_step_reference(model, x_hat, z_t, s, logsnr_t, logsnr_s, **cond):
     """One Heun step (second order) of the probability-flow ODE in logSNR time: x_hat = model(z_t, t) is given,
     the second model call is at (the Euler point, s)."""
-    dtype = _compute_dtype(z_t)
+    dtype = compute_dtype(z_t)
     z = z_t.to(dtype)
     h = batch_view((logsnr_s - logsnr_t).to(dtype), z)
     slope_t = _flow_slope(x_hat.to(dtype), z, logsnr_t)
     z_euler = z + h * slope_t
     slope_s = _flow_slope(model(z_euler.to(z_t.dtype), s, **cond).to(dtype), z_euler, logsnr_s)
     return (z + h * (slope_t + slope_s) / 2).to(z_t.dtype)
+
+
+def ancestral_step_reference(x_hat, z_t, logsnr_t, logsnr_s, noise):
+    """z_s ~ q(z_s | z_t, x = x_hat), the DDPM posterior, with the given float64 standard normal noise: mean
+    alpha_{t|s} sigma_s^2 / sigma_t^2 z_t + alpha_s sigma_{t|s}^2 / sigma_t^2 x_hat, variance
+    sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (computed in float64)."""
+    alpha_t, sigma_t = (batch_view(v, z_t) for v in alpha_sigma(logsnr_t.double()))
+    alpha_s, sigma_s = (batch_view(v, z_t) for v in alpha_sigma(logsnr_s.double()))
+    alpha_ts = alpha_t / alpha_s
+    var_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+    mean = alpha_ts * sigma_s**2 / sigma_t**2 * z_t + alpha_s * var_ts / sigma_t**2 * x_hat
+    std = (var_ts * sigma_s**2 / sigma_t**2).clamp(min=0).sqrt()  # clamp: rounding at s = t, never a real negative
+    return (mean + std * noise).to(z_t.dtype)

@@ -7,7 +7,7 @@ third of the idle speed. `Threads` reads the CPU time of the machine and of this
 `interval` seconds and sets torch's intra-op threads to the cores the other processes leave free, never more
 than torch's own count (OMP_NUM_THREADS or one per core). The count changes a training run's numbers by float
 rounding only (oneDNN splits its reductions by thread): a run at a fixed `threads` resumes bit for bit, one
-that follows the load to rounding (tests/test_threads.py).
+that follows the load to rounding (tests/train/test_threads.py).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 stage install "${BUILD_S:-150}" 3 python3 -m pip install --no-index --no-build-isolation --no-deps -e .
 python3 -c "import mcm_fast as mf; print('backends', {op: mf.available_backends(op) for op in ('ddim_step', 'mcm_target_loss', 'attention')})"
 stage tests "${TESTS_S:-130}" 15 python3 -m pytest -q -n 8 -p no:cacheprovider -rfE \
-    tests/test_ddim_kernels.py tests/test_mcm_loss_kernels.py tests/test_attention.py tests/test_uvit.py tests/test_fast_paths.py \
+    tests/ops/test_ddim.py tests/ops/test_mcm_loss.py tests/ops/test_attention.py tests/models/test_uvit.py tests/ops/test_fast_paths.py \
     -k "cuda or triton or captured or agree or opcheck or attention"
 stage bench_fast "${FAST_S:-200}" 20 python3 -m pytest -q -p no:cacheprovider benchmarks/test_sampling.py benchmarks/test_train_step.py
 MCM_FAST_BENCH_MIB=${MCM_FAST_BENCH_MIB:-16,256} stage bench_kernels "${KERNELS_S:-100}" 75 python3 -m pytest -q -p no:cacheprovider \

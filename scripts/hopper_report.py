@@ -131,7 +131,7 @@ def main():
             if result.returncode:
                 sys.exit(f"nvcc failed on {source}:\n{result.stderr[-4000:]}")
             cuda_kernels += kernels
-    which = "the sample tests/test_sm90_compile.py compiles" if opts.sample else "all"
+    which = "the sample tests/ops/test_sm90_compile.py compiles" if opts.sample else "all"
     problems = [f"{k.kernel} {k.variant} {k.config} {k.dtype}: {p}" for k in triton_kernels + cuda_kernels
                 for p in k.problems()]
     lines = [BEGIN, "## sm_90a: every kernel compiled for the H100/H200 without a GPU (issue 20)",

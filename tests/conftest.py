@@ -25,7 +25,7 @@ def _no_backend_env(monkeypatch):
 @pytest.fixture(autouse=True)
 def _fixed_threads(monkeypatch):
     """Tests hold torch's thread count, as they hold seeds: the count changes a run's bits (by rounding), and the
-    machine's load must not. mcm_fast.threads then sees no /proc; tests/test_threads.py gives it one."""
+    machine's load must not. mcm_fast.threads then sees no /proc; tests/train/test_threads.py gives it one."""
     monkeypatch.setattr("mcm_fast.threads.machine_times", lambda: None)
 
 

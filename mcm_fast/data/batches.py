@@ -6,9 +6,10 @@ every DDP rank computes the same global batch and takes its own slice of it with
 from __future__ import annotations
 
 import functools
-from numbers import Integral
 
 import torch
+
+from mcm_fast._checks import check_int
 
 SEED_STRIDE = 1_000_003  # epoch e of seed s draws its permutation from s * SEED_STRIDE + e
 MAX_EXAMPLES = 2**31  # a permutation of more would take over 16 GiB
@@ -21,10 +22,10 @@ def batch_indices(n: int, global_batch: int, step: int, seed: int) -> torch.Tens
     (the tail is dropped); step k reads batch k % (n // global_batch) of epoch k // (n // global_batch).
     """
     for name, value, low in (("n", n, 1), ("global_batch", global_batch, 1), ("step", step, 0)):
-        _check_int(name, value, low)
+        check_int(name, value, low)
     if n > MAX_EXAMPLES:
         raise ValueError(f"n: expected at most {MAX_EXAMPLES} examples, got {n}")
-    _check_int("seed", seed, None)
+    check_int("seed", seed)
     if global_batch > n:
         raise ValueError(f"global_batch: expected at most n={n} (the data set's size), got {global_batch}")
     epoch, i = divmod(step, n // global_batch)
@@ -38,8 +39,8 @@ def shard(indices: torch.Tensor, part: int, parts: int) -> torch.Tensor:
     """
     if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
         raise TypeError(f"indices: expected a 1-d tensor (a global batch from batch_indices), got {indices!r:.80}")
-    _check_int("parts", parts, 1)
-    _check_int("part", part, 0)
+    check_int("parts", parts, 1)
+    check_int("part", part, 0)
     if part >= parts:
         raise ValueError(f"part: expected a part in [0, {parts - 1}], got {part}")
     if len(indices) % parts:
@@ -53,11 +54,3 @@ def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Epoch `epoch`'s order of the n examples; cached because randperm(60000) costs ~8 ms, redone every step."""
     generator = torch.Generator().manual_seed((seed * SEED_STRIDE + epoch) % 2**64)
     return torch.randperm(n, generator=generator)
-
-
-def _check_int(name: str, value, low: int | None) -> None:
-    """value must be an int (not a bool), at least low when low is given."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if low is not None and value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value}")

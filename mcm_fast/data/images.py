@@ -10,14 +10,13 @@ import math
 import os
 import zipfile
 import zlib
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcm_fast._checks import describe
+from mcm_fast._checks import check_int, describe
 from mcm_fast.data.points import TOYS, PointData, load_toy
 
 MNIST_FILE = Path(__file__).with_name("mnist.npz")
@@ -105,7 +104,7 @@ def load_image_folder(path: str | Path, resolution: int) -> ImageData:
     exact area mean) when its side is a multiple of resolution, else BICUBIC. Grayscale images give 1 channel, all
     others RGB (alpha dropped, palettes expanded); a folder mixing both is all RGB. Hidden entries are skipped.
     """
-    _check_positive("resolution", resolution)
+    check_int("resolution", resolution, 1)
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"path: {str(root)!r} is not an existing folder")
@@ -219,12 +218,6 @@ def check_arguments(name: str, path=None, resolution=None, split: str = "train",
         raise ValueError(f"path: data set {name!r} needs a path")
     elif name == "folder" and resolution is None:
         raise ValueError("resolution: data set 'folder' needs a resolution to resize its images to")
-
-
-def _check_positive(name: str, value) -> None:
-    """value must be an int >= 1 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
 
 
 def _first_line(err: Exception) -> str:

@@ -9,37 +9,25 @@ point falls between diffusers' integer timesteps; diffusers' UNets take float ti
 """
 from __future__ import annotations
 
-import json
 from numbers import Real
-from pathlib import Path
 
 import torch
 
 from mcm_fast._checks import MAX_STEPS, check_float_tensor, check_int
 from mcm_fast.denoiser import Denoiser, read_output
-from mcm_fast.models.diffusers_nets import PRIVATE_KEYS, DiffusersNet, import_diffusers
-from mcm_fast.ops.steps import addim_step, ddim_step
-from mcm_fast.sampling import XVarTable, time_grid, x_var_at
+from mcm_fast.integrations.pipelines import prediction_of
+from mcm_fast.integrators import INTEGRATORS
+from mcm_fast.models.diffusers_nets import DiffusersNet, import_diffusers
+from mcm_fast.ops.steps import ddim_step
+from mcm_fast.sampling import time_grid
 from mcm_fast.schedules import GRIDS, SPACINGS, DiscreteSchedule
-from mcm_fast.solvers import endpoint_x_var
+from mcm_fast.x_var import XVarTable, x_var_at
 
 diffusers = import_diffusers()
 from diffusers import DDPMScheduler  # noqa: E402  (after the check that names the extra)
 from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput  # noqa: E402
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: E402
-
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x"}  # diffusers' name -> the package's
-BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")  # schedule_from_betas's
-UNET_CONFIG, SCHEDULER_CONFIG = "unet/config.json", "scheduler/scheduler_config.json"  # in a pipeline folder
-UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # in unet/
-
-
-def prediction_of(prediction_type) -> str:
-    """The package's prediction for a diffusers prediction_type."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type: expected one of {tuple(PREDICTION_TYPES)}, got {prediction_type!r}")
-    return PREDICTION_TYPES[prediction_type]
 
 
 def schedule_from_betas(num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
@@ -151,8 +139,7 @@ class MCMScheduler(_Scheduler):
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """The student's S = num_inference_steps segment starts, from t = 1 down."""
         check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
-        times = self.schedule.segment_edges(num_inference_steps, self.config.boundaries).flip(0).tolist()
-        self._set_times(times, device)
+        self._set_times(self.schedule.falling_edges(num_inference_steps, self.config.boundaries), device)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator=None, return_dict: bool = True):
@@ -169,7 +156,7 @@ class ADDIMScheduler(_Scheduler):
 
     x_var: "analytic" (0.1 / (2 + SNR(t))), a number, or a table measured on data (an XVarTable, or its points
     {"t": [...], "x_var": [...]}, which is what the config saves). grid: the steps' times, "t", "logsnr" or
-    "edm" (Schedule.segment_edges). The step into t = 0 is a DDIM step (solvers.endpoint_x_var).
+    "edm" (Schedule.segment_edges). The step into t = 0 is a DDIM step (integrators.endpoint_x_var).
     """
 
     @register_to_config
@@ -203,40 +190,6 @@ class ADDIMScheduler(_Scheduler):
         _check_eta(eta)
         t, s = self._times_at(timestep, sample)
         x_hat = self._x_hat(model_output, sample, t)
-        x_var = endpoint_x_var(x_var_at(self.x_var, t, self.schedule).to(t.device), s)
-        return self._output(addim_step(x_hat, sample, t, s, self.schedule, x_var), x_hat, return_dict)
-
-
-def pipeline_settings(path) -> tuple[dict, dict]:
-    """(config values, data info) of a diffusers pipeline folder (unet/config.json, scheduler/scheduler_config.json):
-    its UNet2DModel as model diffusers-unet2d, its betas as the discrete schedule, its prediction_type and the
-    timestep as the network's time; the info gives the images' [C, H, W] and the classes (num_class_embeds - 1,
-    the last being the null class)."""
-    folder = Path(path)
-    unet, scheduler = (json.loads((folder / name).read_text()) for name in (UNET_CONFIG, SCHEDULER_CONFIG))
-    if unet.get("_class_name") != "UNet2DModel":
-        raise ValueError(f"teacher: expected a UNet2DModel in {folder / UNET_CONFIG}, got {unet.get('_class_name')!r}")
-    size = unet.get("sample_size")
-    height, width = (size, size) if isinstance(size, int) else size
-    classes = unet.get("num_class_embeds") or 1
-    settings = {"model": "diffusers-unet2d", "model_options": {k: v for k, v in unet.items() if k not in PRIVATE_KEYS},
-                "schedule": "discrete", "schedule_options": {k: scheduler[k] for k in BETA_KEYS if k in scheduler},
-                "prediction": prediction_of(scheduler.get("prediction_type", "epsilon")), "time_input": "native"}
-    return settings, {"shape": [unet.get("in_channels", 3), height, width], "num_classes": classes - 1}
-
-
-def load_pipeline_unet(path) -> DiffusersNet:
-    """The UNet of a diffusers pipeline folder as a raw network: its safetensors weights only (a pickled .bin is
-    refused, never unpickled), nothing downloaded."""
-    folder = Path(path) / "unet"
-    weights = folder / UNET_WEIGHTS
-    if not weights.is_file():
-        pickled = sorted(p.name for p in folder.glob("*.bin"))
-        if pickled:
-            raise ValueError(f"teacher: {folder} holds {pickled[0]} (a pickle) and no {UNET_WEIGHTS}; mcm_fast loads "
-                             f"safetensors only: convert it where you trust the file with "
-                             f"UNet2DModel.from_pretrained('{folder}').save_pretrained('{folder}')")
-        raise FileNotFoundError(f"teacher: no {weights} (the pipeline's UNet weights, as save_pretrained writes them)")
-    unet = diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                 low_cpu_mem_usage=False)  # True needs accelerate, and says so
-    return DiffusersNet(unet)
+        x_var = lambda: x_var_at(self.x_var, t, self.schedule).to(t.device)  # noqa: E731
+        prev = INTEGRATORS["addim"](x_hat, sample, s, self.schedule.logsnr(t), self.schedule.logsnr(s), x_var=x_var)
+        return self._output(prev, x_hat, return_dict)

@@ -14,7 +14,7 @@ def ode_error(student, teacher, noise: torch.Tensor, n_steps: int, teacher_steps
     teacher_steps-step probability-flow solution, both from the same noise.
 
     The default reference, 512 Heun steps on EDM's grid, is second order: on a Gaussian mixture it lies about
-    3e-5 from a converged solve, three orders of magnitude below a 16-step DDIM (tests/test_teacher_grids.py).
+    3e-5 from a converged solve, three orders of magnitude below a 16-step DDIM (tests/math/test_teacher_grids.py).
     """
     check_float_tensor("noise", noise)
     x_student = sample(student, n_steps, schedule=schedule, noise=noise, **cond)

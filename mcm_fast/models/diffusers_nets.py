@@ -53,8 +53,3 @@ class DiffusersNet(nn.Module):
 
     def forward(self, z: torch.Tensor, time: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(z, timestep=time, class_labels=label).sample
-
-
-def config_of(net: nn.Module) -> dict:
-    """The constructor arguments of a diffusers model (JSON-able), as model_options."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(net.config).items() if k not in PRIVATE_KEYS}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mcm_fast._checks import check_float_tensor
+from mcm_fast._checks import check_float_tensor, compute_dtype
 from mcm_fast.ops.native import TRITON_ERROR
 from mcm_fast.ops.registry import dispatch, needs_grad, register
 
@@ -32,7 +32,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 
     Moves the [B, heads, N, M] score matrix through memory several times: the cost a fused kernel avoids.
     """
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(q)
     scores = q.to(compute) @ k.to(compute).transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]))  # [B, h, N, M]
     return (scores.softmax(dim=-1) @ v.to(compute)).to(q.dtype)  # [B, h, N, d]
 

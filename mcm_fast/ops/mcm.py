@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mcm_fast._checks import compute_dtype
 from mcm_fast.losses import (
     mcm_target_reference,
     squared_distance_reference,
@@ -41,7 +42,7 @@ def _fake_target(x_ref, z_s, z_t, logsnr_t, logsnr_s, logsnr_step):
 
 
 def _distance_outputs(x_hat, save_diff):
-    compute = torch.float64 if x_hat.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(x_hat)
     diff = x_hat.new_empty(x_hat.shape, dtype=compute) if save_diff else x_hat.new_empty(0)
     return x_hat.new_empty(x_hat.shape[0], dtype=compute), diff
 
@@ -69,7 +70,7 @@ def _save_logsnrs(ctx, inputs, output):
 def _target_backward(ctx, grad):
     """x_target is linear in (x_ref, z_s, z_t): each gradient is its per-sample coefficient times grad."""
     coefs = target_coefficients(*ctx.saved_tensors)  # [B, 3]
-    compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(grad)
     shape = (grad.shape[0],) + (1,) * (grad.dim() - 1)
     g = grad.to(compute)
     return *((coefs[:, i].to(compute).view(shape) * g).to(grad.dtype) for i in range(3)), None, None, None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from mcm_fast.integrations.pipelines import is_pipeline_folder, load_pipeline_unet, pipeline_settings
 from mcm_fast.models import MLPNet, uvit
 from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, DiffusersNet
 from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
@@ -90,34 +91,18 @@ def default_steps(config: TrainConfig) -> int:
     return KINDS[config.kind].default_steps(config)
 
 
-def is_diffusers_pipeline(path: str | Path) -> bool:
-    """Whether path is a diffusers pipeline folder with a UNet and a scheduler (save_pretrained's layout); one with
-    a unet/ but no scheduler config is an error naming the file it lacks."""
-    path = Path(path)
-    if not (path / "unet" / "config.json").is_file():
-        return False
-    if not (path / "scheduler" / "scheduler_config.json").is_file():
-        raise FileNotFoundError(f"{path}: looks like a diffusers pipeline folder (unet/config.json) but has no "
-                                f"scheduler/scheduler_config.json; expected both, as save_pretrained writes them")
-    return True
-
-
 def adopt_teacher(config: TrainConfig) -> TrainConfig:
     """config, with the network, schedule, prediction and time input of its teacher when that is a diffusers
     pipeline folder: a student starts from its teacher's network, through the same wrapper."""
-    if config.teacher is None or not is_diffusers_pipeline(config.teacher):
+    if config.teacher is None or not is_pipeline_folder(config.teacher):
         return config
-    from mcm_fast.integrations.diffusers import pipeline_settings
-
     return dataclasses.replace(config, **pipeline_settings(config.teacher)[0])
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True):
     """(model, config, info) from a run or checkpoint directory, or a diffusers pipeline folder (a teacher): the
     EMA weights (or the online ones), in eval mode; info holds the data's shape and classes."""
-    if is_diffusers_pipeline(path):
-        from mcm_fast.integrations.diffusers import load_pipeline_unet, pipeline_settings
-
+    if is_pipeline_folder(path):
         settings, info = pipeline_settings(path)
         config = load_config({"kind": "teacher", **settings})
         net = load_pipeline_unet(path).to(device).requires_grad_(False)

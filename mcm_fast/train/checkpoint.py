@@ -27,7 +27,6 @@ import re
 import shutil
 import warnings
 from collections.abc import Mapping
-from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from mcm_fast._checks import check_int
 from mcm_fast.train.distributed import unwrap
 
 FORMAT = "mcm_fast.checkpoint"
@@ -62,10 +62,9 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
     newest `keep` checkpoints with a readable manifest stay (None keeps all), always the one just written; others
     are never removed. An existing copy of this step is replaced if it verifies, else kept as step-*.damaged.
     """
-    if isinstance(step, bool) or not isinstance(step, Integral) or step < 0:
-        raise ValueError(f"step: expected an integer >= 0, got {step!r}")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, Integral) or keep < 1):
-        raise ValueError(f"keep: expected None or an integer >= 1, got {keep!r}")
+    check_int("step", step, 0)
+    if keep is not None:
+        check_int("keep", keep, 1)
     if not isinstance(model, (nn.Module, Mapping)):
         raise TypeError(f"model: expected an nn.Module or its state dict, got {type(model).__name__}")
     step, directory = int(step), _directory("directory", directory)

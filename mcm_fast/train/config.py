@@ -255,14 +255,19 @@ def _merge(base: dict, changes: dict) -> dict:
     return out
 
 
-# what a run saved before an option existed trained with, where that is not the option's default
-BEFORE = {"data": {"holdout": 0.0}}
+# what a run saved before an option existed trained with, where that is not the option's default: data sources
+# -> values (holdout changed what trained only for folder and npz data; MNIST and the toys hold nothing out)
+BEFORE = {("folder", "npz"): {"data": {"holdout": 0.0}}}
 
 
 def with_defaults(saved: dict) -> dict:
     """A saved config dict with every key it lacks, at any depth, set to what the run trained with: the option's
     default, or its value in BEFORE, so that a run saved before an option existed resumes as it trained."""
-    return _merge(_merge(TrainConfig().to_dict(), BEFORE), saved)
+    defaults = TrainConfig().to_dict()
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    name = data.get("name", defaults["data"]["name"])
+    before = next((values for names, values in BEFORE.items() if name in names), {})
+    return _merge(_merge(defaults, before), saved)
 
 
 def read_config_file(path: Path) -> dict:
@@ -350,14 +355,14 @@ def _one_of(options):
 
 def _rules() -> dict:
     """dotted key -> (test, what is expected): the settings Algorithm 1's and Song et al.'s own checks do not
-    cover (those run through _delegate). Built on first use: the constants live in modules that import torch."""
+    cover (those run through _delegate). Its imports are local: the constants live in modules that import torch."""
+    from mcm_fast._checks import MAX_STEPS
     from mcm_fast.data.images import DATASETS
     from mcm_fast.data.points import MAX_POINTS
     from mcm_fast.denoiser import PREDICTIONS, TIME_INPUTS
     from mcm_fast.metrics.evaluate import MIN_SAMPLES
     from mcm_fast.models import UVIT_PRESETS
     from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS
-    from mcm_fast.sampling import MAX_STEPS
 
     positive, count = _int(1), _int(0)
     return {

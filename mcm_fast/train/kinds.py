@@ -21,7 +21,8 @@ TEACHER_SAMPLERS = ("addim", "ddim")
 
 
 class Kind:
-    """A diffusion-parameterized model x_hat(z_t, t) trained from data: what every kind but cm shares."""
+    """A kind of run: what a diffusion-parameterized model x_hat(z_t, t) trained from data needs (a teacher's
+    kind); the others override what they change."""
 
     def needs_teacher(self, config) -> bool:
         """Whether the run distills a teacher (config.teacher must name its checkpoint)."""

@@ -1,0 +1,70 @@
+"""diffusers pipeline folders (save_pretrained's layout: unet/, scheduler/) as teachers: recognized, read into
+the package's config (network, schedule, prediction, time input) and their UNet loaded from safetensors.
+
+Recognizing and reading a folder needs no diffusers; loading the UNet needs the optional extra.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mcm_fast.models.diffusers_nets import PRIVATE_KEYS, DiffusersNet, import_diffusers
+
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x"}  # diffusers' name -> the package's
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")  # schedule_from_betas's
+UNET_CONFIG, SCHEDULER_CONFIG = "unet/config.json", "scheduler/scheduler_config.json"  # in a pipeline folder
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # in unet/
+
+
+def prediction_of(prediction_type) -> str:
+    """The package's prediction for a diffusers prediction_type."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type: expected one of {tuple(PREDICTION_TYPES)}, got {prediction_type!r}")
+    return PREDICTION_TYPES[prediction_type]
+
+
+def is_pipeline_folder(path: str | Path) -> bool:
+    """Whether path is a diffusers pipeline folder with a UNet and a scheduler (save_pretrained's layout); one with
+    a unet/ but no scheduler config is an error naming the file it lacks."""
+    path = Path(path)
+    if not (path / UNET_CONFIG).is_file():
+        return False
+    if not (path / SCHEDULER_CONFIG).is_file():
+        raise FileNotFoundError(f"{path}: looks like a diffusers pipeline folder (unet/config.json) but has no "
+                                f"scheduler/scheduler_config.json; expected both, as save_pretrained writes them")
+    return True
+
+
+def pipeline_settings(path) -> tuple[dict, dict]:
+    """(config values, data info) of a diffusers pipeline folder (unet/config.json, scheduler/scheduler_config.json):
+    its UNet2DModel as model diffusers-unet2d, its betas as the discrete schedule, its prediction_type and the
+    timestep as the network's time; the info gives the images' [C, H, W] and the classes (num_class_embeds - 1,
+    the last being the null class)."""
+    folder = Path(path)
+    unet, scheduler = (json.loads((folder / name).read_text()) for name in (UNET_CONFIG, SCHEDULER_CONFIG))
+    if unet.get("_class_name") != "UNet2DModel":
+        raise ValueError(f"teacher: expected a UNet2DModel in {folder / UNET_CONFIG}, got {unet.get('_class_name')!r}")
+    size = unet.get("sample_size")
+    height, width = (size, size) if isinstance(size, int) else size
+    classes = unet.get("num_class_embeds") or 1
+    settings = {"model": "diffusers-unet2d", "model_options": {k: v for k, v in unet.items() if k not in PRIVATE_KEYS},
+                "schedule": "discrete", "schedule_options": {k: scheduler[k] for k in BETA_KEYS if k in scheduler},
+                "prediction": prediction_of(scheduler.get("prediction_type", "epsilon")), "time_input": "native"}
+    return settings, {"shape": [unet.get("in_channels", 3), height, width], "num_classes": classes - 1}
+
+
+def load_pipeline_unet(path) -> DiffusersNet:
+    """The UNet of a diffusers pipeline folder as a raw network: its safetensors weights only (a pickled .bin is
+    refused, never unpickled), nothing downloaded."""
+    folder = Path(path) / "unet"
+    weights = folder / UNET_WEIGHTS
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        if pickled:
+            raise ValueError(f"teacher: {folder} holds {pickled[0]} (a pickle) and no {UNET_WEIGHTS}; mcm_fast loads "
+                             f"safetensors only: convert it where you trust the file with "
+                             f"UNet2DModel.from_pretrained('{folder}').save_pretrained('{folder}')")
+        raise FileNotFoundError(f"teacher: no {weights} (the pipeline's UNet weights, as save_pretrained writes them)")
+    unet = import_diffusers().UNet2DModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                 low_cpu_mem_usage=False)  # True needs accelerate, and says so
+    return DiffusersNet(unet)

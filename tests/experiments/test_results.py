@@ -1,0 +1,89 @@
+"""The results ledger (experiments/results.py): scores of run directories into rows, rows replaced not doubled,
+and docs/results.md's tables equal to what the ledger renders (so that neither drifts from the other)."""
+import json
+
+import pytest
+
+from experiments import results
+
+
+def run_tree(root, fd=50.0):
+    """Two seeds of a study: a run with a final score and two periodic ones, and a guided sub-run."""
+    for seed, shift in ((0, 0.0), (1, 10.0)):
+        run = root / f"seed{seed}" / "cd-S4"
+        (run / "guided").mkdir(parents=True)
+        (run / "scores.json").write_text(json.dumps([{"steps": 4, "sampler": "mcm", "fd_mnist": fd + shift,
+                                                      "precision": 0.7, "recall": 0.8, "seconds": 3.0}]))
+        (run / "guided" / "scores.json").write_text(json.dumps([{"steps": 4, "sampler": "w=1", "guidance": 1.0,
+                                                                 "calls": 8, "fd_mnist": 40.0 + shift}]))
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in (
+            {"step": 10, "loss": 1.0}, {"step": 250, "eval": {"steps": 4, "fd_mnist": 90.0}},
+            {"step": 500, "eval": {"steps": 4, "fd_mnist": 70.0}}, {"step": 500, "loss": 0.5})) + "\n")
+
+
+def test_runs_become_rows_with_their_training_steps(tmp_path):
+    run_tree(tmp_path / "out")
+    ledger = tmp_path / "results.csv"
+    assert results.add("tables", tmp_path / "out", ledger) == 8
+    rows = results.read(ledger)
+    final = [r for r in rows if r["sampler"] == "mcm"]
+    assert [(r["seed"], r["fd_mnist"], r["training_steps"], r["run"]) for r in final] == [
+        (0, 50.0, 500, "cd-S4"), (1, 60.0, 500, "cd-S4")]
+    assert final[0]["ode_error"] is None and final[0]["precision"] == 0.7 and "seconds" not in final[0]
+    evals = [(r["seed"], r["training_steps"], r["fd_mnist"]) for r in rows if r["sampler"] == "eval"]
+    assert evals == [(0, 250, 90.0), (0, 500, 70.0), (1, 250, 90.0), (1, 500, 70.0)]
+    guided = [r for r in rows if r["run"] == "cd-S4/guided"]
+    assert [(r["guidance"], r["calls"], r["training_steps"]) for r in guided] == [(1.0, 8, 500)] * 2
+    assert all(r["commit"] for r in rows)
+
+
+def test_adding_again_replaces_rows_and_keeps_other_tables(tmp_path):
+    ledger = tmp_path / "results.csv"
+    run_tree(tmp_path / "a")
+    results.add("tables", tmp_path / "a", ledger)
+    run_tree(tmp_path / "b", fd=20.0)
+    results.add("tables", tmp_path / "b", ledger)
+    results.add("any_teacher", tmp_path / "a", ledger)
+    rows = results.read(ledger)
+    assert len(rows) == 16
+    assert [r["fd_mnist"] for r in rows if r["table"] == "tables" and r["sampler"] == "mcm"] == [20.0, 30.0]
+    assert [r["fd_mnist"] for r in rows if r["table"] == "any_teacher" and r["sampler"] == "mcm"] == [50.0, 60.0]
+
+
+def test_per_seed_groups_final_scores_as_the_reports_take_them(tmp_path):
+    run_tree(tmp_path / "out")
+    ledger = tmp_path / "results.csv"
+    results.add("tables", tmp_path / "out", ledger)
+    seeds = results.per_seed(results.read(ledger), "tables", {"cd-S4/guided": "cd-two-call"})
+    assert [sorted(s) for s in seeds] == [["cd-S4", "cd-two-call"]] * 2
+    assert seeds[1]["cd-S4"] == [{"table": "tables", "run": "cd-S4", "seed": 1, "steps": 4, "sampler": "mcm",
+                                  "fd_mnist": 60.0, "precision": 0.7, "recall": 0.8, "training_steps": 500,
+                                  "commit": seeds[1]["cd-S4"][0]["commit"]}]
+
+
+def test_render_fills_named_blocks_and_refuses_unknown_names():
+    rows = results.read()
+    text = "intro\n<!-- results: any_teacher -->\nstale\n<!-- /results -->\nafter\n"
+    rendered = results.render(text, rows)
+    assert rendered.startswith("intro\n<!-- results: any_teacher -->\n### FD-MNIST at S network calls")
+    assert "stale" not in rendered and rendered.endswith("<!-- /results -->\nafter\n")
+    assert results.render(rendered, rows) == rendered
+    with pytest.raises(ValueError, match="^results: no renderer 'nope'"):
+        results.render("<!-- results: nope -->\n<!-- /results -->", rows)
+
+
+def test_the_results_doc_is_what_the_ledger_renders():
+    text = results.DOC.read_text()
+    names = [m.group(2) for m in results.BLOCK.finditer(text)]
+    assert {"tables", "any_teacher", "multi_step"} <= set(names), names
+    assert results.render(text, results.read()) == text, "run python -m experiments.results render"
+
+
+def test_the_ledger_reproduces_the_reports_of_its_runs():
+    """Spot values of the three studies, as their reports printed them when the runs were in git."""
+    rows = results.read()
+    tables = results.RENDERERS["tables"](rows)
+    assert "the teacher with 256 aDDIM steps: 71.1 ± 7.6" in tables
+    assert "| five students, 2000 steps each | 970.0 | 139.0 | 99.4 | 88.3 | 83.8 |" in results.RENDERERS[
+        "multi_step"](rows)
+    assert "| v-unet | teacher, aDDIM | 49.9 | 18.7 | 13.7 | 15.2 |" in results.RENDERERS["any_teacher"](rows)
