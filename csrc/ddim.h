@@ -1,4 +1,4 @@
-// Shared by the CPU and CUDA kernels of the DDIM family (math.md §2-3); mcm.h builds the MCM target on it.
+// Shared by the CPU and CUDA kernels of the DDIM family (math.md §2-3); mcm_loss.h builds the MCM target on it.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>

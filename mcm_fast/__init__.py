@@ -3,7 +3,7 @@ from mcm_fast.denoiser import Denoiser
 from mcm_fast.objectives import MCMObjective, diffusion_loss
 from mcm_fast.ops import available_backends
 from mcm_fast.ops.attention import attention
-from mcm_fast.ops.losses import mcm_loss, mcm_target, mcm_target_loss
+from mcm_fast.ops.mcm_loss import mcm_loss, mcm_target, mcm_target_loss
 from mcm_fast.ops.steps import addim_step, ddim_step, euler_step, heun_step, inv_ddim
 from mcm_fast.pretrained import load_pretrained, pretrained_models
 from mcm_fast.sampling import XVarTable, guided, sample, sample_diffusion

@@ -1,10 +1,10 @@
 """The MCM target and per-sample loss of Algorithm 1, steps 6-8 (math.md §4): formulas only.
 
 The reference functions here are the specification and the "reference" backend of the ops "mcm_target",
-"mcm_sqdist" and "mcm_target_sqdist" (mcm_fast.ops.mcm registers them beside the kernels of csrc/ and kernels/).
+"mcm_sqdist" and "mcm_target_sqdist" (mcm_fast.ops.mcm_loss registers them beside the kernels of csrc/ and kernels/).
 A backend does the work over whole tensors: the target, the per-sample squared distance ||x_hat - x_target||^2
 and its gradient. The per-sample pseudo-Huber and weighting act on [B] numbers (robust_loss), so they run in
-PyTorch for every backend, with autograd; the public, checked functions are in mcm_fast.ops.losses.
+PyTorch for every backend, with autograd; the public, checked functions are in mcm_fast.ops.mcm_loss.
 """
 from __future__ import annotations
 

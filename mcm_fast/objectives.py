@@ -23,7 +23,7 @@ from mcm_fast.integrators import INTEGRATORS
 from mcm_fast.losses import LOSSES, check_huber_eps, check_multiscale, robust_loss, squared_error
 from mcm_fast.models.dropout import MaskTape, foreign_dropout
 from mcm_fast.models.embeddings import check_student_steps
-from mcm_fast.ops.losses import target_loss_unchecked, target_unchecked
+from mcm_fast.ops.mcm_loss import target_loss_unchecked, target_unchecked
 from mcm_fast.schedules import SPACINGS, Schedule, alpha_sigma
 from mcm_fast.solvers import analytic_x_var
 

@@ -32,7 +32,7 @@ from mcm_fast.models.embeddings import FourierEmbedding, StudentInputs, check_st
 from mcm_fast.ops.attention import attention
 from mcm_fast.ops.registry import BACKENDS
 
-KINDS = ("resnet", "transformer")
+BLOCK_TYPES = ("resnet", "transformer")
 
 
 @dataclass
@@ -73,9 +73,9 @@ class UViTConfig:
         if not self.levels:
             raise ValueError("levels: expected at least one (kind, channels, blocks) level, got none")
         for level in self.levels:
-            if len(level) not in (3, 4) or level[0] not in KINDS:
-                raise ValueError(f"levels: expected (kind, channels, blocks[, dropout]) with kind in {KINDS}, got "
-                                 f"{level!r}")
+            if len(level) not in (3, 4) or level[0] not in BLOCK_TYPES:
+                raise ValueError(f"levels: expected (kind, channels, blocks[, dropout]) with kind in {BLOCK_TYPES}, "
+                                 f"got {level!r}")
             if isinstance(level[1], bool) or not isinstance(level[1], int) or level[1] < 1:
                 raise ValueError(f"levels: expected channels an integer >= 1, got {level!r}")
             if isinstance(level[2], bool) or not isinstance(level[2], int) or level[2] < 1:

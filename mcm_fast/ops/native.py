@@ -2,7 +2,7 @@
 kernels (kernels/: "triton", on CUDA, or on CPU tensors under TRITON_INTERPRET=1).
 
 Without either the package still works on the reference backend; NATIVE_ERROR and TRITON_ERROR say why one
-is missing. mcm_fast.ops.ddim and mcm_fast.ops.mcm register the ops of both with torch.library.
+is missing. mcm_fast.ops.ddim and mcm_fast.ops.mcm_loss register the ops of both with torch.library.
 """
 from __future__ import annotations
 

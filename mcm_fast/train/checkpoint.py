@@ -45,7 +45,7 @@ TMP_PREFIX = ".tmp-"
 STEP_DIR = re.compile(r"step-(\d+)")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED = ("format", "version", "step", "entries", "sha256", "checksum", "path")
-KINDS = ("module", "tensors", "optimizer", "tensor", "json")
+ENTRY_TYPES = ("module", "tensors", "optimizer", "tensor", "json")
 JSON_SCALARS = (type(None), bool, int, float, str)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
 
@@ -357,8 +357,8 @@ def _load(path: Path, root: Path, device) -> dict:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{file}: expected 'step' an integer >= 0, got {step!r}")
     if not (isinstance(entries, dict) and "model" in entries and all(
-            isinstance(n, str) and NAME.fullmatch(n) and k in KINDS for n, k in entries.items())):
-        raise ValueError(f"{file}: expected 'entries' mapping 'model' and other names to one of {KINDS}, "
+            isinstance(n, str) and NAME.fullmatch(n) and k in ENTRY_TYPES for n, k in entries.items())):
+        raise ValueError(f"{file}: expected 'entries' mapping 'model' and other names to one of {ENTRY_TYPES}, "
                          f"got {entries!r}")
     sums = manifest.get("sha256") if sealed else None
     out = {"step": step, "path": path}

@@ -1,12 +1,12 @@
 // The MCM target and squared distance (Algorithm 1, steps 6-8): the CUDA kernels of the ops defined in
-// csrc/mcm.cpp.
+// csrc/mcm_loss.cpp.
 //
 // Each block owns kChunk elements of one sample and computes that sample's target coefficients itself from
 // the logSNRs on the device (target_coefs in ddim.h): no host sync, so the ops can be captured in a CUDA
 // graph; everything runs on the current stream. The distance kernel writes one partial sum per block (and
 // diff = x_hat - x_target in the compute dtype when asked); a second kernel adds each sample's partials in a
 // fixed order (deterministic, no atomics). Arithmetic in float32 (float64 for float64 data).
-#include "../mcm.h"
+#include "../mcm_loss.h"
 #include "common.cuh"
 
 #include <ATen/Dispatch.h>

@@ -8,7 +8,7 @@
 // that never straddle two samples, in the compute dtype per kSumBlock elements and in double beyond, and the
 // tiles of a sample are added in a fixed order (deterministic). Inputs are made contiguous once.
 #include "cpu_kernels.h"
-#include "mcm.h"
+#include "mcm_loss.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
