@@ -65,11 +65,10 @@ def test_logsnr_boundaries_distill_and_sample_the_exact_function(steps):
                           boundaries="logsnr")
     losses = {}
     for name, student in (("logsnr", f_star), ("uniform", consistency_function(steps))):
-        loss, diag = obj(student, data, teacher=exact_denoiser, generator=torch.Generator().manual_seed(2),
-                         diagnostics=True)
-        losses[name] = loss.item()
-    lo, hi = edges[diag["segment"]], edges[diag["segment"] + 1]
-    position = (diag["t"] - lo) / (hi - lo) * n_seg
+        diag = obj.per_sample(student, data, n_seg, teacher=exact_denoiser, generator=torch.Generator().manual_seed(2))
+        losses[name] = diag.loss.mean().item()
+    lo, hi = edges[diag.segment], edges[diag.segment + 1]
+    position = (diag.t - lo) / (hi - lo) * n_seg
     torch.testing.assert_close(position, position.round(), rtol=0, atol=1e-6)
     assert position.min() >= 1 - 1e-6 and position.max() <= n_seg + 1e-6
     assert losses["logsnr"] < 1e-2 * losses["uniform"], losses
@@ -93,12 +92,12 @@ def test_training_from_data_at_n_rel_1_is_the_diffusion_loss():
     x = gaussian_data(64, 8)
     student = recording(lambda z, t: 0.3 * z + 0.1)
     obj = mf.MCMObjective(SCHED, student_steps=4, teacher_steps=4, loss="l2_squared", weighting="snr+1")
-    _, diag = obj(student, x, generator=torch.Generator().manual_seed(0), diagnostics=True)
+    diag = obj.per_sample(student, x, 1, generator=torch.Generator().manual_seed(0))
     z_t, t, _ = student.calls[-1]
-    torch.testing.assert_close(t, diag["t"])
-    torch.testing.assert_close(t - diag["segment"] / 4, torch.full_like(t, 0.25), rtol=0, atol=1e-15)
+    torch.testing.assert_close(t, diag.t)
+    torch.testing.assert_close(t - diag.segment / 4, torch.full_like(t, 0.25), rtol=0, atol=1e-15)
     expected = (torch.exp(logsnr(t)) + 1) * (0.3 * z_t + 0.1 - x).square().sum(1)
-    torch.testing.assert_close(diag["loss"].double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(diag.loss.double(), expected, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("solver", ["addim", "ddim", "euler"])
@@ -106,8 +105,8 @@ def test_training_from_data_with_an_oracle_student_has_zero_loss(solver):
     """From data the teacher is x itself: f = x makes every target x, for any n_rel."""
     x = gaussian_data(64, 8)
     obj = mf.MCMObjective(SCHED, student_steps=2, teacher_steps=64, teacher_solver=solver, loss="l2_squared")
-    _, diag = obj(lambda z, t: x, x, generator=torch.Generator().manual_seed(0), diagnostics=True)
-    rel = diag["loss"] / (torch.exp(logsnr(diag["t"])) + 1) / x.square().sum(1)
+    diag = obj.per_sample(lambda z, t: x, x, 32, generator=torch.Generator().manual_seed(0))
+    rel = diag.loss / (torch.exp(logsnr(diag.t)) + 1) / x.square().sum(1)
     # DDIM and aDDIM (x_var = 0) are exact along the conditional path of x; Euler only approximates it, to first
     # order in its step (1/64 in t: about 1% of ||x||^2 at worst)
     assert rel.max().item() < (2e-2 if solver == "euler" else 1e-20)
@@ -151,8 +150,8 @@ def test_direct_target_is_the_high_accuracy_ode_solution():
                           loss="l2_squared")
     losses = {}
     for name, student in (("rk4", rk4_student), ("teacher", teacher)):
-        _, diag = obj(student, x, teacher=teacher, generator=torch.Generator().manual_seed(3), diagnostics=True)
-        losses[name] = (diag["loss"] / (torch.exp(logsnr(diag["t"])) + 1)).sqrt()  # ||x_hat - x_target||
+        diag = obj.per_sample(student, x, 512, teacher=teacher, generator=torch.Generator().manual_seed(3))
+        losses[name] = (diag.loss / (torch.exp(logsnr(diag.t)) + 1)).sqrt()  # ||x_hat - x_target||
     assert losses["rk4"].max().item() < 5e-4, losses["rk4"]  # Heun on 1024 steps vs RK4: O(h^2) apart
     assert losses["teacher"].median().item() > 30 * losses["rk4"].median().item()
 
@@ -169,17 +168,6 @@ def test_reference_and_student_share_dropout_masks():
     mf.MCMObjective(SCHED, student_steps=2, teacher_steps=16)(student, torch.randn(8, 32), teacher=lambda z, t: z)
     assert len(masks) == 2 and torch.equal(masks[0], masks[1]), "the two student calls drew different dropout masks"
     assert not torch.equal(masks[0], torch.ones_like(masks[0]))
-
-
-def test_ema_reference_is_used_for_the_target():
-    student, ema = recording(lambda z, t: 0.5 * z), recording(lambda z, t: 0.4 * z)
-    obj = mf.MCMObjective(SCHED, student_steps=2, teacher_steps=16, reference="ema")
-    obj(student, torch.randn(4, 3), teacher=lambda z, t: z, reference_model=ema)
-    assert len(student.calls) == 1 and len(ema.calls) == 1
-    with pytest.raises(ValueError, match="^reference_model: "):
-        obj(student, torch.randn(4, 3), teacher=lambda z, t: z)
-    with pytest.raises(ValueError, match="^reference_model: "):
-        mf.MCMObjective(SCHED)(student, torch.randn(4, 3), reference_model=ema)
 
 
 def test_label_dropout_replaces_labels_with_the_null_class():
@@ -202,14 +190,14 @@ def test_weightings_and_losses():
         for loss in ("pseudo_huber", "l2_squared"):
             obj = mf.MCMObjective(SCHED, student_steps=2, teacher_steps=16, weighting=weighting, loss=loss,
                                   huber_eps=0.5)
-            diags[weighting, loss] = obj(student, x, teacher=exact_denoiser, generator=torch.Generator().manual_seed(0),
-                                         diagnostics=True)[1]
-    w = torch.exp(logsnr(diags["snr+1", "l2_squared"]["t"])) + 1
-    dist_sq = diags["snr+1", "l2_squared"]["loss"].double() / w
-    torch.testing.assert_close(diags["sqrt(snr+1)", "l2_squared"]["loss"].double(), w.sqrt() * dist_sq, rtol=1e-5,
+            diags[weighting, loss] = obj.per_sample(student, x, 8, teacher=exact_denoiser,
+                                                    generator=torch.Generator().manual_seed(0))
+    w = torch.exp(logsnr(diags["snr+1", "l2_squared"].t)) + 1
+    dist_sq = diags["snr+1", "l2_squared"].loss.double() / w
+    torch.testing.assert_close(diags["sqrt(snr+1)", "l2_squared"].loss.double(), w.sqrt() * dist_sq, rtol=1e-5,
                                atol=0)
     huber = torch.sqrt(dist_sq + 0.25) - 0.5
-    torch.testing.assert_close(diags["snr+1", "pseudo_huber"]["loss"].double(), w * huber, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(diags["snr+1", "pseudo_huber"].loss.double(), w * huber, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize("solver", ["addim", "ddim", "euler", "heun"])
@@ -262,7 +250,6 @@ BAD_OPTIONS = [
     ("huber_eps", dict(huber_eps=0.0), ValueError),
     ("weighting", dict(weighting="snr"), ValueError),
     ("target", dict(target="x"), ValueError),
-    ("reference", dict(reference="target"), ValueError),
     ("label_dropout", dict(label_dropout=1.5), ValueError),
     ("null_label", dict(label_dropout=0.1), ValueError),
     ("boundaries", dict(boundaries="log"), ValueError),
