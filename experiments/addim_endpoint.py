@@ -36,13 +36,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16])
     args = parser.parse_args(argv)
-    model, config, info = load_model(args.ckpt)
-    scorer = Scorer(config, info, args.n, args.seed)
+    model, kind, info = load_model(args.ckpt)
+    scorer = Scorer(kind.config, info, args.n, args.seed)
     rows = []
     for steps in args.steps:
         for sampler in ("ddim", "addim"):
             with torch.no_grad():
-                scores, _ = scorer(sampler_of(model, config, steps, sampler))
+                scores, _ = scorer(sampler_of(model, kind, steps, sampler))
             rows.append({"steps": steps, "sampler": sampler, **scores})
         added = {}
 

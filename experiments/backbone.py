@@ -61,7 +61,7 @@ def teacher_config(scale: Scale, seed: int, name: str):
 
 def size(directory: Path) -> dict:
     """Parameters and multiply-adds per image of a run's network (the FLOP counter counts 2 per multiply-add)."""
-    model, config, info = load_model(directory)
+    model, _, info = load_model(directory)
     net = model.net
     shape = (2, *info["shape"])
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -130,13 +130,13 @@ def write_scores(path: Path, rows: list[dict]) -> list[dict]:
 def evaluate(directory: Path, steps_and_samplers, scale: Scale, seed: int,
              ode_teacher: Path | None = None) -> list[dict]:
     """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler); with ode_teacher, the ODE error."""
-    model, config, info = load_model(directory)
-    scorer = Scorer(config, info, scale.eval_n, seed + 1000)
+    model, kind, info = load_model(directory)
+    scorer = Scorer(kind.config, info, scale.eval_n, seed + 1000)
     rows = []
     for steps, sampler in steps_and_samplers:
         start = time.perf_counter()
         with torch.no_grad():
-            scores, _ = scorer(sampler_of(model, config, steps, sampler))
+            scores, _ = scorer(sampler_of(model, kind, steps, sampler))
         row = {"steps": steps, "sampler": sampler, **scores, "seconds": time.perf_counter() - start}
         if ode_teacher is not None:
             teacher, _, _ = load_model(ode_teacher)

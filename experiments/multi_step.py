@@ -31,7 +31,7 @@ from experiments.mnist_tables import (
     teacher_config,
 )
 from mcm_fast.metrics.evaluate import Scorer, guidance_inputs
-from mcm_fast.train.build import generate, load_model
+from mcm_fast.train.build import load_model
 from mcm_fast.train.loop import train
 
 GUIDANCE = (0.0, 1.0, 2.0, 4.0)
@@ -57,8 +57,8 @@ def evaluate_guided(directory: Path, scale: Scale, seed: int) -> list[dict]:
     """FD-MNIST, precision, recall, network calls and seconds per image (sampling only) of a student at each
     guidance scale: one call per step when guidance is distilled into it, else two (classifier-free guidance).
     Calls are counted: the examples through the network's forward per image sampled."""
-    model, config, info = load_model(directory)
-    scorer, steps = Scorer(config, info, scale.eval_n, seed + 1000), guided_steps(scale)
+    model, kind, info = load_model(directory)
+    scorer, steps = Scorer(kind.config, info, scale.eval_n, seed + 1000), guided_steps(scale)
     examples = []
     hook = model.register_forward_hook(lambda module, args, output: examples.append(len(output)))
     rows = []
@@ -68,7 +68,7 @@ def evaluate_guided(directory: Path, scale: Scale, seed: int) -> list[dict]:
         def timed(noise, generator, w=w, seconds=seconds, calls=calls, **cond):
             examples.clear()
             start = time.perf_counter()
-            images = generate(model, config, steps, noise, generator=generator, **guidance_inputs(info, w), **cond)
+            images = kind.sample(model, steps, noise, generator=generator, **guidance_inputs(info, w), **cond)
             seconds.append((time.perf_counter() - start) / len(noise))
             calls.append(sum(examples) / len(noise))
             return images

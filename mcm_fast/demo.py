@@ -47,23 +47,32 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
         start = time.perf_counter()
         train(config, directory, progress=progress)
         timings[name] = time.perf_counter() - start
+    rows, config = _score(out, teacher_dir, student_dir, n, seed, threads)
+    _report(rows, _data_floor(config, n, seed), n, timings, out, echo)
+    return rows
 
-    teacher, teacher_config, info = load_model(teacher_dir)
-    student, student_config, _ = load_model(student_dir)
+
+def _score(out: Path, teacher_dir: Path, student_dir: Path, n: int, seed: int, threads) -> tuple[list[dict], object]:
+    """(rows, the student's config): the student and the teacher's budgets scored on the same noises and labels,
+    each one's first 100 samples written as a grid."""
+    teacher, teacher_kind, info = load_model(teacher_dir)
+    student, student_kind, _ = load_model(student_dir)
     governed(teacher, threads), governed(student, threads)
-    scorer = Scorer(student_config, info, n, seed + 1)
-    candidates = [("teacher", teacher, teacher_config, sampler, steps) for sampler, steps in TEACHER_BUDGETS]
-    candidates.insert(0, (f"MCM (S={STUDENT_STEPS})", student, student_config, "ddim", STUDENT_STEPS))
+    scorer = Scorer(student_kind.config, info, n, seed + 1)
+    candidates = [("teacher", teacher, teacher_kind, sampler, steps) for sampler, steps in TEACHER_BUDGETS]
+    candidates.insert(0, (f"MCM (S={STUDENT_STEPS})", student, student_kind, "ddim", STUDENT_STEPS))
     rows = []
-    for label, model, config, sampler, steps in candidates:
+    for label, model, kind, sampler, steps in candidates:
         start = time.perf_counter()
         with torch.no_grad():
-            scores, images = scorer(sampler_of(model, config, steps, sampler))
+            scores, images = scorer(sampler_of(model, kind, steps, sampler))
         rows.append({"model": label, "sampler": sampler, "steps": steps, **scores,
                      "seconds": time.perf_counter() - start})
         save_grid(images[:100], out / f"{label.split()[0].lower()}-{sampler}-{steps}.png", nrow=10, scale=4)
+    return rows, student_kind.config
 
-    floor = _data_floor(student_config, n, seed)
+
+def _report(rows: list[dict], floor: dict, n: int, timings: dict, out: Path, echo) -> None:
     echo(f"\nFD-MNIST (lower is better), precision and recall against {n} MNIST test digits, {n} samples each; "
          f"{n} training digits score FD {floor['fd_mnist']:.2f}, precision {floor['precision']:.3f}, "
          f"recall {floor['recall']:.3f}:")
@@ -75,7 +84,6 @@ def run(out: str | Path = "runs/demo", teacher_iters: int | None = None, student
         echo(line)
     echo("training time: " + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items()))
     echo(f"sample grids (a column per digit 0-9): {out}/mcm-ddim-{STUDENT_STEPS}.png and {out}/teacher-*.png")
-    return rows
 
 
 def claim(rows: list[dict]) -> list[str]:

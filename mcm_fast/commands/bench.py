@@ -12,10 +12,9 @@ from mcm_fast.data.splits import training_data
 from mcm_fast.denoiser import Denoiser
 from mcm_fast.models import count_parameters
 from mcm_fast.threads import Threads
-from mcm_fast.train.build import make_net, make_schedule
+from mcm_fast.train.build import make_kind, make_net
 from mcm_fast.train.config import load_config
 from mcm_fast.train.ema import ema_decay, ema_update
-from mcm_fast.train.kinds import KINDS
 from mcm_fast.train.loop import autocast
 
 
@@ -40,16 +39,15 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
     (threads; None: the cores other processes leave free); prints and returns them."""
     config = load_config(config_name, overrides)
     governor = Threads(threads)
-    kind, device = KINDS[config.kind], torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = training_data(config.data, config.seed)
-    net = make_net(config, tuple(data.shape), data.num_classes).to(device)
-    schedule = make_schedule(config)
-    model, extra = kind.wrap(net, config, schedule), kind.extra_state(net)
+    kind = make_kind(config, data.num_classes)
+    net = make_net(kind, tuple(data.shape), data.num_classes).to(device)
+    model, extra = kind.wrap(net), kind.extra_state(net)
     ema = copy.deepcopy(net).requires_grad_(False)
-    teacher = Denoiser(copy.deepcopy(net).requires_grad_(False), schedule, prediction=config.prediction)
+    teacher = Denoiser(copy.deepcopy(net).requires_grad_(False), kind.schedule, prediction=config.prediction)
     compiled = torch.compile if config.compile else (lambda fn: fn)
-    loss_fn = kind.loss(config, model, teacher if kind.uses_teacher(config) else None, extra,
-                        data.num_classes or None, compiled)
+    loss_fn = kind.loss(model, teacher if kind.uses_teacher else None, extra, compiled)
     batch_data = data.batch(torch.arange(batch) % len(data))
     x = batch_data.pop("x").to(device)
     cond = {k: v.to(device) for k, v in batch_data.items()}
@@ -65,7 +63,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema_update(ema, net, ema_decay(optim.ema_decay, step))
-        kind.after_step(extra, net, step, config)
+        kind.after_step(extra, net, step)
 
     params = count_parameters(net)
     results = {"train_images_per_s": batch / _timed(train_step, iters, device)}
@@ -74,7 +72,7 @@ def bench(config_name: str, overrides=(), batch: int = 64, iters: int = 10, step
     net.eval().register_forward_pre_hook(governor)
     noise = torch.randn_like(x)
     for n_steps in steps:
-        rate = batch / _timed(lambda n_steps=n_steps: kind.sample(model, config, n_steps, noise, **cond), iters, device)
+        rate = batch / _timed(lambda n_steps=n_steps: kind.sample(model, n_steps, noise, **cond), iters, device)
         results[f"sample_{n_steps}_images_per_s"] = rate
         echo(f"sampling, {n_steps} step(s): {rate:.1f} images/s")
     return results

@@ -11,14 +11,14 @@ import torch
 from mcm_fast.metrics.evaluate import Scorer, guidance_inputs, sample_inputs
 from mcm_fast.metrics.grid import check_output_path, save_grid
 from mcm_fast.threads import governed
-from mcm_fast.train.build import default_steps, generate, load_model
+from mcm_fast.train.build import load_model
 
 
-def sampler_of(model, config, n_steps: int, sampler: str = "addim", **guide):
-    """generate(noise, generator, **cond) -> samples of model with n_steps calls (guided with guide's guidance and
-    null_cond), as Scorer takes it."""
-    return lambda noise, generator, **cond: generate(model, config, n_steps, noise, sampler, generator=generator,
-                                                     **guide, **cond)
+def sampler_of(model, kind, n_steps: int, sampler: str = "addim", **guide):
+    """generate(noise, generator, **cond) -> samples of model with n_steps calls as its kind samples (guided with
+    guide's guidance and null_cond), as Scorer takes it."""
+    return lambda noise, generator, **cond: kind.sample(model, n_steps, noise, sampler, generator=generator, **guide,
+                                                        **cond)
 
 
 def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
@@ -27,14 +27,13 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
     """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path. threads:
     CPU threads, None: the cores other processes leave free (mcm_fast.threads)."""
     check_output_path(out)
-    model, config, info = load_model(ckpt, device)
+    model, kind, info = load_model(ckpt, device)
     governed(model, threads)
     if len(info["shape"]) != 3:
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
     noise, cond, generator = sample_inputs(info, n, seed, device, label)
-    steps = default_steps(config) if n_steps is None else n_steps
-    images = generate(model, config, steps, noise, sampler, generator=generator, **guidance_inputs(info, guidance),
-                      **cond)
+    steps = kind.default_steps() if n_steps is None else n_steps
+    images = kind.sample(model, steps, noise, sampler, generator=generator, **guidance_inputs(info, guidance), **cond)
     return save_grid(images, out, nrow=10 if info["num_classes"] == 10 else None, scale=scale)
 
 
@@ -42,9 +41,9 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
 def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list[dict]:
     """{"steps", "sampler", fd, precision, recall} of a checkpoint's EMA model per (steps, sampler) in budgets,
     every row on the same n noises and labels (sample_inputs(seed)) against n held-out examples."""
-    model, config, info = load_model(ckpt, device)
-    scorer = Scorer(config, info, n, seed, device)
-    return [{"steps": steps, "sampler": sampler, **scorer(sampler_of(model, config, steps, sampler))[0]}
+    model, kind, info = load_model(ckpt, device)
+    scorer = Scorer(kind.config, info, n, seed, device)
+    return [{"steps": steps, "sampler": sampler, **scorer(sampler_of(model, kind, steps, sampler))[0]}
             for steps, sampler in budgets]
 
 
@@ -57,14 +56,15 @@ def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler:
     """
     if out is not None:
         check_output_path(Path(out) / "eval.json")
-    model, config, info = load_model(ckpt, device)
+    model, kind, info = load_model(ckpt, device)
+    config = kind.config
     governed(model, threads)
     scorer = Scorer(config, info, n, seed, device, what="--n")
     rows = []
     echo(f"{ckpt}: {config.kind} {config.model}, {n} samples against {n} examples of {scorer.reference_name}")
-    for n_steps in steps or (default_steps(config),):
+    for n_steps in steps or (kind.default_steps(),):
         start = time.perf_counter()
-        scores, samples = scorer(sampler_of(model, config, n_steps, sampler, **guidance_inputs(info, guidance)))
+        scores, samples = scorer(sampler_of(model, kind, n_steps, sampler, **guidance_inputs(info, guidance)))
         row = {"steps": n_steps, **scores, "seconds": time.perf_counter() - start, "reference": scorer.reference_name}
         rows.append(row)
         echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()

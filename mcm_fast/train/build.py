@@ -1,5 +1,5 @@
-"""From a TrainConfig to modules: the schedule, the raw network, and through the run's kind (train.kinds) the
-model around it and its sampler; `load_model` rebuilds any of them from a checkpoint."""
+"""From a TrainConfig to modules: the schedule, the run's kind bound to its config (train.kinds: the model around
+the network, the loss, the sampler) and the raw network; `load_model` rebuilds them from a checkpoint."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,7 @@ from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, DiffusersNet
 from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
 from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
-from mcm_fast.train.kinds import KINDS
+from mcm_fast.train.kinds import KINDS, Kind
 
 
 def make_schedule(config: TrainConfig) -> Schedule:
@@ -34,13 +34,20 @@ def make_schedule(config: TrainConfig) -> Schedule:
         raise ConfigError(f"schedule_options: {error}") from None
 
 
-def make_net(config: TrainConfig, shape: tuple, num_classes: int) -> torch.nn.Module:
-    """The raw network for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for vectors; a student of
-    several step counts or with guidance distilled into it embeds those inputs too."""
-    options = {**config.model_options, **KINDS[config.kind].network_options(config)}
+def make_kind(config: TrainConfig, num_classes: int, schedule: Schedule | None = None) -> Kind:
+    """The run's kind bound to its config, its schedule (built from the config unless given) and its classes:
+    KINDS[config.kind](config, schedule, num_classes), which checks the settings it uses."""
+    return KINDS[config.kind](config, make_schedule(config) if schedule is None else schedule, num_classes)
+
+
+def make_net(kind: Kind, shape: tuple, num_classes: int) -> torch.nn.Module:
+    """The raw network of a run (kind.config) for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for
+    vectors; a student of several step counts or with guidance distilled into it embeds those inputs too."""
+    config = kind.config
+    options = {**config.model_options, **kind.network_options()}
     try:
         if config.model in DIFFUSERS_MODELS:
-            if KINDS[config.kind].network_options(config):
+            if kind.network_options():
                 key = "objective.student_steps" if "student_steps" in options else "objective.guidance"
                 raise ConfigError(f"{key}: a student of several step counts or distilled guidance embeds S and w, "
                                   f"which the UViT and the MLP do; expected one of them, got model {config.model!r}")
@@ -72,25 +79,6 @@ def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> 
                           f"unexpected {unexpected[:3]})")
 
 
-def wrap(net: torch.nn.Module, config: TrainConfig, schedule: Schedule) -> torch.nn.Module:
-    """The model a run's kind trains and samples around its network (train.kinds)."""
-    return KINDS[config.kind].wrap(net, config, schedule)
-
-
-def generate(model, config: TrainConfig, n_steps: int, noise: torch.Tensor, teacher_sampler: str = "addim",
-             generator: torch.Generator | None = None, guidance: float = 0.0, null_cond: dict | None = None,
-             **cond) -> torch.Tensor:
-    """Samples from noise with n_steps model calls, the way the model's kind samples (train.kinds); guidance w
-    with null_cond as mf.sample takes them (one call per step for a student with guidance distilled into it)."""
-    return KINDS[config.kind].sample(model, config, n_steps, noise, teacher_sampler, generator, guidance=guidance,
-                                     null_cond=null_cond, **cond)
-
-
-def default_steps(config: TrainConfig) -> int:
-    """The step count of grids and evaluation when config.sample_steps is None."""
-    return KINDS[config.kind].default_steps(config)
-
-
 def adopt_teacher(config: TrainConfig) -> TrainConfig:
     """config, with the network, schedule, prediction and time input of its teacher when that is a diffusers
     pipeline folder: a student starts from its teacher's network, through the same wrapper."""
@@ -100,24 +88,24 @@ def adopt_teacher(config: TrainConfig) -> TrainConfig:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True):
-    """(model, config, info) from a run or checkpoint directory, or a diffusers pipeline folder (a teacher): the
-    EMA weights (or the online ones), in eval mode; info holds the data's shape and classes."""
+    """(model, kind, info) from a run or checkpoint directory, or a diffusers pipeline folder (a teacher): the
+    EMA weights (or the online ones) in eval mode, the run's kind bound to its config (kind.config), and the data's
+    shape and classes."""
     if is_pipeline_folder(path):
         settings, info = pipeline_settings(path)
-        config = load_config({"kind": "teacher", **settings})
+        kind = make_kind(load_config({"kind": "teacher", **settings}), info["num_classes"])
         net = load_pipeline_unet(path).to(device).requires_grad_(False)
-        return wrap(net, config, make_schedule(config)).eval(), config, info
+        return kind.wrap(net).eval(), kind, info
     checkpoint = load_checkpoint(path, device=str(device))
-    config, info, net = _rebuild(checkpoint)
+    kind, info, net = _rebuild(checkpoint)
     entry = "ema" if ema and "ema" in checkpoint else "model"
     check_state_dict(f"{checkpoint['path'] / entry}.safetensors", checkpoint[entry], net)
     net.load_state_dict(checkpoint[entry])
-    model = wrap(net.to(device).requires_grad_(False), config, make_schedule(config)).eval()
-    return model, config, info
+    return kind.wrap(net.to(device).requires_grad_(False)).eval(), kind, info
 
 
-def _rebuild(checkpoint: dict) -> tuple[TrainConfig, dict, torch.nn.Module]:
-    """(config, data info, a new network) of a loaded training checkpoint; errors name its checkpoint.json."""
+def _rebuild(checkpoint: dict) -> tuple[Kind, dict, torch.nn.Module]:
+    """(kind, data info, a new network) of a loaded training checkpoint; errors name its checkpoint.json."""
     file = checkpoint["path"] / MANIFEST
     config, info = checkpoint.get("config"), checkpoint.get("data_info")
     if not isinstance(config, dict):
@@ -129,7 +117,7 @@ def _rebuild(checkpoint: dict) -> tuple[TrainConfig, dict, torch.nn.Module]:
         raise ValueError(f"{file}: expected 'data_info' {{'shape': [C, H, W] or [d], 'num_classes': int >= 0}}, "
                          f"got {info!r:.80}")
     try:
-        config = load_config(config)
-        return config, info, make_net(config, tuple(shape), classes)
+        kind = make_kind(load_config(config), classes)
+        return kind, info, make_net(kind, tuple(shape), classes)
     except ConfigError as error:
         raise ValueError(f"{file}: its config is invalid: {error}") from None

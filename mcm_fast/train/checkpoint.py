@@ -68,6 +68,16 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
     if not isinstance(model, (nn.Module, Mapping)):
         raise TypeError(f"model: expected an nn.Module or its state dict, got {type(model).__name__}")
     step, directory = int(step), _directory("directory", directory)
+    target = _publish(directory, f"step-{step:09d}", *_pack(model, step, state))
+    if keep is not None:
+        for _, old in _checkpoints(directory)[:-keep]:
+            if old != target:
+                _remove(old)
+    return target
+
+
+def _pack(model, step: int, state: dict) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, {file name: safetensors bytes}) of a checkpoint, checksummed; refuses a non-finite tensor."""
     files = {"model": _tensor_dict("model", unwrap(model).state_dict() if isinstance(model, nn.Module) else model)}
     manifest = {"format": FORMAT, "version": VERSION, "step": step,
                 "entries": {"model": "module" if isinstance(model, nn.Module) else "tensors"}}
@@ -80,35 +90,34 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
             files[name] = _tensor_dict(name, tensors)
         if value is not None:
             manifest[name] = value
-
     for name, tensors in files.items():
         _check_finite(step, name, tensors)
     blobs = {f"{name}.safetensors": save(tensors) for name, tensors in files.items()}
     manifest["sha256"] = {file: hashlib.sha256(blob).hexdigest() for file, blob in blobs.items()}
     manifest["checksum"] = _checksum(manifest)
+    return manifest, blobs
 
+
+def _publish(directory: Path, name: str, manifest: dict, blobs: dict[str, bytes]) -> Path:
+    """Writes a checkpoint atomically as directory/name: into a temporary directory, synced, then renamed over
+    any old copy (set aside first, removed after); strays of a crashed save go first."""
     directory.mkdir(parents=True, exist_ok=True)
     for stray in directory.glob(TMP_PREFIX + "*"):  # left by a save that crashed
         if stray.is_dir() and not stray.is_symlink():
             shutil.rmtree(stray)
-    target = directory / f"step-{step:09d}"
-    tmp = directory / f"{TMP_PREFIX}{target.name}"
+    target, tmp = directory / name, directory / f"{TMP_PREFIX}{name}"
     tmp.mkdir()
     for file, blob in blobs.items():
         _write(tmp / file, blob)
     _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync(tmp)
-    aside = directory / f"{TMP_PREFIX}old-{target.name}"
+    aside = directory / f"{TMP_PREFIX}old-{name}"
     if target.exists() or target.is_symlink():
         _set_aside(target, aside, directory)
     os.rename(tmp, target)
     _fsync(directory)
     if aside.exists():
         shutil.rmtree(aside)
-    if keep is not None:
-        for _, old in _checkpoints(directory)[:-keep]:
-            if old != target:
-                _remove(old)
     return target
 
 

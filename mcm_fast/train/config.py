@@ -17,14 +17,15 @@ from pathlib import Path
 
 import yaml
 
-from mcm_fast.train.kinds import KINDS
-
 SCHEDULES = ("cosine", "flow", "edm", "discrete")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 INITS = ("teacher", "random")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_RESOLUTION = 4096  # an image side
+
+
+KIND_NAMES = ("teacher", "cd", "ct", "direct", "cm")  # the kinds of run (train.kinds.KINDS)
 
 
 class ConfigError(ValueError):
@@ -366,7 +367,7 @@ def _rules() -> dict:
 
     positive, count = _int(1), _int(0)
     return {
-        "kind": _one_of(KINDS), "precision": _one_of(PRECISIONS), "strategy": _one_of(STRATEGIES),
+        "kind": _one_of(KIND_NAMES), "precision": _one_of(PRECISIONS), "strategy": _one_of(STRATEGIES),
         "init": _one_of(INITS), "device": _one_of(DEVICES),
         "model": _one_of(("mlp", *UVIT_PRESETS, *DIFFUSERS_MODELS)), "prediction": _one_of(tuple(PREDICTIONS)),
         "schedule": _one_of(SCHEDULES), "time_input": _one_of(TIME_INPUTS),
@@ -409,13 +410,12 @@ def _rules() -> dict:
 
 def check_config(config: TrainConfig) -> None:
     """Every setting of config in range, or a ConfigError naming its dotted key: checked when the config is built,
-    before any work."""
+    before any work. The settings of the schedule, the objective and Song et al.'s loss are checked where they are
+    used, when a run builds its schedule and binds its kind (train.build.make_kind)."""
     for key, (test, expected) in _rules().items():
         value = _get(config, key)
         if not test(value):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    if KINDS[config.kind].needs_teacher(config) and config.teacher is None:
-        raise ConfigError(f"teacher: kind {config.kind!r} distills a teacher: expected its checkpoint directory")
     if config.optim.batch_size % config.optim.accumulate:
         raise ConfigError(f"optim.accumulate: expected a divisor of optim.batch_size={config.optim.batch_size}, "
                           f"got {config.optim.accumulate}")
@@ -423,25 +423,10 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"cooldown: expected at most steps={config.steps}, got {config.cooldown}")
     if config.schedule_shift is not None and config.schedule != "cosine":
         raise ConfigError(f"schedule_shift: shifts the cosine schedule, expected None for schedule={config.schedule!r}")
-    from mcm_fast.consistency import ConsistencyLoss
     from mcm_fast.data.images import check_arguments
-    from mcm_fast.denoiser import Denoiser
-    from mcm_fast.objectives import MCMObjective
-    from mcm_fast.schedules import CosineSchedule
-    from mcm_fast.train.build import make_schedule
 
     data = config.data
-    _delegate("data.", {}, lambda: check_arguments(data.name, data.path, data.resolution, data.split, data.n))
-    schedule = make_schedule(config)
-    _delegate("", {}, lambda: Denoiser(lambda z, time: z, schedule, config.prediction, config.time_input))
-    obj, song = config.objective, config.song
-    _delegate("objective.", {}, lambda: MCMObjective(
-        CosineSchedule(), student_steps=obj.student_steps, teacher_steps=obj.teacher_steps,
-        teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss, huber_eps=obj.huber_eps,
-        weighting=obj.weighting, label_dropout=obj.label_dropout, null_label=0, multiscale=obj.multiscale,
-        boundaries=obj.boundaries, steps_probs=obj.steps_probs, guidance=obj.guidance))
-    _delegate("song.", {"kind": "mode"}, lambda: ConsistencyLoss(
-        kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps, total_steps=config.steps))
+    as_config_error("data.", lambda: check_arguments(data.name, data.path, data.resolution, data.split, data.n))
 
 
 def _get(config, key: str):
@@ -450,10 +435,11 @@ def _get(config, key: str):
     return config
 
 
-def _delegate(prefix: str, renames: dict, build) -> None:
-    """Runs build (a constructor that checks its arguments) and reports its errors under the config's dotted keys."""
+def as_config_error(prefix: str, build, renames: dict | None = None):
+    """build() (a constructor that checks its arguments), its errors reported as ConfigErrors under the config's
+    dotted keys (prefix + the argument's name, renamed by renames)."""
     try:
-        build()
+        return build()
     except (ValueError, TypeError) as error:
         name, _, rest = str(error).partition(":")
-        raise ConfigError(f"{prefix}{renames.get(name, name)}:{rest}") from None
+        raise ConfigError(f"{prefix}{(renames or {}).get(name, name)}:{rest}") from None

@@ -26,13 +26,7 @@ from mcm_fast.metrics.evaluate import Scorer, sample_inputs
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.threads import Threads
 from mcm_fast.train import distributed
-from mcm_fast.train.build import (
-    adopt_teacher,
-    load_model,
-    load_teacher_weights,
-    make_net,
-    make_schedule,
-)
+from mcm_fast.train.build import adopt_teacher, load_model, load_teacher_weights, make_kind, make_net
 from mcm_fast.train.checkpoint import (
     check_state_dict,
     has_checkpoints,
@@ -41,7 +35,6 @@ from mcm_fast.train.checkpoint import (
 )
 from mcm_fast.train.config import ConfigError, TrainConfig, with_defaults
 from mcm_fast.train.ema import ema_decay, ema_update
-from mcm_fast.train.kinds import KINDS
 
 LOG_NAME = "log.jsonl"
 PARAMETERIZATION_KEYS = ("model", "model_options", "prediction", "schedule", "schedule_options", "schedule_shift",
@@ -97,11 +90,10 @@ class Trainer:
         if config.optim.batch_size % micro_batches:
             raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
                               f"got {config.optim.batch_size}")
-        self.kind = KINDS[config.kind]
+        self.kind = make_kind(config, self.info["num_classes"])  # checks the settings it uses, before any work
         self.teacher, teacher_net = self._load_teacher()
-        self.schedule = self.teacher.schedule if self.teacher is not None else make_schedule(config)
         torch.manual_seed(config.seed)  # the initial weights, the same on every rank
-        net = make_net(config, tuple(self.info["shape"]), self.info["num_classes"])
+        net = make_net(self.kind, tuple(self.info["shape"]), self.info["num_classes"])
         if teacher_net is not None and config.init == "teacher" and self.kind.same_network_as_teacher:
             load_teacher_weights(net, teacher_net)
         net = net.to(self.ranks.device)
@@ -112,7 +104,7 @@ class Trainer:
         if config.strategy == "fsdp" and self.ranks.world > 1:  # shard the copies alike, so updates stay local
             self.ema = distributed.parallel(self.ema, "fsdp", self.ranks)
             self.extra = {name: distributed.parallel(m, "fsdp", self.ranks) for name, m in self.extra.items()}
-        self.model = self.kind.wrap(self.net, config, self.schedule)
+        self.model = self.kind.wrap(self.net)
         self.loss_fn = self._make_loss()
         fused = self.ranks.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
@@ -122,15 +114,16 @@ class Trainer:
 
     # ----------------------------------------------------------------- setup
     def _load_teacher(self):
-        """The frozen teacher (its EMA weights) of a kind that distills it or starts from it (config validation has
+        """The frozen teacher (its EMA weights) of a kind that distills it or starts from it (binding the kind has
         checked that a kind which needs one names it)."""
         config = self.config
-        if config.teacher is None or not self.kind.uses_teacher(config):
+        if config.teacher is None or not self.kind.uses_teacher:
             return None, None
         try:
-            model, teacher_config, info = load_model(config.teacher, self.ranks.device)
+            model, teacher_kind, info = load_model(config.teacher, self.ranks.device)
         except FileNotFoundError as error:
             raise ConfigError(f"teacher: {error}") from None
+        teacher_config = teacher_kind.config
         if teacher_config.kind != "teacher":
             raise ConfigError(f"teacher: {config.teacher} holds a {teacher_config.kind!r} run, expected a teacher")
         if info != self.info:
@@ -146,8 +139,7 @@ class Trainer:
         """loss(batch, step) -> the mean loss over the micro-batch, for this run's kind; with config.compile the
         whole loss (every forward, the target and the loss; so its backward too) is one compiled graph."""
         compiled = torch.compile if self.config.compile else (lambda fn: fn)
-        null_label = self.info["num_classes"] or None
-        return self.kind.loss(self.config, self.model, self.teacher, self.extra, null_label, compiled)
+        return self.kind.loss(self.model, self.teacher, self.extra, compiled)
 
     def _resume(self):
         """Continues from the newest checkpoint in out that loads and verifies; damaged ones are skipped with a
@@ -256,7 +248,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.ema, distributed.unwrap(self.net), ema_decay(config.optim.ema_decay, step))
-        self.kind.after_step(self.extra, distributed.unwrap(self.net), step, config)
+        self.kind.after_step(self.extra, distributed.unwrap(self.net), step)
         return loss
 
     def _autocast(self):
@@ -296,11 +288,10 @@ class Trainer:
 
     def sample(self, n: int, n_steps: int | None = None, seed: int | None = None, teacher_sampler: str = "addim"):
         """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional."""
-        n_steps = self.kind.default_steps(self.config) if n_steps is None else n_steps
+        n_steps = self.kind.default_steps() if n_steps is None else n_steps
         seed = self.config.seed if seed is None else seed
         noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device)
-        model = self.kind.wrap(self.ema, self.config, self.schedule)
-        return self.kind.sample(model, self.config, n_steps, noise, teacher_sampler, generator, **cond)
+        return self.kind.sample(self.kind.wrap(self.ema), n_steps, noise, teacher_sampler, generator, **cond)
 
     def write_grid(self) -> Path | None:
         """A grid of 100 samples (a column per class for 10 classes) under out/samples; images only."""
@@ -315,11 +306,10 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Sample quality of the EMA model at its default step count against held-out data (metrics.Scorer)."""
-        config, steps = self.config, self.kind.default_steps(self.config)
-        model = self.kind.wrap(self.ema, config, self.schedule)
+        config, steps, model = self.config, self.kind.default_steps(), self.kind.wrap(self.ema)
         scorer = Scorer(config, self.info, config.eval_samples, config.seed + 1, self.ranks.device)
-        scores, _ = scorer(lambda noise, generator, **cond: self.kind.sample(model, config, steps, noise, "addim",
-                                                                             generator, **cond))
+        scores, _ = scorer(lambda noise, generator, **cond: self.kind.sample(model, steps, noise, "addim", generator,
+                                                                             **cond))
         return {"steps": steps, **scores}
 
     def _log(self, row: dict, writer) -> None:

@@ -37,3 +37,27 @@ def test_imports_run_one_way(layer):
     bad = {f"{f.relative_to(PACKAGE)} imports {name}" for f in files for name in imports(f)
            if name.split(".")[0] in FORBIDDEN[layer]}
     assert not bad, sorted(bad)
+
+
+def test_no_module_imports_itself_through_others():
+    """No import circle between the package's modules (a package's __init__ re-exporting its own modules aside)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {n for n in imports(path) if not name.startswith(n + ".") and n != name}
+    graph = {name: {n for n in found if n in graph} for name, found in graph.items()}
+
+    def circle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            name, path = stack.pop()
+            for nxt in graph[name]:
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    circles = {" -> ".join(c) for c in map(circle_from, graph) if c}
+    assert not circles, sorted(circles)

@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import mcm_fast as mf  # noqa: E402
 from mcm_fast.integrations.diffusers import MCMScheduler  # noqa: E402
-from mcm_fast.train.build import load_model, make_net  # noqa: E402
+from mcm_fast.train.build import load_model, make_kind, make_net  # noqa: E402
 from mcm_fast.train.config import ConfigError, load_config  # noqa: E402
 from mcm_fast.train.loop import train  # noqa: E402
 
@@ -35,8 +35,8 @@ def test_unet2d_teacher_and_cd_student_train_and_reload(tmp_path):
                    **network)
     train(student, tmp_path / "cd", progress=False)
     assert not list((tmp_path / "cd").rglob("*.pt")) and list((tmp_path / "cd").rglob("*.safetensors"))
-    model, config, info = load_model(tmp_path / "cd")
-    assert config.model == "diffusers-unet2d" and isinstance(model.net.net, diffusers.UNet2DModel)
+    model, kind, info = load_model(tmp_path / "cd")
+    assert kind.config.model == "diffusers-unet2d" and isinstance(model.net.net, diffusers.UNet2DModel)
     x = mf.sample(model, 2, shape=(2, 1, 8, 8), label=torch.tensor([3, 10]))
     assert x.shape == (2, 1, 8, 8) and bool(torch.isfinite(x).all())
 
@@ -46,8 +46,8 @@ def test_flow_teacher_with_a_dit_trains(tmp_path):
     config = tiny("tiny-teacher", model="diffusers-dit", model_options=dit, schedule="flow", prediction="flow",
                   time_input="native", steps=1)
     train(config, tmp_path / "dit", progress=False)
-    model, config, _ = load_model(tmp_path / "dit")
-    assert isinstance(model.schedule, mf.FlowSchedule) and config.prediction == "flow"
+    model, kind, _ = load_model(tmp_path / "dit")
+    assert isinstance(model.schedule, mf.FlowSchedule) and kind.config.prediction == "flow"
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +62,14 @@ def pipeline_dir(tmp_path_factory):
 
 
 def test_a_diffusers_pipeline_is_a_teacher_and_its_student_samples_in_a_pipeline(tmp_path, pipeline_dir):
-    teacher, config, info = load_model(pipeline_dir)
+    teacher, kind, info = load_model(pipeline_dir)
+    config = kind.config
     assert config.schedule == "discrete" and config.prediction == "v" and config.time_input == "native"
     assert info == {"shape": [1, 8, 8], "num_classes": 10}
     student = tiny("tiny-cd", teacher=str(pipeline_dir), objective={"student_steps": 2, "teacher_steps": 4})
     train(student, tmp_path / "cd", progress=False)
-    model, config, _ = load_model(tmp_path / "cd")
-    assert isinstance(model.schedule, mf.DiscreteSchedule) and config.model == "diffusers-unet2d"
+    model, kind, _ = load_model(tmp_path / "cd")
+    assert isinstance(model.schedule, mf.DiscreteSchedule) and kind.config.model == "diffusers-unet2d"
     pipe = diffusers.DDPMPipeline.from_pretrained(pipeline_dir)  # the teacher's pipeline, the student's UNet
     pipe.unet = model.net.net
     pipe.scheduler = MCMScheduler.from_config(pipe.scheduler.config)
@@ -98,7 +99,7 @@ def test_bad_diffusers_configs_name_the_key(tmp_path, pipeline_dir):
     multi = tiny("tiny-cd", teacher=str(pipeline_dir), model="diffusers-unet2d", model_options=UNET,
                  objective={"student_steps": [1, 2]})
     with pytest.raises(ConfigError, match="^objective.student_steps: a student of several step counts"):
-        make_net(multi, (1, 8, 8), 10)
+        make_net(make_kind(multi, 10), (1, 8, 8), 10)
 
 
 def pipeline_copy(pipeline_dir, tmp_path):

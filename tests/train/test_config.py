@@ -5,13 +5,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcm_fast.train.build import make_kind
 from mcm_fast.train.config import (
+    KIND_NAMES,
     PRESETS,
     ConfigError,
     TrainConfig,
     load_config,
     parse_overrides,
 )
+from mcm_fast.train.kinds import KINDS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -80,8 +83,8 @@ def test_bad_files_and_names_are_one_line_errors(tmp_path):
 
 
 def test_distillation_needs_a_teacher():
-    with pytest.raises(ConfigError, match="teacher:"):
-        load_config("tiny-cd", {"teacher": None})
+    with pytest.raises(ConfigError, match="^teacher: kind 'cd' distills a teacher"):
+        make_kind(load_config("tiny-cd", {"teacher": None}), 10)
 
 
 def test_parse_overrides_nests_dotted_keys():
@@ -142,9 +145,21 @@ BAD_SETTINGS = {
 
 @pytest.mark.parametrize("key, text", [(k, t) for k, texts in BAD_SETTINGS.items() for t in texts])
 def test_a_setting_out_of_range_is_refused_naming_its_dotted_key(key, text):
+    """When the config is read, or (the settings of the objective and of Song et al.'s loss) when the run binds
+    its kind, before any work."""
     with pytest.raises(ConfigError) as error:
-        load_config("tiny-cd", [f"{key}={text}"])
+        config = load_config("tiny-cd", [f"{key}={text}", *(["kind=cm"] if key.startswith("song.") else [])])
+        make_kind(config, 10)
     assert str(error.value).startswith(f"{key}: ") and "\n" not in str(error.value)
+
+
+def test_a_kind_binds_its_settings_once():
+    """The one mapping from a config to Algorithm 1's objective: the kind's, with the data's null class."""
+    kind = make_kind(load_config("tiny-cd", ["objective.student_steps=[1, 2]", "objective.huber_eps=0.5"]), 10)
+    assert kind.objective.steps == (1, 2) and kind.objective.distance.huber_eps == 0.5
+    assert kind.objective.null_label == 10 and kind.network_options() == {"student_steps": (1, 2)}
+    assert make_kind(load_config("tiny-cd"), 0).objective.label_dropout == 0.0  # no labels: nothing to drop
+    assert tuple(KINDS) == KIND_NAMES
 
 
 def test_deeply_nested_files_and_values_are_one_line_errors(tmp_path):

@@ -195,7 +195,7 @@ def test_one_checkpoint_trains_samples_and_scores_at_every_s(tmp_path, capsys):
                                   "eval_samples": 4, "objective": {"student_steps": [1, 2, 4], "teacher_steps": 8,
                                                                    "guidance": [0, 4]}})
     train(cfg, tmp_path / "student", progress=False)
-    model, config, _ = load_model(tmp_path / "student")
+    model, _, _ = load_model(tmp_path / "student")
     assert model.student_steps == (1, 2, 4) and model.guidance_distilled
     assert main(["eval", "--ckpt", str(tmp_path / "student"), "--steps", "1,2,4", "--n", "8", "--guidance", "2",
                  "--out", str(tmp_path / "eval")]) == 0
