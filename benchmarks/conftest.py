@@ -12,9 +12,10 @@ import time
 from collections import defaultdict
 
 import pytest
-import roofline
 import torch
-from workloads import GPU_SIZES_MIB
+
+from benchmarks import roofline
+from benchmarks.workloads import GPU_SIZES_MIB
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DEFAULT_MIB = ",".join(map(str, GPU_SIZES_MIB)) if DEVICE.type == "cuda" else "1,16,64"

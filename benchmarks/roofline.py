@@ -4,7 +4,8 @@ the fractions of that rate FlashAttention-2 and -3 report on the H100. Used by s
 prediction) and benchmarks/conftest.py (measured against it on a GPU).
 """
 import torch
-from workloads import (
+
+from benchmarks.workloads import (
     ATTENTION_HEAD_DIMS,
     ATTENTION_TOKENS,
     ELEMENTWISE_DTYPES,

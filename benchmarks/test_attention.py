@@ -9,9 +9,11 @@ filling the GPU (65536 tokens per call). On CPU, small shapes and float32. Run: 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from workloads import (
+
+import mcm_fast as mf
+from benchmarks.conftest import DEVICE
+from benchmarks.workloads import (
     ATTENTION_HEAD_DIMS,
     ATTENTION_TOKENS,
     ATTENTION_TOTAL_TOKENS,
@@ -19,9 +21,7 @@ from workloads import (
     attention_flops,
     attention_shape,
 )
-
-import mcm_fast as mf
-from mcm_fast.ops.registry import _runs_on
+from mcm_fast.ops.registry import runs_on
 
 CUDA = DEVICE.type == "cuda"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
@@ -31,7 +31,7 @@ TOTAL_TOKENS = ATTENTION_TOTAL_TOKENS if CUDA else 1024  # batch x heads x token
 SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
         "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION} if CUDA else {
     "sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-math": SDPBackend.MATH}
-IMPLS = list(SDPA) + (["triton"] if _runs_on("triton",
+IMPLS = list(SDPA) + (["triton"] if runs_on("triton",
                                              DEVICE) and "triton" in mf.available_backends("attention") else [])
 
 

@@ -5,15 +5,15 @@ Run: pytest benchmarks/test_ddim.py (MCM_FAST_BENCH_MIB=1,16,64 sets the tensor 
 """
 import pytest
 import torch
-from conftest import DEVICE, SIZES_MIB
-from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
 import mcm_fast as mf
-from mcm_fast.ops.registry import _runs_on
+from benchmarks.conftest import DEVICE, SIZES_MIB
+from benchmarks.workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
+from mcm_fast.ops.registry import runs_on
 from mcm_fast.solvers import addim_step_reference, ddim_step_reference
 
 DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
-FUSED = [b for b in mf.available_backends("ddim_step") if b != "reference" and _runs_on(b, DEVICE)]
+FUSED = [b for b in mf.available_backends("ddim_step") if b != "reference" and runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 REFERENCES = {"ddim_step": ddim_step_reference, "addim_step": addim_step_reference}
 

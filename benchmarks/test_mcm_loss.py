@@ -7,15 +7,15 @@ sets the sizes).
 """
 import pytest
 import torch
-from conftest import DEVICE, SIZES_MIB
-from workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 
 import mcm_fast as mf
+from benchmarks.conftest import DEVICE, SIZES_MIB
+from benchmarks.workloads import BATCH, ELEMENTWISE_DTYPES, elementwise_bytes, elementwise_numel
 from mcm_fast.losses import mcm_target_reference, robust_loss, target_squared_distance_reference
-from mcm_fast.ops.registry import _runs_on
+from mcm_fast.ops.registry import runs_on
 
 DTYPES = [getattr(torch, name) for name in ELEMENTWISE_DTYPES]
-FUSED = [b for b in mf.available_backends("mcm_target_sqdist") if b != "reference" and _runs_on(b, DEVICE)]
+FUSED = [b for b in mf.available_backends("mcm_target_sqdist") if b != "reference" and runs_on(b, DEVICE)]
 IMPLS = ["eager", "compiled"] + FUSED
 
 

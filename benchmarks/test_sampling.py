@@ -13,9 +13,9 @@ import os
 
 import pytest
 import torch
-from conftest import DEVICE, forward_flops
 
 import mcm_fast as mf
+from benchmarks.conftest import DEVICE, forward_flops
 from mcm_fast.models import uvit
 
 CUDA = DEVICE.type == "cuda"

@@ -11,10 +11,10 @@ import os
 
 import pytest
 import torch
-from conftest import DEVICE, forward_flops
-from test_sampling import autocast, bench_network
 
 import mcm_fast as mf
+from benchmarks.conftest import DEVICE, forward_flops
+from benchmarks.test_sampling import autocast, bench_network
 
 DEFAULT = "64x64" if DEVICE.type == "cuda" else "16x32"
 SIZES = [tuple(int(v) for v in size.split("x")) for size in os.environ.get("MCM_FAST_BENCH_TRAIN", DEFAULT).split(",")]

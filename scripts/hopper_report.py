@@ -1,8 +1,8 @@
 """Writes the sm_90a section of docs/benchmarks.md: every kernel compiled for the H100/H200 without a GPU
-(benchmarks/sm90.py) with its registers, shared and local memory, occupancy and instruction mix, and the roofline
+(scripts/sm90.py) with its registers, shared and local memory, occupancy and instruction mix, and the roofline
 time of every GPU benchmark row (benchmarks/roofline.py). The section between its two markers is replaced on
 each run; the rest of the file is left alone. Exits 1 if a compilation spills or does not fit.
-    .venv/bin/python scripts/hopper_report.py            (about 10 minutes on 2 cores)
+    .venv/bin/python -m scripts.hopper_report            (about 10 minutes on 2 cores)
 """
 import argparse
 import os
@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import roofline  # noqa: E402
-import sm90  # noqa: E402
+from benchmarks import roofline  # noqa: E402  (run as python -m scripts.hopper_report, from the root)
+from scripts import sm90  # noqa: E402
 
 BEGIN, END = "<!-- hopper_report: begin -->", "<!-- hopper_report: end -->"
 LONG = max(sm90.ATTENTION_TOKENS)
@@ -136,7 +135,7 @@ def main():
                 for p in k.problems()]
     lines = [BEGIN, "## sm_90a: every kernel compiled for the H100/H200 without a GPU (issue 20)",
              f"No GPU: compiled ahead of time for sm_90a on the 2-core development machine; {_versions()}. Command: "
-             f"`.venv/bin/python scripts/hopper_report.py{' --sample' if opts.sample else ''}` (generated; edits "
+             f"`.venv/bin/python -m scripts.hopper_report{' --sample' if opts.sample else ''}` (generated; edits "
              "here are overwritten). Resources "
              "from cuobjdump: registers per thread, shared memory per block (static + dynamic), local memory per "
              "thread (spills); resident blocks and warps per SM by the occupancy rules of compute capability 9.0 "

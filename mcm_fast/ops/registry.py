@@ -37,7 +37,7 @@ def register(op: str, backend: str, differentiable: bool = False, supports: Call
     return wrap
 
 
-def _runs_on(backend: str, device: torch.device) -> bool:
+def runs_on(backend: str, device: torch.device) -> bool:
     if backend == "cuda":
         return device.type == "cuda"
     if backend == "triton":
@@ -58,7 +58,7 @@ def available_backends(op: str | None = None) -> list[str]:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     return [
         b for b in BACKENDS
-        if any(ob == b and (op is None or o == op) for o, ob in _IMPLS) and any(_runs_on(b, dev) for dev in devices)
+        if any(ob == b and (op is None or o == op) for o, ob in _IMPLS) and any(runs_on(b, dev) for dev in devices)
     ]
 
 
@@ -68,7 +68,7 @@ def _why_not(op: str, backend: str, device: torch.device, needs_grad: bool, args
             return f"does not implement {op}"
         return {"cpu": "the extension mcm_fast._C is not built", "cuda": "the extension has no CUDA part",
                 "triton": "triton is not installed"}.get(backend, "not in this install")
-    if not _runs_on(backend, device):
+    if not runs_on(backend, device):
         return f"cannot run on {device.type} tensors"
     if needs_grad and (op, backend) not in _DIFFERENTIABLE:
         return "has no backward and an input requires grad"

@@ -1,13 +1,9 @@
 """The CUDA sources compile with nvcc for sm_90a wherever nvcc exists, even on a machine without a GPU, and no
 kernel in them spills to local memory or needs more shared memory or threads than an H100 SM gives a block
-(benchmarks/sm90.py reads each kernel's machine code; its block size is its __launch_bounds__)."""
-import sys
-from pathlib import Path
-
+(scripts/sm90.py reads each kernel's machine code; its block size is its __launch_bounds__)."""
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import sm90  # noqa: E402
+from scripts import sm90
 
 
 @pytest.mark.skipif(sm90.nvcc() is None, reason="nvcc not found")

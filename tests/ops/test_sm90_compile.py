@@ -1,12 +1,12 @@
 """Every Triton kernel compiles for the H100/H200 (sm_90a) with Triton's real compiler, without a GPU: at each
-autotune configuration, each dtype, each attention head dim and a short and a long token count (benchmarks/sm90.py).
+autotune configuration, each dtype, each attention head dim and a short and a long token count (scripts/sm90.py).
 No compilation may spill to local memory or need more shared memory than an H100 block has; bf16 and fp16
 attention must run its matrix products on wgmma, fp32 attention (IEEE) on none; the element-wise kernels read
 each input and write each output once, in 16-byte accesses; the autotuned attention configurations keep two
 blocks resident per SM.
 
 The compiler runs in a subprocess: this process runs Triton's interpreter (conftest.py), which replaces the
-kernels. CI compiles a fixed sample (benchmarks/sm90.py's sample_jobs: every configuration at every head dim
+kernels. CI compiles a fixed sample (scripts/sm90.py's sample_jobs: every configuration at every head dim
 in bfloat16 and float32, and every other dtype and token count at least once); MCM_FAST_SM90_ALL=1 compiles
 all of them (scripts/hopper_report.py always does).
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts import sm90
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import sm90  # noqa: E402
 
 ALL = os.environ.get("MCM_FAST_SM90_ALL") == "1"
 
@@ -42,12 +42,13 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """benchmarks/sm90.py's report: {"configs": per autotuned kernel, "cases": (kernel, dtype, call) to cover,
+    """scripts/sm90.py's report: {"configs": per autotuned kernel, "cases": (kernel, dtype, call) to cover,
     "kernels": the compilations}."""
     out = tmp_path_factory.mktemp("sm90") / "kernels.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "sm90.py"), "--json", str(out), "--workers", "2"]
-    result = subprocess.run(cmd + ([] if ALL else ["--sample"]), env=env, capture_output=True, text=True, timeout=3600)
+    cmd = [sys.executable, "-m", "scripts.sm90", "--json", str(out), "--workers", "2"]
+    result = subprocess.run(cmd + ([] if ALL else ["--sample"]), cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=3600)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr[-6000:]}"
     report = json.loads(out.read_text())
     report["kernels"] = [sm90.Kernel(**k) for k in report["kernels"]]

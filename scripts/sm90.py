@@ -23,7 +23,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from workloads import ATTENTION_TOKENS, BATCH, attention_shape, elementwise_numel
+from benchmarks.workloads import ATTENTION_TOKENS, BATCH, attention_shape, elementwise_numel
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted(ROOT.glob("csrc/cuda/*.cu"))
