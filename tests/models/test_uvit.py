@@ -70,13 +70,22 @@ def perturbed(name, **overrides):
 
 def test_small_presets_forward_shape_and_zero_output():
     g = torch.Generator().manual_seed(0)
-    for name, res in (("tiny", 16), ("mnist", 32)):
+    for name, res in (("tiny", 16), ("tiny-res", 16), ("mnist", 32)):
         net = uvit(name)
         assert count_parameters(net) == expected_parameters(net.config), name
         z = torch.randn(2, 1, res, res, generator=g)
         out = net(z, torch.tensor([-10.0, 5.0]), torch.tensor([3, 10]))
         assert out.shape == z.shape and out.dtype == z.dtype, f"{name}: {out.shape} {out.dtype}"
         assert torch.equal(out, torch.zeros_like(z)), f"{name}: the initial output is not 0"
+
+
+def test_the_tiny_res_preset_is_the_backbone_study_s_best_teacher():
+    """The preset is experiments/backbone.py's uvit-res32x2, whose scores docs/results.md reports."""
+    from experiments.backbone import BACKBONES
+
+    study = uvit("tiny", **{k: tuple(map(tuple, v)) if k == "levels" else v
+                            for k, v in BACKBONES["uvit-res32x2"]["model_options"].items()})
+    assert study.config == UVIT_PRESETS["tiny-res"] and count_parameters(study) == 587_393
 
 
 def test_gradients_reach_every_parameter():
