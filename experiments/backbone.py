@@ -4,7 +4,10 @@ Per seed, one teacher per backbone below, each with the tiny preset's budget (MN
 v-loss, 1200 steps of batch 128: equal training images), scored in FD-MNIST, precision and recall with DDIM at
 8 and 64 steps and aDDIM at 256 (the same noises and labels for every backbone). Every run is an ordinary run
 directory under --out with its scores in scores.json, so rerunning the script continues where it stopped; the
-table (parameters, multiply-adds per image, FD per sampler) goes to --out/backbone.md.
+table (parameters, multiply-adds per image, FD per sampler) goes to --out/backbone.md. Then the STUDENTS: MCM CD
+students of a backbone's teacher at the tables' budget, scored against their teacher's best (issue 31's floor).
+`--stage teachers` or `--stage students` runs one stage (two processes, one thread each);
+`python -m experiments.results add backbone runs/backbone` records the scores.
 
     python -m experiments.backbone --seeds 0 --threads 1                     # in runs/backbone
     python -m experiments.backbone --scale smoke --out /tmp/backbone         # the pipeline end to end in minutes
@@ -12,6 +15,7 @@ table (parameters, multiply-adds per image, FD per sampler) goes to --out/backbo
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.any_teacher import UNET
-from experiments.mnist_tables import Scale, cell, evaluate, parse_args, scores_of, summarize
+from experiments.mnist_tables import Run, Scale, cell, evaluate, parse_args, scores_of, student_config, summarize
 from mcm_fast.models.uvit import count_parameters
 from mcm_fast.train.build import load_model
 from mcm_fast.train.config import load_config
@@ -42,9 +46,13 @@ BACKBONES = {  # name -> the config's model and model_options; the references la
     "unet": {"model": "diffusers-unet2d", "model_options": UNET},  # 0.69M
 }
 
-SCALES = {
-    "full": Scale(resolution=16, teacher_iters=1200, student_iters=0, eval_n=2000, seeds=(0, 1, 2)),
-    "smoke": Scale(resolution=8, teacher_iters=2, student_iters=0, eval_n=20, seeds=(0,), teacher_budget=4),
+STUDENTS = {"uvit-res32x2": (8, 4)}  # backbone -> the S of the CD students distilled from its teacher, in order
+
+SCALES = {  # students: the tables' budget (2000 steps, teacher steps annealed 32 -> 128, FD every 250 steps)
+    "full": Scale(resolution=16, teacher_iters=1200, student_iters=2000, eval_n=2000, seeds=(0, 1, 2),
+                  eval_every=250),
+    "smoke": Scale(resolution=8, teacher_iters=2, student_iters=2, eval_n=20, seeds=(0,), teacher_budget=4,
+                   eval_every=1),
 }
 
 
@@ -69,6 +77,20 @@ def size(directory: Path) -> dict:
     return {"parameters": count_parameters(net), "macs_per_image": counter.get_total_flops() / 2 / shape[0]}
 
 
+def run_students(scale: Scale, seed: int, out: Path, echo=print) -> None:
+    """Distills STUDENTS from their backbone's scored teacher (MCM CD at each S), scored at S steps with the
+    teachers' noises: does a student reach its teacher once the teacher is good (issue 31's floor)?"""
+    for name, steps in STUDENTS.items():
+        teacher_dir = out / f"seed{seed}" / name
+        for s in steps if (teacher_dir / "scores.json").is_file() else ():
+            directory = out / f"seed{seed}" / f"{name}-cd-S{s}"
+            if not (directory / "scores.json").is_file():
+                echo(f"== seed {seed}: {name} MCM CD, S = {s} -> {directory}")
+                train(student_config(scale, seed, Run("backbone", directory.name, "cd", s, BACKBONES[name]),
+                                     teacher_dir), directory, progress=False)
+            scores_of(directory, lambda d=directory, s=s: evaluate(d, [(s, "mcm")], scale, seed))
+
+
 def run_seed(scale: Scale, seed: int, out: Path, names, echo=print) -> None:
     for name in names:
         directory = out / f"seed{seed}" / name
@@ -81,7 +103,8 @@ def run_seed(scale: Scale, seed: int, out: Path, names, echo=print) -> None:
 
 def scored(scale: Scale, out: Path) -> list[dict[str, list[dict]]]:
     """One {backbone: score rows} per seed of the runs scored so far."""
-    per_seed = [{n: json.loads((out / f"seed{seed}" / n / "scores.json").read_text()) for n in BACKBONES
+    names = [*BACKBONES, *(f"{name}-cd-S{s}" for name, steps in STUDENTS.items() for s in steps)]
+    per_seed = [{n: json.loads((out / f"seed{seed}" / n / "scores.json").read_text()) for n in names
                  if (out / f"seed{seed}" / n / "scores.json").is_file()} for seed in scale.seeds]
     return [r for r in per_seed if r]
 
@@ -100,14 +123,29 @@ def table(per_seed, scale: Scale) -> str:
         lines.append(f"| {name} | {rows[0]['parameters'] / 1e6:.3f}M | {rows[0]['macs_per_image'] / 1e6:.1f}M | "
                      + " | ".join(cell(fd, (name, s, m)) for s, m in budget)
                      + f" | {cell(precision, last, 3)} / {cell(recall, last, 3)} |\n")
+    students = [(name, s) for name, steps in STUDENTS.items() for s in steps if (f"{name}-cd-S{s}", s, "mcm") in fd]
+    if students:
+        lines += ["\n| MCM CD student of | S | FD-MNIST | precision / recall | its teacher's best | against it |\n",
+                  "|---|---|---|---|---|---|\n"]
+    for name, s in students:
+        key, (best, budget_best) = (f"{name}-cd-S{s}", s, "mcm"), min(
+            (fd[(name, st, m)][0], f"{st} {m}") for st, m in budget if (name, st, m) in fd)
+        lines.append(f"| {name} | {s} | {cell(fd, key)} | {cell(precision, key, 3)} / {cell(recall, key, 3)} | "
+                     f"{best:.1f} ({budget_best}) | {fd[key][0] / best - 1:+.0%} |\n")
     return "".join(lines)
 
 
 def main(argv=None):
-    seeds, scale, out = parse_args(__doc__, "runs/backbone", SCALES, argv)
+    stage = argparse.ArgumentParser(add_help=False)
+    stage.add_argument("--stage", choices=("all", "teachers", "students"), default="all")
+    known, rest = stage.parse_known_args(argv)
+    seeds, scale, out = parse_args(__doc__, "runs/backbone", SCALES, rest)
     start = time.perf_counter()
     for seed in seeds:
-        run_seed(scale, seed, out, BACKBONES)
+        if known.stage != "students":
+            run_seed(scale, seed, out, BACKBONES)
+        if known.stage != "teachers":
+            run_students(scale, seed, out)
     text = table(scored(scale, out), scale)
     out.mkdir(parents=True, exist_ok=True)
     (out / "backbone.md").write_text(text)
