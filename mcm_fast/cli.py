@@ -190,9 +190,12 @@ def _run(args) -> int:
         threads = [] if args.threads is None else [f"threads={args.threads}"]
         train(load_config(args.config, [*args.set, *threads]), args.out, progress=not args.no_progress)
     elif args.command == "config":
+        from mcm_fast.train.build import make_kind
         from mcm_fast.train.config import describe, load_config
 
-        print(describe(load_config(args.config, args.set)))
+        config = load_config(args.config, args.set)
+        make_kind(config, num_classes=10)  # the checks a run makes as it starts (they do not depend on the classes)
+        print(describe(config))
     elif args.command == "sample":
         from mcm_fast.commands.evaluate import sample_grid
 

@@ -152,6 +152,8 @@ def test_every_config_key_has_a_meaning_and_the_config_command_prints_them(capsy
     printed = capsys.readouterr().out
     assert "data.resolution = 8" in printed and "objective.student_steps = 4" in printed
     assert "# the image side" in printed
+    assert main(["config", "--config", "tiny-cd", "--set", "objective.huber_eps=0"]) == 1  # as train would refuse it
+    assert capsys.readouterr().err.startswith("mcm-fast config: objective.huber_eps: expected")
 
 
 @pytest.mark.parametrize("x_var", [-1.0, float("nan"), float("inf")])
