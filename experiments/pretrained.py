@@ -18,7 +18,6 @@ only the models named (the others keep their shipped weights and cards).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -35,33 +34,37 @@ from mcm_fast.train.loop import train
 
 EVAL_N = 2000
 EVAL_SEED = 1
-TEACHER = {"steps": 3000, "seed": 0}
-# 10000 steps at the constant rate, then 2000 decaying it to 0 (eval_every: FD on 200 samples against steps)
-STUDENT = {"steps": 12_000, "cooldown": 2_000, "seed": 0, "eval_every": 1000}
-STUDENTS = {  # name: options over STUDENT, trained in this order
-    "mnist-mcm4": {"objective": {"student_steps": 4}},
-    "mnist-mcm8": {"objective": {"student_steps": 8}},
-    "mnist-mcm2": {"objective": {"student_steps": 2}},
-    "mnist-mcm1": {"objective": {"student_steps": [1, 2, 4, 8]}, "sample_steps": 1, "steps": 10_000, "cooldown": 0},
+# the tiny-res UViT (docs/results.md, "Which backbone?"): 2000 steps at the constant rate, 1000 decaying it to 0
+TEACHER = {"model": "tiny-res", "steps": 3000, "cooldown": 1000, "seed": 0}
+# the teacher's network; 2000 steps at the constant rate, then 500 decaying it to 0 (FD on 200 samples every 500)
+STUDENT = {"model": "tiny-res", "steps": 2500, "cooldown": 500, "seed": 0, "eval_every": 500, "sample_steps": 4,
+           "objective": {"student_steps": [1, 2, 4, 8, 16]}}
+STUDENTS = {  # name: options over STUDENT
+    "mnist-mcm": {},
+    "mnist-mcm-guided": {"objective": {"student_steps": [1, 2, 4, 8, 16], "guidance": [0, 2]}},
 }
-TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (1, 2, 4, 8, 16, 64)] + [(256, "addim")]
+RENAMED = {"mnist-mcm1": "mnist-mcm", "mnist-mcm2": "mnist-mcm", "mnist-mcm4": "mnist-mcm", "mnist-mcm8": "mnist-mcm"}
+STUDENT_STEPS = (1, 2, 4, 8, 16)
+GUIDANCE = (0.5, 1.0, 2.0)  # the guided student is also scored at these w, at 4 steps
+TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (*STUDENT_STEPS, 64)] + [(256, "addim")]
 
 
 def configs(out: Path) -> dict:
-    """{name: (run directory, config)} of every shipped model."""
+    """{name: (run directory, config)} of every shipped model; the students distill the teacher's run."""
     runs = {"mnist-teacher": (out / "teacher", load_config("tiny-teacher", TEACHER))}
     for name, options in STUDENTS.items():
-        runs[name] = (out / name.removeprefix("mnist-"), load_config("tiny-cd", {
-            **STUDENT, "teacher": os.path.relpath(PRETRAINED_DIR / "mnist-teacher"), **options}))
+        runs[name] = (out / name.removeprefix("mnist-"),
+                      load_config("tiny-cd", {**STUDENT, "teacher": str(out / "teacher"), **options}))
     return runs
 
 
-def budgets_of(config) -> list[tuple[int, str]]:
-    """The (steps, sampler) a model is scored at: the teacher's TEACHER_BUDGETS, or each S a student serves."""
+def budgets_of(config) -> list[tuple]:
+    """The (steps, sampler[, guidance]) a model is scored at: the teacher's TEACHER_BUDGETS; a student at each
+    S it serves, and a guided one also at 4 steps with each w of GUIDANCE."""
     if config.kind == "teacher":
         return TEACHER_BUDGETS
-    steps = config.objective.student_steps
-    return [(s, "mcm") for s in (steps if isinstance(steps, (list, tuple)) else [steps])]
+    guided = [(4, "mcm", w) for w in GUIDANCE] if config.objective.guidance else []
+    return [(s, "mcm") for s in config.objective.student_steps] + guided
 
 
 def scores(directory: Path, budgets) -> list[dict]:
@@ -140,17 +143,17 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     command = " ".join(["python -m experiments.pretrained", *argv])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    for name, (directory, config) in runs.items():
-        if args.models is not None and name not in args.models:
-            continue
-        start = time.perf_counter()
+    chosen = {name: run for name, run in runs.items() if args.models is None or name in args.models}
+    for directory, config in chosen.values():  # every training first: a student needs its teacher's run only
         train(config, directory, progress=False)
+    for name, (directory, config) in chosen.items():
+        start = time.perf_counter()
         rows = scores(directory, budgets_of(config))
         target = export(name, directory, rows, command, commit)
         print(f"{name}: {[(r['steps'], r['sampler'], round(r['fd_mnist'], 1)) for r in rows]} "
-              f"({(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
-    (PRETRAINED_DIR / "README.md").write_text(model_card(shipped()))
-
+              f"(scored in {(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
+    if all((PRETRAINED_DIR / name).is_dir() for name in runs):
+        (PRETRAINED_DIR / "README.md").write_text(model_card(shipped()))
 
 if __name__ == "__main__":
     main()

@@ -40,11 +40,16 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
 @torch.no_grad()
 def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list[dict]:
     """{"steps", "sampler", fd, precision, recall} of a checkpoint's EMA model per (steps, sampler) in budgets,
-    every row on the same n noises and labels (sample_inputs(seed)) against n held-out examples."""
+    every row on the same n noises and labels (sample_inputs(seed)) against n held-out examples. A budget
+    (steps, sampler, w) samples with guidance w, and its row says "guidance": w."""
     model, kind, info = load_model(ckpt, device)
     scorer = Scorer(kind.config, info, n, seed, device)
-    return [{"steps": steps, "sampler": sampler, **scorer(sampler_of(model, kind, steps, sampler))[0]}
-            for steps, sampler in budgets]
+    rows = []
+    for steps, sampler, *w in budgets:
+        guide = guidance_inputs(info, w[0]) if w else {}
+        scores = scorer(sampler_of(model, kind, steps, sampler, **guide))[0]
+        rows.append({"steps": steps, "sampler": sampler, **({"guidance": w[0]} if w else {}), **scores})
+    return rows
 
 
 def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler: str = "addim", device: str = "cpu",
