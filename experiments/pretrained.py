@@ -1,19 +1,22 @@
-"""Trains, scores and exports the pretrained MNIST models shipped in mcm_fast/pretrained (issue 17).
+"""Trains, scores and exports the pretrained MNIST models shipped in mcm_fast/pretrained (issues 17 and 31).
 
-A class-conditional teacher (the tiny UViT at 16x16, v-loss) and multistep consistency students distilled from
-the shipped teacher (Algorithm 1 with the package's default distillation settings): one per S = 2, 4 and 8, and
-mnist-mcm1, one student for S = 1, 2, 4 and 8 sampled at 1 step by default (a student trained for S = 1 alone
-does not draw digits at this budget: FD-MNIST 942.5; docs/results.md, "One student for every step count").
-Every model is scored in FD-MNIST, precision and recall on the same EVAL_N noises and labels against MNIST's
-test digits: the students at each S they serve, the teacher with DDIM and aDDIM at 1-256 steps. The EMA weights
-go to mcm_fast/pretrained/<name>/ as a checkpoint directory (no optimizer state), with the scores and the
-command in its checkpoint.json and in mcm_fast/pretrained/README.md, the model card.
+A class-conditional teacher (the tiny-res UViT at 16x16, v-loss; the backbone study's best, docs/results.md) and
+two multistep consistency students distilled from it (Algorithm 1 with the package's default distillation
+settings), each one network for S = 1, 2, 4, 8 and 16: mnist-mcm, and mnist-mcm-guided with classifier-free
+guidance distilled in (w ~ U(0, 2), one call per step). Every model is scored in FD-MNIST, precision and recall
+on the same EVAL_N noises and labels against MNIST's test digits: the students at each S they serve (the guided
+one also at 4 steps with each w of GUIDANCE), the teacher with DDIM and aDDIM at 1-64 steps and aDDIM at 256.
+The EMA weights go to mcm_fast/pretrained/<name>/ as a checkpoint directory (no optimizer state), with the scores
+and the command in its checkpoint.json, in mcm_fast/pretrained/README.md (the model card) and in
+docs/images/pretrained.png (the card's plot). At 16x16 rather than MNIST's 28: a 28x28 tiny-res network costs
+3x the compute per image, and the three models train here in about 2 core-hours as it is.
 
-Each run is an ordinary run directory under --out: rerun the same command and it resumes. --models rebuilds
-only the models named (the others keep their shipped weights and cards).
+Each run is an ordinary run directory under --out: rerun the same command and it resumes. Every named model is
+trained before any is scored (a student needs its teacher's run, not its scores), so a second process with
+--models can train a student beside the first. --models rebuilds only the models named.
 
     python -m experiments.pretrained --out runs/pretrained --threads 1
-    python -m experiments.pretrained --out runs/pretrained --threads 1 --models mnist-mcm1
+    python -m experiments.pretrained --out runs/pretrained --threads 1 --models mnist-mcm-guided
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 
 from experiments.mnist_tables import scores_of
 from mcm_fast.commands.evaluate import score_budgets
+from mcm_fast.metrics.plots import plot_metric_vs_steps
 from mcm_fast.pretrained import PRETRAINED_DIR
 from mcm_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mcm_fast.train.config import load_config
@@ -43,9 +47,9 @@ STUDENTS = {  # name: options over STUDENT
     "mnist-mcm": {},
     "mnist-mcm-guided": {"objective": {"student_steps": [1, 2, 4, 8, 16], "guidance": [0, 2]}},
 }
-RENAMED = {"mnist-mcm1": "mnist-mcm", "mnist-mcm2": "mnist-mcm", "mnist-mcm4": "mnist-mcm", "mnist-mcm8": "mnist-mcm"}
 STUDENT_STEPS = (1, 2, 4, 8, 16)
 GUIDANCE = (0.5, 1.0, 2.0)  # the guided student is also scored at these w, at 4 steps
+PLOT = Path(__file__).parents[1] / "docs" / "images" / "pretrained.png"
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (*STUDENT_STEPS, 64)] + [(256, "addim")]
 
 
@@ -97,34 +101,58 @@ def kind(config: dict) -> str:
     """The model card's name for what a model's training config made."""
     if config["kind"] == "teacher":
         return "teacher"
-    steps = config["objective"]["student_steps"]
-    return f"MCM CD, one student for S = {', '.join(map(str, steps))}" if isinstance(steps, list) else "MCM CD"
+    objective = config["objective"]
+    guided = ", guidance distilled, w ~ U({}, {})".format(*objective["guidance"]) if objective["guidance"] else ""
+    return f"MCM CD, one student for S = {', '.join(map(str, objective['student_steps']))}{guided}"
+
+
+def teacher_best(checkpoints: dict[str, dict]) -> dict:
+    """The teacher's score row of lowest FD-MNIST, any sampler and steps."""
+    return min(checkpoints["mnist-teacher"]["card"]["scores"], key=lambda row: row["fd_mnist"])
 
 
 def model_card(checkpoints: dict[str, dict]) -> str:
     """mcm_fast/pretrained/README.md from the shipped checkpoints: every score, beside the teacher's at the same
     steps, and the commands that made them."""
     teacher = {(r["steps"], r["sampler"]): r for r in checkpoints["mnist-teacher"]["card"]["scores"]}
+    best = teacher_best(checkpoints)
     lines = ["# Pretrained models\n\n",
-             "Class-conditional MNIST at 16x16 (the tiny UViT, 0.64M parameters, EMA weights), trained on this "
-             "package's shipped MNIST by `experiments/pretrained.py`. Load one with `mf.load_pretrained(name)`.\n\n",
+             "Class-conditional MNIST at 16x16 (the tiny-res UViT, 0.59M parameters, EMA weights), trained on this "
+             "package's shipped MNIST by `experiments/pretrained.py`. Load one with `mf.load_pretrained(name)`; "
+             "a student's `n_steps` picks its S, a guided one's `guidance=` its w.\n\n",
              f"Scores: FD-MNIST (lower is better), precision and recall, on {EVAL_N} samples (the same noises and "
-             f"labels for every model) against {EVAL_N} MNIST test digits.\n\n",
-             "| name | kind | training steps (batch 128) | sampler | steps | FD-MNIST | precision | recall | "
-             "teacher DDIM, same steps | teacher aDDIM, same steps |\n|---|---|---|---|---|---|---|---|---|---|\n"]
+             f"labels for every model) against {EVAL_N} MNIST test digits. The teacher's best: FD-MNIST "
+             f"{best['fd_mnist']:.1f} ({best['sampler']}, {best['steps']} steps). Plot: "
+             "[docs/images/pretrained.png](../../docs/images/pretrained.png).\n\n",
+             "| name | kind | training steps (batch 128) | sampler | steps | guidance w | FD-MNIST | precision | "
+             "recall | teacher DDIM, same steps | teacher aDDIM, same steps |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|\n"]
     commands = {}
     for name, checkpoint in checkpoints.items():
         card, label = checkpoint["card"], kind(checkpoint["config"])
         commands.setdefault((card["command"], card["commit"]), []).append(name)
         for row in card["scores"]:
+            w = row.get("guidance", 0)
             same = [teacher.get((row["steps"], s), {}).get("fd_mnist") for s in ("ddim", "addim")]
-            same = [f"{v:.1f}" if v is not None and label != "teacher" else "" for v in same]
+            same = [f"{v:.1f}" if v is not None and label != "teacher" and not w else "" for v in same]
             lines.append(f"| {name} | {label} | {card['training_steps']} | {row['sampler']} | {row['steps']} | "
-                         f"{row['fd_mnist']:.1f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                         f"{w:g} | {row['fd_mnist']:.1f} | {row['precision']:.3f} | {row['recall']:.3f} | "
                          f"{same[0]} | {same[1]} |\n")
     lines.append("\nCommands (the training configs are in each model's checkpoint.json):\n\n")
     lines += [f"- `{command}` (commit {commit}): {', '.join(names)}\n" for (command, commit), names in commands.items()]
     return "".join(lines)
+
+
+def plot_card(checkpoints: dict[str, dict], path: Path) -> Path:
+    """FD-MNIST, precision and recall against steps 1-16: the students (unguided), the teacher with DDIM and
+    aDDIM at the same calls, and the teacher's best as a level."""
+    rows = [{**row, "series": f"teacher {row['sampler'].replace('addim', 'aDDIM').upper()}"}
+            for row in checkpoints["mnist-teacher"]["card"]["scores"] if row["steps"] <= max(STUDENT_STEPS)]
+    for name in STUDENTS:
+        rows += [{**row, "series": name} for row in checkpoints[name]["card"]["scores"] if not row.get("guidance")]
+    best = teacher_best(checkpoints)
+    return plot_metric_vs_steps(rows, path, ("fd_mnist", "precision", "recall"), series="series", log_metric=True,
+                                best={f"teacher's best ({best['sampler']}, {best['steps']} steps)": best})
 
 
 def main(argv=None):
@@ -154,6 +182,7 @@ def main(argv=None):
               f"(scored in {(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
     if all((PRETRAINED_DIR / name).is_dir() for name in runs):
         (PRETRAINED_DIR / "README.md").write_text(model_card(shipped()))
+        plot_card(shipped(), PLOT)
 
 if __name__ == "__main__":
     main()

@@ -98,13 +98,13 @@ class TeacherSteps:
 
 class GridPoints(NamedTuple):
     """The examples' places on the grid, [B] each: segment, n_rel, n_seg and S, the segment edges of each example's
-    S ([B, max S + 1]); rounds, the largest n_seg (Direct CM's solve)."""
+    S ([B, max S + 1]; None for edges uniform in t, which need none); rounds, the largest n_seg (Direct CM's solve)."""
 
     segment: torch.Tensor
     n_rel: torch.Tensor
     n_seg: torch.Tensor
     steps: torch.Tensor
-    edges: torch.Tensor
+    edges: torch.Tensor | None
     rounds: int
 
 
@@ -119,6 +119,16 @@ class SegmentGrid:
         self.edges = torch.zeros(len(steps), max(steps) + 1, dtype=torch.float64)
         for i, n in enumerate(steps):
             self.edges[i, :n + 1] = schedule.segment_edges(n, spacing)
+        self._tables = {}  # {(device, n_segs): its tables}, the newest only
+
+    def _tables_on(self, device, n_segs: tuple) -> tuple:
+        """([len(steps)] S, [len(steps)] n_seg, the edges or None for edges uniform in t) on device, copied there
+        once per device and n_segs (which changes only when the annealed N does), not on every training step."""
+        key = (torch.device(device), n_segs)
+        if key not in self._tables:
+            edges = None if self.spacing == "t" else self.edges.to(device)
+            self._tables = {key: (torch.tensor(self.steps, device=device), torch.tensor(n_segs, device=device), edges)}
+        return self._tables[key]
 
     def draw(self, batch: int, n_segs: tuple, generator, device) -> GridPoints:
         """segment ~ U{0..S-1} and n_rel ~ U{1..n_seg} per example (n_segs: one n_seg per S). n_rel is drawn so that
@@ -127,13 +137,15 @@ class SegmentGrid:
             row = torch.multinomial(self.probs.to(device), batch, replacement=True, generator=generator)
         else:
             row = torch.zeros(batch, dtype=torch.long, device=device)
-        steps, n_seg = torch.tensor(self.steps, device=device)[row], torch.tensor(n_segs, device=device)[row]
+        steps, n_seg, edges = self._tables_on(device, n_segs)
+        steps, n_seg = steps[row], n_seg[row]
         if self.multi:
             segment = (torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * steps).long()
         else:
             segment = torch.randint(0, self.steps[0], (batch,), generator=generator, device=device)
         u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
-        return GridPoints(segment, (u * n_seg).long() + 1, n_seg, steps, self.edges.to(device)[row], max(n_segs))
+        return GridPoints(segment, (u * n_seg).long() + 1, n_seg, steps, None if edges is None else edges[row],
+                          max(n_segs))
 
     def time(self, points: GridPoints, position: torch.Tensor) -> torch.Tensor:
         """The time (float64) of grid point `position` of each example's segment: exactly (segment n_seg +

@@ -12,32 +12,37 @@ matplotlib.use("Agg")  # files only: no display needed, safe on servers and in t
 import matplotlib.pyplot as plt
 
 
-def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str, series: str | None = None,
+def plot_metric_vs_steps(rows: list[dict], path: str | Path, metric: str | tuple[str, ...], series: str | None = None,
                          title: str | None = None, log_metric: bool = False,
-                         xlabel: str = "sampling steps (network calls)") -> Path:
+                         xlabel: str = "sampling steps (network calls)", best: dict[str, dict] | None = None) -> Path:
     """One line per value of rows[i][series] (one line if None) of rows[i][metric] against rows[i]["steps"],
-    log-scaled steps (and metric, with log_metric); rows with "spread" (a standard deviation over seeds) get
-    error bars."""
+    log-scaled steps (and the first metric, with log_metric); rows with "spread" (a standard deviation over seeds)
+    get error bars. A tuple of metrics draws one panel each; best ({label: row}) adds a dashed level per row."""
+    metrics = (metric,) if isinstance(metric, str) else tuple(metric)
     lines = defaultdict(list)
     for row in rows:
-        if metric not in row or "steps" not in row:
-            raise ValueError(f"rows: expected 'steps' and {metric!r} in every row, got keys {sorted(row)}")
-        lines[row.get(series, metric) if series else metric].append(row)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for label, points in lines.items():
-        points = sorted(points, key=lambda r: r["steps"])
-        ax.errorbar([r["steps"] for r in points], [r[metric] for r in points],
-                    yerr=[r.get("spread", 0.0) for r in points], marker="o", capsize=3, label=str(label))
-    ax.set_xscale("log", base=2)
-    if log_metric:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+        if "steps" not in row or any(m not in row for m in metrics):
+            raise ValueError(f"rows: expected 'steps' and {', '.join(map(repr, metrics))} in every row, got keys "
+                             f"{sorted(row)}")
+        lines[row.get(series, metrics[0]) if series else metrics[0]].append(row)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), dpi=120, squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[0], metrics)):
+        for label, points in lines.items():
+            points = sorted(points, key=lambda r: r["steps"])
+            ax.errorbar([r["steps"] for r in points], [r[name] for r in points],
+                        yerr=[r.get("spread", 0.0) for r in points], marker="o", capsize=3, label=str(label))
+        for j, (label, row) in enumerate((best or {}).items()):
+            ax.axhline(row[name], linestyle="--", linewidth=1, color=f"C{len(lines) + j}", label=label)
+        ax.set_xscale("log", base=2)
+        if log_metric and i == 0:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if (series or best) and i == 0:
+            ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -18,6 +18,17 @@ def test_metric_vs_steps_writes_a_png(tmp_path):
         plot_metric_vs_steps(rows, tmp_path / "x.png", "fid")
 
 
+def test_metric_panels_with_best_levels(tmp_path):
+    """A tuple of metrics is one panel each, side by side; best rows are dashed levels in every panel."""
+    rows = [{"model": m, "steps": s, "fd": 10 / s, "recall": 0.5 + s / 20} for m in ("a", "b") for s in (1, 4, 16)]
+    path = plot_metric_vs_steps(rows, tmp_path / "p.png", ("fd", "recall"), series="model",
+                                best={"best": {"fd": 1.0, "recall": 0.9}})
+    plain = plot_metric_vs_steps(rows, tmp_path / "q.png", ("fd", "recall"), series="model")
+    assert Image.open(path).size == (1200, 420) and path.read_bytes() != plain.read_bytes()
+    with pytest.raises(ValueError, match=r"'fd', 'precision'"):
+        plot_metric_vs_steps(rows, tmp_path / "x.png", ("fd", "precision"))
+
+
 def test_training_curves_from_logs(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
