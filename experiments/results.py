@@ -126,7 +126,14 @@ def _backbone(rows):
     return backbone.table(seeds, backbone.SCALES["full"]) if seeds else "No backbone run is scored yet.\n"
 
 
-RENDERERS = {"tables": _tables, "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone}
+def _fd_noise(rows):
+    from experiments import fd_noise
+    rows = [row for row in rows if row["table"] == "fd_noise"]
+    return fd_noise.table(rows) if rows else "No sample set is scored yet.\n"
+
+
+RENDERERS = {"tables": _tables, "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone,
+             "fd_noise": _fd_noise}
 
 
 def render(text: str, rows: list[dict]) -> str:
