@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   mcm-fast train --config mnist-cd --out runs/mnist-cd4 --set objective.student_steps=4
   torchrun --nproc_per_node 8 -m mcm_fast train --config mnist-teacher --out runs/t --set optim.batch_size=1024
   mcm-fast sample --ckpt runs/mnist-cd4 --steps 4 --n 100 --out samples.png
-  mcm-fast sample --pretrained mnist-mcm4 --out digits.png
+  mcm-fast sample --pretrained mnist-mcm --steps 4 --out digits.png
   mcm-fast eval --ckpt runs/mnist-cd4 --steps 1,2,4,8 --n 1000
   mcm-fast bench --config mnist-teacher --batch 64
 """
@@ -59,7 +59,7 @@ def _model_source(command: argparse.ArgumentParser) -> None:
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="run or checkpoint directory")
     source.add_argument("--pretrained", metavar="NAME",
-                        help="a shipped model: mnist-teacher, mnist-mcm1, -mcm2, -mcm4, -mcm8")
+                        help="a shipped model: mnist-teacher, mnist-mcm or mnist-mcm-guided")
 
 
 def _checkpoint(args):
@@ -132,6 +132,19 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="directory for eval.json, the metric-vs-steps plot and grids")
     evaluate.add_argument("--guidance", type=_finite, default=0.0, help="classifier-free guidance scale w (default 0)")
 
+    encode = command("encode", "captioned images through a text-to-image pipeline's VAE and text encoder into "
+                     "the latent cache a latent run trains on", "mcm-fast encode --pipeline sd15 --data captioned/ "
+                     "--out runs/latents")
+    _threads(encode)
+    encode.add_argument("--pipeline", required=True, help="a diffusers text-to-image pipeline folder (vae/, "
+                        "text_encoder/, tokenizer/)")
+    encode.add_argument("--data", required=True, help="a folder with metadata.jsonl, an .npz with x and text, or mnist")
+    encode.add_argument("--out", required=True, help="the cache's folder; an interrupted encoding resumes")
+    encode.add_argument("--resolution", type=_positive, default=None, help="image side (default: the VAE's)")
+    encode.add_argument("--split", default="train", help="mnist's split (default train)")
+    encode.add_argument("--seed", type=int, default=0, help="seeds the VAE's latent samples (default 0)")
+    encode.add_argument("--batch", type=_positive, default=64, help="images per VAE call (default 64)")
+
     bench = command("bench", "training and sampling throughput of a config on this machine",
                     "mcm-fast bench --config tiny-teacher --batch 128")
     _threads(bench)
@@ -150,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"mcm-fast {args.command}"
     for library in ("DIFFUSERS", "TRANSFORMERS"):  # their loggers, read on import: our lines only on stderr
         os.environ.setdefault(f"{library}_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
@@ -206,6 +220,11 @@ def _run(args) -> int:
 
         evaluate_checkpoint(_checkpoint(args), steps=args.steps, n=args.n, seed=args.seed, sampler=args.sampler,
                             out=args.out, guidance=args.guidance, threads=args.threads)
+    elif args.command == "encode":
+        from mcm_fast.commands.encode import encode
+
+        encode(args.pipeline, args.data, args.out, resolution=args.resolution, split=args.split, seed=args.seed,
+               batch_size=args.batch, threads=args.threads)
     elif args.command == "bench":
         from mcm_fast.commands.bench import bench
 

@@ -13,3 +13,5 @@ pip install torch==2.13.0 triton==3.6.0 "setuptools>=70" wheel ninja
 pip install --no-build-isolation -e ".[test]"
 # the diffusers extra, pinned, with torch pinned beside it so that pip never replaces the build above
 pip install diffusers==0.42.1 torch==2.13.0
+# the transformers extra (the text encoders of text-to-image pipelines), pinned the same way
+pip install transformers==5.23.0 torch==2.13.0

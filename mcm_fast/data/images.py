@@ -122,12 +122,7 @@ def load_image_folder(path: str | Path, resolution: int) -> ImageData:
         groups = [_image_files(root)]
         if not groups[0]:
             raise ValueError(f"path: {str(root)!r} holds no PNG/JPEG images (and no class subfolders)")
-    arrays = [_read_image(f, resolution) for files in groups for f in files]
-    if any(a.ndim == 3 for a in arrays):
-        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # [N, 3, r, r]
-    else:
-        images = torch.from_numpy(np.stack(arrays))[:, None]  # [N, 1, r, r]
+    images = stack_images([read_image(f, resolution) for files in groups for f in files])
     if not classes:
         return ImageData(images)
     labels = torch.cat([torch.full((len(files),), k, dtype=torch.int64) for k, files in enumerate(groups)])
@@ -158,9 +153,9 @@ def load_npz(path: str | Path, split: str | None = None) -> ImageData:
             split_keys = split is None and any(k.startswith("x_") for k in found)
             hint = "; pass split= for MNIST-style keys" if split_keys else ""
             raise ValueError(f"{file}: no key {x_key!r}; found {found}{hint}")
-        x = _read_key(archive, file, x_key)
-        y = _read_key(archive, file, y_key) if y_key in found else None
-    images = _images_from_array(x, file, x_key)
+        x = read_key(archive, file, x_key)
+        y = read_key(archive, file, y_key) if y_key in found else None
+    images = images_from_array(x, file, x_key)
     if y is None:
         return ImageData(images)
     if y.dtype.kind not in "iu" or y.shape != (len(images),):
@@ -233,7 +228,7 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 
-def _read_image(file: Path, resolution: int) -> np.ndarray:
+def read_image(file: Path, resolution: int) -> np.ndarray:
     """One image center-cropped and resized to [r, r] (grayscale) or [r, r, 3] (RGB), uint8."""
     from PIL import Image
 
@@ -254,7 +249,15 @@ def _read_image(file: Path, resolution: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def _read_key(archive, file: Path, key: str) -> np.ndarray:
+def stack_images(arrays: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [N, C, r, r] of read_image's arrays: 1 channel if all are grayscale, else 3 (grayscale repeated)."""
+    if any(a.ndim == 3 for a in arrays):
+        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # [N, 3, r, r]
+    return torch.from_numpy(np.stack(arrays))[:, None]  # [N, 1, r, r]
+
+
+def read_key(archive, file: Path, key: str) -> np.ndarray:
     """archive[key] once its declared size is known to fit; an object array (which would need unpickling) or a
     damaged member is an error naming both."""
     _check_declared_size(archive, file, key)
@@ -287,7 +290,7 @@ def _check_declared_size(archive, file: Path, key: str) -> None:
                          f"{info.file_size:,} bytes and this machine has {memory:,}; expected an array that fits both")
 
 
-def _images_from_array(x: np.ndarray, file: Path, key: str) -> torch.Tensor:
+def images_from_array(x: np.ndarray, file: Path, key: str) -> torch.Tensor:
     """An npz image array as uint8 or float32 [N, C, H, W] (see load_npz for the layouts and ranges)."""
     if x.ndim == 3:
         x = x[:, None]  # [N, 1, H, W]

@@ -53,18 +53,25 @@ def pipeline_settings(path) -> tuple[dict, dict]:
     return settings, {"shape": [unet.get("in_channels", 3), height, width], "num_classes": classes - 1}
 
 
+def safetensors_weights(folder: Path, name: str, what: str) -> Path:
+    """folder/name, a component's safetensors weights; a component with only a pickled .bin is refused (never
+    unpickled) with the command that converts it, a missing one named."""
+    weights = folder / name
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        if pickled:
+            raise ValueError(f"{what}: {folder} holds {pickled[0]} (a pickle) and no {name}; mcm_fast loads "
+                             f"safetensors only: convert it where you trust the file with "
+                             f"from_pretrained('{folder}').save_pretrained('{folder}')")
+        raise FileNotFoundError(f"{what}: no {weights} (the pipeline's weights, as save_pretrained writes them)")
+    return weights
+
+
 def load_pipeline_unet(path) -> DiffusersNet:
     """The UNet of a diffusers pipeline folder as a raw network: its safetensors weights only (a pickled .bin is
     refused, never unpickled), nothing downloaded."""
     folder = Path(path) / "unet"
-    weights = folder / UNET_WEIGHTS
-    if not weights.is_file():
-        pickled = sorted(p.name for p in folder.glob("*.bin"))
-        if pickled:
-            raise ValueError(f"teacher: {folder} holds {pickled[0]} (a pickle) and no {UNET_WEIGHTS}; mcm_fast loads "
-                             f"safetensors only: convert it where you trust the file with "
-                             f"UNet2DModel.from_pretrained('{folder}').save_pretrained('{folder}')")
-        raise FileNotFoundError(f"teacher: no {weights} (the pipeline's UNet weights, as save_pretrained writes them)")
+    safetensors_weights(folder, UNET_WEIGHTS, "teacher")
     unet = import_diffusers().UNet2DModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
                                                  low_cpu_mem_usage=False)  # True needs accelerate, and says so
     return DiffusersNet(unet)

@@ -1,0 +1,175 @@
+"""Latent text-to-image data (issue 34): captioned images encoded once through a pipeline's VAE and text encoder
+into a cache that training reads, so that no image passes the VAE inside a training step.
+
+encode_latents writes DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D] and
+"null_prompt_embeds" [1, L, D], the empty prompt's: classifier-free guidance's null condition) and DIR/manifest.json
+(the source's and the encoder's sha256, the seed, the VAE's factors, the cache's sha256). It encodes CHUNK
+examples at a time into DIR/parts/, each part written atomically with its own sha256, so that a killed encoding
+resumes where it stopped and gives the same bytes as one that never stopped: each part's VAE sample draws from
+a generator seeded by (seed, part). load_latents verifies the sha256 and reads safetensors only (no pickle).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mcm_fast._checks import check_int
+from mcm_fast.data.images import ImageData
+
+CACHE, MANIFEST, PARTS = "latents.safetensors", "manifest.json", "parts"
+FORMAT = "mcm_fast latents 1"
+CHUNK = 256  # examples per part
+REPORT_EVERY = 16  # parts between echoed progress lines
+SEED_STRIDE = 1_000_003  # part k of seed s draws its VAE samples from s * SEED_STRIDE + k
+
+
+class LatentData:
+    """Cached latents with their prompt embeddings: the trainer reads len, shape, num_classes (0: the condition is
+    text) and batch(indices) -> {"x": latents, "encoder_hidden_states": prompt embeddings}; null_cond is the empty
+    prompt's embedding, the null condition of label dropout and classifier-free guidance."""
+
+    def __init__(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, null_prompt_embeds: torch.Tensor,
+                 manifest: dict):
+        self.latents, self.prompt_embeds, self.null_prompt_embeds = latents, prompt_embeds, null_prompt_embeds
+        self.manifest = manifest
+        self.num_classes = 0
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(c, h, w) of one latent."""
+        return tuple(self.latents.shape[1:])
+
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": self.latents[indices], "encoder_hidden_states": self.prompt_embeds[indices]}
+
+    def null_cond(self, batch: int) -> dict[str, torch.Tensor]:
+        """{"encoder_hidden_states": the empty prompt's embedding [batch, L, D]}."""
+        return {"encoder_hidden_states": self.null_prompt_embeds.expand(batch, -1, -1)}
+
+
+def source_digest(images: ImageData, captions: list[str]) -> str:
+    """sha256 of the images' bytes, dtype and shape and of the captions: what a cache was encoded from."""
+    digest = hashlib.sha256(f"{images.images.dtype} {tuple(images.images.shape)}".encode())
+    digest.update(images.images.contiguous().numpy().tobytes())
+    digest.update(json.dumps(captions).encode())
+    return digest.hexdigest()
+
+
+def encode_latents(images: ImageData, captions: list[str], parts, out: str | Path, seed: int = 0,
+                   batch_size: int = 64, echo=None) -> Path:
+    """Encodes images and captions through parts (integrations.text_to_image.TextToImageParts) into the cache
+    out/; resumes a killed encoding of the same source, parts and seed, and refuses to mix others into it."""
+    check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
+    if len(captions) != len(images):
+        raise ValueError(f"captions: expected one per image ({len(images)}), got {len(captions)}")
+    channels, side = parts.image_shape
+    if images.shape != (channels, side, side):
+        raise ValueError(f"images: the VAE takes [{channels}, {side}, {side}] images, got {list(images.shape)}")
+    out = Path(out)
+    identity = {"format": FORMAT, "source_sha256": source_digest(images, captions), "encoder": parts.identity,
+                "seed": seed, "chunk": CHUNK, "n": len(images)}
+    if (out / MANIFEST).is_file():
+        manifest = json.loads((out / MANIFEST).read_text())
+        if {k: manifest.get(k) for k in identity} != identity:
+            raise ValueError(f"out: {out} holds latents of another source, encoder or seed; expected a new folder")
+        return out
+    _check_parts_of(out, identity)
+    for k, start in enumerate(range(0, len(images), CHUNK)):
+        part = out / PARTS / f"{k:05d}.safetensors"
+        if part.is_file() and _verified(part):
+            continue
+        generator = torch.Generator(parts.device).manual_seed(seed * SEED_STRIDE + k)
+        chunk = range(start, min(start + CHUNK, len(images)))
+        latents, embeds = [], []
+        for i in range(chunk.start, chunk.stop, batch_size):
+            index = torch.arange(i, min(i + batch_size, chunk.stop))
+            latents.append(parts.encode_images(images.batch(index)["x"], generator).cpu())
+            embeds.append(parts.encode_prompts([captions[j] for j in index]).cpu())
+        _write_verified(part, {"latents": torch.cat(latents), "prompt_embeds": torch.cat(embeds)})
+        if echo and (k % REPORT_EVERY == 0 or chunk.stop == len(images)):
+            echo(f"encoded {chunk.stop} of {len(images)}")
+    return _assemble(out, identity, parts.encode_prompts([""]).cpu())
+
+
+def load_latents(directory: str | Path) -> LatentData:
+    """The cache encode_latents wrote, its sha256 verified; safetensors only."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"data: no {manifest_path}; expected a latent cache (mcm-fast encode)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path}: expected format {FORMAT!r}, got {manifest.get('format')!r}")
+    cache = directory / CACHE
+    if not cache.is_file() or file_sha256(cache) != manifest.get("sha256"):
+        raise ValueError(f"{cache}: missing or damaged (its sha256 differs from {manifest_path}'s); encode again")
+    tensors = load_file(cache)
+    return LatentData(tensors["latents"], tensors["prompt_embeds"], tensors["null_prompt_embeds"], manifest)
+
+
+def _check_parts_of(out: Path, identity: dict) -> None:
+    """Parts already in out/parts must be of this identity (recorded in parts/identity.json)."""
+    recorded = out / PARTS / "identity.json"
+    if recorded.is_file():
+        if json.loads(recorded.read_text()) != identity:
+            raise ValueError(f"out: {out} holds a partial encoding of another source, encoder or seed; expected a "
+                             f"new folder")
+        return
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    _write_atomic(recorded, json.dumps(identity, indent=1).encode())
+
+
+def _assemble(out: Path, identity: dict, null_embeds: torch.Tensor) -> Path:
+    """The parts joined into the cache and its manifest (written last: a cache without one is unfinished)."""
+    parts = sorted((out / PARTS).glob("*.safetensors"))
+    tensors = [load_file(part) for part in parts]
+    joined = {key: torch.cat([t[key] for t in tensors]).contiguous() for key in ("latents", "prompt_embeds")}
+    if len(joined["latents"]) != identity["n"]:
+        raise ValueError(f"out: {out / PARTS} holds {len(joined['latents'])} examples, expected {identity['n']}")
+    partial = out / f".{CACHE}.tmp"
+    save_file({**joined, "null_prompt_embeds": null_embeds.contiguous()}, partial)
+    os.replace(partial, out / CACHE)
+    manifest = {**identity, "shape": list(joined["latents"].shape[1:]),
+                "prompt_shape": list(joined["prompt_embeds"].shape[1:]), "sha256": file_sha256(out / CACHE)}
+    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    shutil.rmtree(out / PARTS)
+    return out
+
+
+def _write_verified(path: Path, tensors: dict) -> None:
+    """tensors as path (safetensors), atomically, with its sha256 beside it in path.sha256."""
+    partial = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, partial)
+    digest = file_sha256(partial)
+    os.replace(partial, path)
+    _write_atomic(path.with_suffix(".sha256"), digest.encode())
+
+
+def _verified(path: Path) -> bool:
+    digest = path.with_suffix(".sha256")
+    return digest.is_file() and digest.read_text() == file_sha256(path)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
