@@ -13,5 +13,5 @@ pip install torch==2.13.0 triton==3.6.0 "setuptools>=70" wheel ninja
 pip install --no-build-isolation -e ".[test]"
 # the diffusers extra, pinned, with torch pinned beside it so that pip never replaces the build above
 pip install diffusers==0.42.1 torch==2.13.0
-# the transformers extra (the text encoders of text-to-image pipelines), pinned the same way
-pip install transformers==5.23.0 torch==2.13.0
+# the text-to-image extras (text encoders, LoRA students), pinned the same way
+pip install transformers==5.23.0 peft==0.21.2 accelerate==1.15.0 torch==2.13.0

@@ -46,7 +46,8 @@ def schedule_from_betas(num_train_timesteps: int = 1000, beta_start: float = 0.0
 def teacher_from_diffusers(unet, scheduler) -> Denoiser:
     """A diffusers UNet (any model whose forward takes (sample, timestep, class_labels)) and its scheduler (DDPM,
     DDIM, or one with alphas_cumprod and config.prediction_type) as a model (z_t, t, **cond) -> x_hat on the
-    scheduler's DiscreteSchedule, the UNet fed the timestep t (T - 1); a label condition goes in as class_labels."""
+    scheduler's DiscreteSchedule, the UNet fed the timestep t (T - 1); a label condition goes in as class_labels,
+    prompt embeddings (a UNet2DConditionModel's) as encoder_hidden_states."""
     if not isinstance(unet, torch.nn.Module):
         raise TypeError(f"unet: expected a diffusers model (a torch.nn.Module), got {type(unet).__name__}")
     if not hasattr(scheduler, "alphas_cumprod") or not hasattr(getattr(scheduler, "config", None), "get"):

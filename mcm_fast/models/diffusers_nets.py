@@ -21,8 +21,9 @@ def import_diffusers():
 
 
 class DiffusersNet(nn.Module):
-    """A diffusers denoising network seen as net(z, time, label=None) -> out: time goes in as its timestep and
-    label as its class_labels (num_classes is the null class of classifier-free guidance)."""
+    """A diffusers denoising network seen as net(z, time, label=None, encoder_hidden_states=None) -> out: time goes
+    in as its timestep, label as its class_labels (num_classes is the null class of classifier-free guidance) and
+    a text-conditioned network's prompt embeddings as its encoder_hidden_states."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -51,5 +52,8 @@ class DiffusersNet(nn.Module):
         options = {k: v for k, v in options.items() if k not in PRIVATE_KEYS}
         return cls(net_class(**{**sizes, **options}))
 
-    def forward(self, z: torch.Tensor, time: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(z, timestep=time, class_labels=label).sample
+    def forward(self, z: torch.Tensor, time: torch.Tensor, label: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        if encoder_hidden_states is None:
+            return self.net(z, timestep=time, class_labels=label).sample
+        return self.net(z, timestep=time, encoder_hidden_states=encoder_hidden_states, class_labels=label).sample
