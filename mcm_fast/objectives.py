@@ -29,15 +29,25 @@ from mcm_fast.schedules import SPACINGS, Schedule, alpha_sigma
 from mcm_fast.solvers import analytic_x_var
 
 
-def drop_labels(cond: dict, probability: float, null_label: int, generator=None) -> dict:
-    """Classifier-free guidance training: each cond["label"] becomes null_label with the given probability."""
+def drop_condition(cond: dict, probability: float, null_cond: dict, generator=None) -> dict:
+    """Classifier-free guidance training: with the given probability an example's condition becomes the null
+    one: each key of null_cond in cond replaced in that example by its null value (a number, as the null class of
+    "label", or a tensor broadcast like one example, as the empty prompt's encoder_hidden_states [1, L, D])."""
     if probability == 0:
         return cond
-    labels = cond.get("label")
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-        raise ValueError(f"label: expected a [B] tensor of labels when label_dropout > 0, got {labels!r}")
-    drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < probability
-    return {**cond, "label": torch.where(drop, torch.full_like(labels, null_label), labels)}
+    values = {key: cond.get(key) for key in null_cond}
+    for key, value in values.items():
+        if not isinstance(value, torch.Tensor) or value.dim() < 1:
+            raise ValueError(f"{key}: expected a [B, ...] tensor per example when label_dropout > 0, got {value!r}")
+    first = next(iter(values.values()))
+    drop = torch.rand(first.shape[0], generator=generator, device=first.device) < probability
+    dropped = {}
+    for key, value in values.items():
+        null = null_cond[key]
+        null = null.to(value.device, value.dtype).expand_as(value) if isinstance(null, torch.Tensor) else \
+            torch.full_like(value, null)
+        dropped[key] = torch.where(drop.view(-1, *[1] * (value.dim() - 1)), null, value)
+    return {**cond, **dropped}
 
 
 def diffusion_loss(denoiser: Denoiser, x: torch.Tensor, generator: torch.Generator | None = None,
@@ -169,7 +179,7 @@ class TeacherStep:
     def __init__(self, teacher, x: torch.Tensor, w, objective):
         self.teacher, self.x, self.w = teacher, x, w
         self.solver, self.xvar_frac, self.backend = objective.teacher_solver, objective.xvar_frac, objective.backend
-        self.null_cond, self.logsnr = {"label": objective.null_label}, objective.schedule.logsnr_unchecked
+        self.null_cond, self.logsnr = objective.null_cond, objective.schedule.logsnr_unchecked
 
     def outputs(self, z, t, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_hat, x_cond): the teacher's (guided) output and its conditional one."""
@@ -292,7 +302,7 @@ def _probabilities(probs, count: int) -> torch.Tensor:
     return probs / probs.sum()
 
 
-def _guidance_range(guidance, null_label):
+def _guidance_range(guidance, null_cond):
     """The (lo, hi) range of the guidance scale drawn per example, or None (no guidance distilled)."""
     if guidance is None:
         return None
@@ -300,9 +310,9 @@ def _guidance_range(guidance, null_label):
             isinstance(w, Real) and not isinstance(w, bool) and math.isfinite(w) for w in guidance)
             and 0 <= guidance[0] <= guidance[1]):
         raise ValueError(f"guidance: expected a range (lo, hi) with 0 <= lo <= hi, got {guidance!r}")
-    if null_label is None:
-        raise ValueError("null_label: expected the null class index of the guided teacher's unconditional call "
-                         "when guidance is distilled, got None")
+    if null_cond is None:
+        raise ValueError("null_label: expected the null class index (or null_cond the null condition) of the guided "
+                         "teacher's unconditional call when guidance is distilled, got None")
     return float(guidance[0]), float(guidance[1])
 
 
@@ -313,13 +323,26 @@ def _xvar_frac(xvar_frac):
     return xvar_frac
 
 
-def _label_dropout(label_dropout, null_label) -> float:
-    if isinstance(label_dropout, bool) or not isinstance(label_dropout, Real) or not 0 <= label_dropout <= 1:
-        raise ValueError(f"label_dropout: expected a probability in [0, 1], got {label_dropout!r}")
+def _null_condition(null_label, null_cond) -> dict | None:
+    """The null condition of classifier-free guidance: {"label": null_label}, or null_cond as given."""
     if null_label is not None:
         check_int("null_label", null_label, 0)
-    if label_dropout > 0 and null_label is None:
-        raise ValueError("null_label: expected the null class index when label_dropout > 0, got None")
+        if null_cond is not None:
+            raise ValueError(f"null_cond: expected None beside null_label={null_label} (which is {{'label': "
+                             f"{null_label}}}), got {null_cond!r:.60}")
+        return {"label": null_label}
+    if null_cond is not None and not (isinstance(null_cond, dict) and null_cond):
+        raise ValueError(f"null_cond: expected a dict of the unconditional inputs (e.g. {{'encoder_hidden_states': "
+                         f"the empty prompt's}}), got {null_cond!r:.60}")
+    return null_cond
+
+
+def _label_dropout(label_dropout, null_cond) -> float:
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, Real) or not 0 <= label_dropout <= 1:
+        raise ValueError(f"label_dropout: expected a probability in [0, 1], got {label_dropout!r}")
+    if label_dropout > 0 and null_cond is None:
+        raise ValueError("null_label: expected the null class index (or null_cond the null condition) when "
+                         "label_dropout > 0, got None")
     return float(label_dropout)
 
 
@@ -340,23 +363,25 @@ class MCMObjective:
     guidance= [B]); teacher_steps (start, end, anneal) or one int; teacher_solver; xvar_frac (a float, or
     "analytic"); loss and huber_eps; weighting; target "mcm" or "direct" (regress onto the teacher's many-step
     solve to t_step); label_dropout with null_label for classifier-free guidance (cond["label"] is dropped per
-    example); multiscale, the number of 2x2 poolings in simple diffusion's multiscale loss (see squared_error);
-    boundaries, the segment edges uniform in "t" (the paper) or in "logsnr" (sample with the same).
+    example), or with null_cond, the null value of each condition (e.g. {"encoder_hidden_states": the empty
+    prompt's embedding}); multiscale, the number of 2x2 poolings in simple diffusion's multiscale loss (see
+    squared_error); boundaries, the segment edges uniform in "t" (the paper) or in "logsnr" (sample with the same).
     """
 
     def __init__(self, schedule: Schedule, student_steps: int = 4, teacher_steps=(64, 1280, 100_000),
                  teacher_solver: str = "addim", xvar_frac=0.75, loss: str = "pseudo_huber", huber_eps: float = 1e-4,
                  weighting: str = "sqrt(snr+1)", target: str = "mcm", label_dropout: float = 0.0,
                  null_label: int | None = None, multiscale: int = 0, boundaries: str = "t", steps_probs=None,
-                 guidance=None, backend: str | None = None):
+                 guidance=None, backend: str | None = None, null_cond: dict | None = None):
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
         self.schedule, self.backend = schedule, backend
         self.steps = _student_steps(student_steps)  # the S this student serves
-        self.guidance = _guidance_range(guidance, null_label)
+        self.null_cond = _null_condition(null_label, null_cond)
+        self.guidance = _guidance_range(guidance, self.null_cond)
         self.teacher_steps = TeacherSteps.of(teacher_steps, max(self.steps))
         self.xvar_frac = _xvar_frac(xvar_frac)
-        self.label_dropout, self.null_label = _label_dropout(label_dropout, null_label), null_label
+        self.label_dropout = _label_dropout(label_dropout, self.null_cond)
         self.teacher_solver = _choice("teacher_solver", teacher_solver, TEACHER_SOLVERS)
         self.distance = Distance(loss, huber_eps, weighting, multiscale, backend)
         self.grid = SegmentGrid(schedule, self.steps, _choice("boundaries", boundaries, SPACINGS),
@@ -399,7 +424,7 @@ class MCMObjective:
             logsnr_t = logsnr(t)
             alpha_t, sigma_t = (batch_view(v, x) for v in alpha_sigma(logsnr_t))
             z_t = (alpha_t * x + sigma_t * eps).to(x.dtype)
-            cond = drop_labels(cond, self.label_dropout, self.null_label, generator=generator)
+            cond = drop_condition(cond, self.label_dropout, self.null_cond, generator=generator)
             inputs = self._student_inputs(points, x.shape[0], generator, x.device)
             # 4-6. the teacher's z_s, the stop-gradient reference x_ref at s, the student's x_hat at t
             teacher_step = TeacherStep(teacher, x, inputs.get("guidance"), self)

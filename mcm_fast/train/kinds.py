@@ -17,7 +17,7 @@ import torch
 
 from mcm_fast.consistency import ConsistencyLoss, EDMConsistency, KarrasGrid, VEDenoiser, cm_ema_decay, cm_sample
 from mcm_fast.denoiser import Denoiser
-from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_labels
+from mcm_fast.objectives import MCMObjective, diffusion_loss, drop_condition
 from mcm_fast.sampling import sample, sample_diffusion
 from mcm_fast.schedules import Schedule
 from mcm_fast.train.config import ConfigError, TrainConfig, as_config_error
@@ -86,7 +86,7 @@ class Teacher(Kind):
         v_loss, obj = compiled(diffusion_loss), self.config.objective
 
         def teacher_loss(cond, x, step):
-            cond = drop_labels(cond, obj.label_dropout if self.null_label else 0.0, self.null_label)
+            cond = drop_condition(cond, obj.label_dropout, {"label": self.null_label}) if self.null_label else cond
             return v_loss(model, x, multiscale=obj.multiscale, **cond)
         return teacher_loss
 

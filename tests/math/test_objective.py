@@ -182,6 +182,28 @@ def test_label_dropout_replaces_labels_with_the_null_class():
     assert torch.equal(student.calls[0][2]["label"], seen), "reference and student must see the same labels"
 
 
+def test_prompt_dropout_replaces_whole_embeddings_with_the_null_prompt_and_guides_against_it():
+    """null_cond with a tensor (the empty prompt's embedding [1, L, D]): a dropped example sees it whole, the others
+    their own; guidance distilled calls the teacher's unconditional half with it too."""
+    student = recording(lambda z, t, encoder_hidden_states, guidance=None: z)
+    teacher = recording(lambda z, t, encoder_hidden_states: z)
+    text, null = torch.randn(400, 3, 4), torch.randn(1, 3, 4)
+    obj = mf.MCMObjective(SCHED, student_steps=2, teacher_steps=16, label_dropout=0.25, guidance=(1, 2),
+                          null_cond={"encoder_hidden_states": null})
+    obj(student, torch.randn(400, 2), teacher, generator=torch.Generator().manual_seed(0), encoder_hidden_states=text)
+    seen = student.calls[-1][2]["encoder_hidden_states"]
+    dropped = (seen == null).flatten(1).all(1)
+    assert 0.18 < dropped.float().mean().item() < 0.32
+    assert torch.equal(seen[~dropped], text[~dropped])
+    doubled = teacher.calls[0][2]["encoder_hidden_states"]  # [cond, null] in one call
+    assert doubled.shape == (800, 3, 4) and torch.equal(doubled[:400], seen)
+    assert torch.equal(doubled[400:], null.expand(400, 3, 4))
+    with pytest.raises(ValueError, match="^null_cond: expected None beside null_label=3"):
+        mf.MCMObjective(SCHED, null_label=3, null_cond={"label": 3})
+    with pytest.raises(ValueError, match="^null_cond: expected a dict"):
+        mf.MCMObjective(SCHED, label_dropout=0.1, null_cond={})
+
+
 def test_weightings_and_losses():
     x = gaussian_data(32, 4)
     student = lambda z, t: 0.5 * z  # noqa: E731

@@ -157,7 +157,7 @@ def test_a_kind_binds_its_settings_once():
     """The one mapping from a config to Algorithm 1's objective: the kind's, with the data's null class."""
     kind = make_kind(load_config("tiny-cd", ["objective.student_steps=[1, 2]", "objective.huber_eps=0.5"]), 10)
     assert kind.objective.steps == (1, 2) and kind.objective.distance.huber_eps == 0.5
-    assert kind.objective.null_label == 10 and kind.network_options() == {"student_steps": (1, 2)}
+    assert kind.objective.null_cond == {"label": 10} and kind.network_options() == {"student_steps": (1, 2)}
     assert make_kind(load_config("tiny-cd"), 0).objective.label_dropout == 0.0  # no labels: nothing to drop
     assert tuple(KINDS) == KIND_NAMES
 
