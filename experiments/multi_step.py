@@ -30,7 +30,7 @@ from experiments.mnist_tables import (
     summarize,
     teacher_config,
 )
-from mcm_fast.metrics.evaluate import Scorer, guidance_inputs
+from mcm_fast.metrics.evaluate import Scorer
 from mcm_fast.train.build import load_model
 from mcm_fast.train.loop import train
 
@@ -68,7 +68,7 @@ def evaluate_guided(directory: Path, scale: Scale, seed: int) -> list[dict]:
         def timed(noise, generator, w=w, seconds=seconds, calls=calls, **cond):
             examples.clear()
             start = time.perf_counter()
-            images = kind.sample(model, steps, noise, generator=generator, **guidance_inputs(info, w), **cond)
+            images = kind.sample(model, steps, noise, generator=generator, **kind.guidance_inputs(w), **cond)
             seconds.append((time.perf_counter() - start) / len(noise))
             calls.append(sum(examples) / len(noise))
             return images

@@ -104,4 +104,4 @@ def _data_floor(config, n: int, seed: int) -> dict:
     train_data = load_dataset("mnist", resolution=config.data.resolution, split="train")
     generator = torch.Generator().manual_seed(seed + 2)
     real = train_data.batch(torch.randperm(len(train_data), generator=generator)[:n])["x"]
-    return score(real, reference_set(config, n)[0], *reversed(default_features(config)))
+    return score(real, reference_set(config, n)[0]["x"], *reversed(default_features(config)))

@@ -25,7 +25,8 @@ def encode(pipeline, data, out, resolution: int | None = None, split: str = "tra
     if images.shape[0] == 1 and channels == 3:
         images = ImageData(images.images.expand(-1, 3, -1, -1).contiguous())
     echo(f"{data}: {len(images)} captioned images -> {out} (VAE {pipeline}, seed {seed})")
-    path = encode_latents(images, captions, parts, out, seed=seed, batch_size=batch_size, echo=echo)
+    path = encode_latents(images, captions, parts, out, seed=seed, batch_size=batch_size, echo=echo,
+                          source=str(data))
     cached = load_latents(path)
     echo(f"{path}: latents {list(cached.shape)}, prompt embeddings {list(cached.prompt_embeds.shape[1:])}")
     return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.metrics.evaluate import Scorer, guidance_inputs, sample_inputs
+from mcm_fast.metrics.evaluate import Scorer, decoder, reference_set, sample_inputs
 from mcm_fast.metrics.grid import check_output_path, save_grid
 from mcm_fast.threads import governed
 from mcm_fast.train.build import load_model
@@ -24,16 +24,20 @@ def sampler_of(model, kind, n_steps: int, sampler: str = "addim", **guide):
 def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int = 0, label: int | None = None,
                 sampler: str = "addim", scale: int = 1, device: str = "cpu", guidance: float = 0.0,
                 threads: int | None = None):
-    """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path. threads:
-    CPU threads, None: the cores other processes leave free (mcm_fast.threads)."""
+    """Samples n images from a checkpoint's EMA model and writes them as a PNG grid; returns its path (a text-
+    conditioned model draws for held-out examples' prompts, its latents decoded). threads: CPU threads, None: the
+    cores other processes leave free (mcm_fast.threads)."""
     check_output_path(out)
     model, kind, info = load_model(ckpt, device)
     governed(model, threads)
     if len(info["shape"]) != 3:
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
-    noise, cond, generator = sample_inputs(info, n, seed, device, label)
+    prompts = reference_set(kind.config, n, "--n")[0]["encoder_hidden_states"] if "text" in info else None
+    noise, cond, generator = sample_inputs(info, n, seed, device, label, prompts)
     steps = kind.default_steps() if n_steps is None else n_steps
-    images = kind.sample(model, steps, noise, sampler, generator=generator, **guidance_inputs(info, guidance), **cond)
+    images = kind.sample(model, steps, noise, sampler, generator=generator, **kind.guidance_inputs(guidance), **cond)
+    decode = decoder(kind.config)
+    images = images if decode is None else decode(images)
     return save_grid(images, out, nrow=10 if info["num_classes"] == 10 else None, scale=scale)
 
 
@@ -46,7 +50,7 @@ def score_budgets(ckpt, budgets, n: int, seed: int, device: str = "cpu") -> list
     scorer = Scorer(kind.config, info, n, seed, device)
     rows = []
     for steps, sampler, *w in budgets:
-        guide = guidance_inputs(info, w[0]) if w else {}
+        guide = kind.guidance_inputs(w[0]) if w else {}
         scores = scorer(sampler_of(model, kind, steps, sampler, **guide))[0]
         rows.append({"steps": steps, "sampler": sampler, **({"guidance": w[0]} if w else {}), **scores})
     return rows
@@ -69,7 +73,7 @@ def evaluate_checkpoint(ckpt, steps=None, n: int = 1000, seed: int = 0, sampler:
     echo(f"{ckpt}: {config.kind} {config.model}, {n} samples against {n} examples of {scorer.reference_name}")
     for n_steps in steps or (kind.default_steps(),):
         start = time.perf_counter()
-        scores, samples = scorer(sampler_of(model, kind, n_steps, sampler, **guidance_inputs(info, guidance)))
+        scores, samples = scorer(sampler_of(model, kind, n_steps, sampler, **kind.guidance_inputs(guidance)))
         row = {"steps": n_steps, **scores, "seconds": time.perf_counter() - start, "reference": scorer.reference_name}
         rows.append(row)
         echo("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()

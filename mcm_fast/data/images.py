@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mcm_fast._checks import check_int, describe
-from mcm_fast.data.points import TOYS, PointData, load_toy
+from mcm_fast.data.points import TOYS, load_toy
 
 MNIST_FILE = Path(__file__).with_name("mnist.npz")
 MNIST_RESOLUTIONS = (32, 28, 16, 8)
@@ -26,11 +26,11 @@ GRAY_MODES = ("1", "L", "LA")
 GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grayscale PNGs; Pillow's convert("L") would clip them
 MAX_CLASSES = 2**16  # a label is an index into the network's class embedding
 DAMAGE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what a damaged archive raises
-DATASETS = ("mnist", "folder", "npz", *TOYS)
+DATASETS = ("mnist", "folder", "npz", "latents", *TOYS)
 # The arguments of load_dataset each kind reads (seed is read by the toys and accepted by all: the trainer always
 # passes it). Any other argument away from its default is an error.
 USES = {"mnist": ("resolution", "split"), "folder": ("path", "resolution"), "npz": ("path", "resolution", "split"),
-        "ring": ("n",), "grid": ("n",)}
+        "latents": ("path",), "ring": ("n",), "grid": ("n",)}
 
 
 class ImageData:
@@ -64,6 +64,10 @@ class ImageData:
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""
         return tuple(self.images.shape[1:])
+
+    def subset(self, indices: torch.Tensor) -> ImageData:
+        """The examples at indices (a LongTensor), with the same classes."""
+        return ImageData(self.images[indices], None if self.labels is None else self.labels[indices], self.num_classes)
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"x": float32 [b, C, H, W] in [-1, 1]} and, when labeled, "label": int64 [b] for a LongTensor [b]."""
@@ -167,10 +171,15 @@ def load_npz(path: str | Path, split: str | None = None) -> ImageData:
 
 
 def load_dataset(name: str, path: str | Path | None = None, resolution: int | None = None, split: str = "train",
-                 n: int | None = None, seed: int = 0) -> ImageData | PointData:
-    """The data set `name` ("mnist", "folder", "npz", "ring", "grid"): the one entry point the trainer calls
-    (through mcm_fast.data.splits), with its arguments checked by check_arguments."""
+                 n: int | None = None, seed: int = 0):
+    """The data set `name` ("mnist", "folder", "npz", "latents", "ring", "grid"): the one entry point the trainer
+    calls (through mcm_fast.data.splits), with its arguments checked by check_arguments. "latents" is the cache
+    of `mcm-fast encode` (mcm_fast.data.latents)."""
     check_arguments(name, path, resolution, split, n)
+    if name == "latents":
+        from mcm_fast.data.latents import load_latents
+
+        return load_latents(path)
     if name == "mnist":
         return load_mnist(split, 32 if resolution is None else resolution)
     if name in TOYS:

@@ -1,9 +1,10 @@
 """Latent text-to-image data (issue 34): captioned images encoded once through a pipeline's VAE and text encoder
 into a cache that training reads, so that no image passes the VAE inside a training step.
 
-encode_latents writes DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D] and
-"null_prompt_embeds" [1, L, D], the empty prompt's: classifier-free guidance's null condition) and DIR/manifest.json
-(the source's and the encoder's sha256, the seed, the VAE's factors, the cache's sha256). It encodes CHUNK
+encode_latents writes DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D]),
+DIR/null.safetensors ("null_prompt_embeds" [1, L, D], the empty prompt's: classifier-free guidance's null
+condition, which sampling a trained model reads alone) and DIR/manifest.json (the source's and the encoder's
+sha256, the seed, the pipeline folder, the files' sha256). It encodes CHUNK
 examples at a time into DIR/parts/, each part written atomically with its own sha256, so that a killed encoding
 resumes where it stopped and gives the same bytes as one that never stopped: each part's VAE sample draws from
 a generator seeded by (seed, part). load_latents verifies the sha256 and reads safetensors only (no pickle).
@@ -20,9 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mcm_fast._checks import check_int
-from mcm_fast.data.images import ImageData
 
-CACHE, MANIFEST, PARTS = "latents.safetensors", "manifest.json", "parts"
+CACHE, NULL, MANIFEST, PARTS = "latents.safetensors", "null.safetensors", "manifest.json", "parts"
 FORMAT = "mcm_fast latents 1"
 CHUNK = 256  # examples per part
 REPORT_EVERY = 16  # parts between echoed progress lines
@@ -48,15 +48,20 @@ class LatentData:
         """(c, h, w) of one latent."""
         return tuple(self.latents.shape[1:])
 
+    def subset(self, indices: torch.Tensor) -> LatentData:
+        """The examples at indices (a LongTensor), with the same null prompt and manifest."""
+        return LatentData(self.latents[indices], self.prompt_embeds[indices], self.null_prompt_embeds, self.manifest)
+
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"x": self.latents[indices], "encoder_hidden_states": self.prompt_embeds[indices]}
 
-    def null_cond(self, batch: int) -> dict[str, torch.Tensor]:
-        """{"encoder_hidden_states": the empty prompt's embedding [batch, L, D]}."""
-        return {"encoder_hidden_states": self.null_prompt_embeds.expand(batch, -1, -1)}
+    @property
+    def null_cond(self) -> dict[str, torch.Tensor]:
+        """{"encoder_hidden_states": the empty prompt's embedding [1, L, D]}: the null condition."""
+        return {"encoder_hidden_states": self.null_prompt_embeds}
 
 
-def source_digest(images: ImageData, captions: list[str]) -> str:
+def source_digest(images, captions: list[str]) -> str:
     """sha256 of the images' bytes, dtype and shape and of the captions: what a cache was encoded from."""
     digest = hashlib.sha256(f"{images.images.dtype} {tuple(images.images.shape)}".encode())
     digest.update(images.images.contiguous().numpy().tobytes())
@@ -64,10 +69,12 @@ def source_digest(images: ImageData, captions: list[str]) -> str:
     return digest.hexdigest()
 
 
-def encode_latents(images: ImageData, captions: list[str], parts, out: str | Path, seed: int = 0,
-                   batch_size: int = 64, echo=None) -> Path:
-    """Encodes images and captions through parts (integrations.text_to_image.TextToImageParts) into the cache
-    out/; resumes a killed encoding of the same source, parts and seed, and refuses to mix others into it."""
+def encode_latents(images, captions: list[str], parts, out: str | Path, seed: int = 0,
+                   batch_size: int = 64, echo=None, source: str | None = None) -> Path:
+    """Encodes images (an ImageData) and captions through parts (integrations.text_to_image.TextToImageParts)
+    into the cache out/; resumes a killed encoding of the same source, parts and seed, and refuses to mix others
+    into it.
+    source: what the images are, for the manifest ("mnist": scored in FD-MNIST features once decoded)."""
     check_int("seed", seed, 0)
     check_int("batch_size", batch_size, 1)
     if len(captions) != len(images):
@@ -98,23 +105,42 @@ def encode_latents(images: ImageData, captions: list[str], parts, out: str | Pat
         _write_verified(part, {"latents": torch.cat(latents), "prompt_embeds": torch.cat(embeds)})
         if echo and (k % REPORT_EVERY == 0 or chunk.stop == len(images)):
             echo(f"encoded {chunk.stop} of {len(images)}")
-    return _assemble(out, identity, parts.encode_prompts([""]).cpu())
+    return _assemble(out, identity, parts.encode_prompts([""]).cpu(),
+                     {"pipeline": str(Path(parts.folder).resolve()), "source": source})
 
 
 def load_latents(directory: str | Path) -> LatentData:
     """The cache encode_latents wrote, its sha256 verified; safetensors only."""
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"data: no {manifest_path}; expected a latent cache (mcm-fast encode)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
+    tensors = _verified_file(Path(directory), CACHE, manifest)
+    return LatentData(tensors["latents"], tensors["prompt_embeds"], load_null_cond(directory)["encoder_hidden_states"],
+                      manifest)
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """A cache's manifest.json: its format, identity, pipeline folder, shapes and files' sha256."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"data: no {path}; expected a latent cache (mcm-fast encode)")
+    manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: expected format {FORMAT!r}, got {manifest.get('format')!r}")
-    cache = directory / CACHE
-    if not cache.is_file() or file_sha256(cache) != manifest.get("sha256"):
-        raise ValueError(f"{cache}: missing or damaged (its sha256 differs from {manifest_path}'s); encode again")
-    tensors = load_file(cache)
-    return LatentData(tensors["latents"], tensors["prompt_embeds"], tensors["null_prompt_embeds"], manifest)
+        raise ValueError(f"{path}: expected format {FORMAT!r}, got {manifest.get('format')!r}")
+    return manifest
+
+
+def load_null_cond(directory: str | Path) -> dict[str, torch.Tensor]:
+    """{"encoder_hidden_states": the empty prompt's embedding [1, L, D]} of a cache, verified, read alone (what
+    sampling a model trained on it needs of it)."""
+    tensors = _verified_file(Path(directory), NULL, read_manifest(directory))
+    return {"encoder_hidden_states": tensors["null_prompt_embeds"]}
+
+
+def _verified_file(directory: Path, name: str, manifest: dict) -> dict[str, torch.Tensor]:
+    path = directory / name
+    if not path.is_file() or file_sha256(path) != manifest.get("sha256", {}).get(name):
+        raise ValueError(f"{path}: missing or damaged (its sha256 differs from {directory / MANIFEST}'s); encode "
+                         f"again")
+    return load_file(path)
 
 
 def _check_parts_of(out: Path, identity: dict) -> None:
@@ -129,18 +155,20 @@ def _check_parts_of(out: Path, identity: dict) -> None:
     _write_atomic(recorded, json.dumps(identity, indent=1).encode())
 
 
-def _assemble(out: Path, identity: dict, null_embeds: torch.Tensor) -> Path:
+def _assemble(out: Path, identity: dict, null_embeds: torch.Tensor, origin: dict) -> Path:
     """The parts joined into the cache and its manifest (written last: a cache without one is unfinished)."""
     parts = sorted((out / PARTS).glob("*.safetensors"))
     tensors = [load_file(part) for part in parts]
     joined = {key: torch.cat([t[key] for t in tensors]).contiguous() for key in ("latents", "prompt_embeds")}
     if len(joined["latents"]) != identity["n"]:
         raise ValueError(f"out: {out / PARTS} holds {len(joined['latents'])} examples, expected {identity['n']}")
-    partial = out / f".{CACHE}.tmp"
-    save_file({**joined, "null_prompt_embeds": null_embeds.contiguous()}, partial)
-    os.replace(partial, out / CACHE)
-    manifest = {**identity, "shape": list(joined["latents"].shape[1:]),
-                "prompt_shape": list(joined["prompt_embeds"].shape[1:]), "sha256": file_sha256(out / CACHE)}
+    for name, tensors in ((CACHE, joined), (NULL, {"null_prompt_embeds": null_embeds.contiguous()})):
+        partial = out / f".{name}.tmp"
+        save_file(tensors, partial)
+        os.replace(partial, out / name)
+    manifest = {**identity, **origin, "shape": list(joined["latents"].shape[1:]),
+                "prompt_shape": list(joined["prompt_embeds"].shape[1:]),
+                "sha256": {name: file_sha256(out / name) for name in (CACHE, NULL)}}
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     shutil.rmtree(out / PARTS)
     return out

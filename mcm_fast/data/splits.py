@@ -2,7 +2,7 @@
 
 The reference a run is scored against is never data it trained on: MNIST's other split, fresh draws of a 2-D
 toy, a user's test file or folder (data.test_path, read as data.path is), else a fixed fraction of the user's
-examples (data.holdout; folder and npz data without a test_path) held out of training. The held-out examples
+examples (data.holdout; folder, npz and latent data without a test_path) held out of training. The held-out examples
 depend on the data and the fraction only, not on the run's seed, so a teacher and its students hold out the
 same ones. `data` is a run's DataConfig (mcm_fast.train.config); errors name its dotted keys.
 """
@@ -12,10 +12,11 @@ import math
 
 import torch
 
-from mcm_fast.data.images import ImageData, load_dataset
+from mcm_fast.data.images import load_dataset
 from mcm_fast.data.points import TOYS
 
 HOLDOUT_SEED = 0
+HOLDS_OUT = ("folder", "npz", "latents")  # the sources that hold data.holdout of their examples out of training
 ARGUMENTS = ("path", "resolution", "split", "n", "holdout", "test_path")
 
 
@@ -33,8 +34,8 @@ def held_out(size: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
 def training_data(data, seed: int):
     """The examples a run trains on: data's source less what is held out for scoring."""
     source = _load(data, data.path, seed)
-    if data.name in ("folder", "npz") and data.test_path is None and data.holdout:
-        return _subset(source, held_out(len(source), data.holdout)[0])
+    if data.name in HOLDS_OUT and data.test_path is None and data.holdout:
+        return source.subset(held_out(len(source), data.holdout)[0])
     return source
 
 
@@ -51,18 +52,13 @@ def reference_data(data, seed: int):
         raise ValueError(f"data.holdout: is 0 and data.test_path is not set, so {data.path} has no examples held out "
                          f"of training to score against; expected a fraction > 0 or a test_path")
     source = _load(data, data.path, seed)
-    return (_subset(source, held_out(len(source), data.holdout)[1]),
+    return (source.subset(held_out(len(source), data.holdout)[1]),
             f"{data.holdout:g} of {data.path} held out of training")
 
 
 def _load(data, path, seed: int):
     return _named(lambda: load_dataset(data.name, path=path, resolution=data.resolution, split=data.split, n=data.n,
                                        seed=seed))
-
-
-def _subset(source: ImageData, indices: torch.Tensor) -> ImageData:
-    labels = None if source.labels is None else source.labels[indices]
-    return ImageData(source.images[indices], labels, source.num_classes)
 
 
 def _named(load):

@@ -6,12 +6,13 @@ downloaded; needs the optional extras diffusers and transformers.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import torch
 
-from mcm_fast.data.latents import file_sha256
+from mcm_fast.data.latents import file_sha256, read_manifest
 from mcm_fast.integrations.pipelines import safetensors_weights
 from mcm_fast.models.diffusers_nets import import_diffusers
 
@@ -103,3 +104,13 @@ class TextToImageParts:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.device))[0].float()
+
+
+@functools.lru_cache(maxsize=2)
+def _pipeline_parts(folder: str) -> TextToImageParts:
+    return TextToImageParts(folder, what="data.path")
+
+
+def latent_decoder(directory: str | Path):
+    """latents -> images of a latent cache: the VAE of the pipeline folder that encoded it (its manifest's)."""
+    return _pipeline_parts(read_manifest(directory)["pipeline"]).decode

@@ -18,9 +18,10 @@ from mcm_fast.metrics.precision_recall import precision_recall
 MIN_SAMPLES = 4  # precision and recall need more than their 3 neighbours
 
 
-def reference_set(config, n: int, what: str = "eval_samples") -> tuple[torch.Tensor, str]:
-    """(n examples, what they are) that a run is scored against: never data it trained on (data.splits). what
-    names n in errors: the config key, or --n for the command line."""
+def reference_set(config, n: int, what: str = "eval_samples") -> tuple[dict, str]:
+    """(a batch of n examples, what they are) that a run is scored against: never data it trained on (data.splits);
+    the batch holds "x" and their condition (text: "encoder_hidden_states"). what names n in errors: the config
+    key, or --n for the command line."""
     if isinstance(n, bool) or not isinstance(n, int) or n < MIN_SAMPLES:
         raise ValueError(f"{what}: expected an integer >= {MIN_SAMPLES} (precision and recall compare each sample "
                          f"with its {MIN_SAMPLES - 1} nearest neighbours), got {n!r}")
@@ -28,12 +29,30 @@ def reference_set(config, n: int, what: str = "eval_samples") -> tuple[torch.Ten
     if n > len(held_out):
         raise ValueError(f"{what}: expected at most {len(held_out)} (the examples of {description}), got {n}")
     generator = torch.Generator().manual_seed(config.seed)
-    return held_out.batch(torch.randperm(len(held_out), generator=generator)[:n])["x"], description
+    return held_out.batch(torch.randperm(len(held_out), generator=generator)[:n]), description
+
+
+def decoder(config):
+    """latents -> images in [-1, 1] for a run on a latent cache (its pipeline's VAE), else None."""
+    if config.data.name != "latents":
+        return None
+    from mcm_fast.integrations.text_to_image import latent_decoder
+
+    decode = latent_decoder(config.data.path)
+    return lambda z: decode(z).clamp(-1, 1)
 
 
 def default_features(config):
-    """(name, extractor) a run's images are scored with: ("mnist", FD-MNIST features) for MNIST, else pixels."""
-    return ("mnist", mnist_features) if config.data.name == "mnist" else ("pixels", pixel_features)
+    """(name, extractor) a run's images are scored with: ("mnist", FD-MNIST features) for MNIST (and latents
+    encoded from it, decoded by their VAE first), else pixels."""
+    decode = decoder(config)
+    if decode is None:
+        return ("mnist", mnist_features) if config.data.name == "mnist" else ("pixels", pixel_features)
+    from mcm_fast.data.latents import read_manifest
+
+    name, features = ("mnist", mnist_features) if read_manifest(config.data.path).get("source") == "mnist" else \
+        ("pixels", pixel_features)
+    return name, lambda z: features(decode(z))
 
 
 def score(samples: torch.Tensor, reference: torch.Tensor, features=pixel_features, name: str = "pixels") -> dict:
@@ -46,11 +65,18 @@ def score(samples: torch.Tensor, reference: torch.Tensor, features=pixel_feature
     return {f"fd_{name}": frechet_distance(fake, real), **precision_recall(real, fake)}
 
 
-def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None = None):
+def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None = None,
+                  prompts: torch.Tensor | None = None):
     """(noise [n, *shape], cond, generator) from a seed: for class-conditional models cond holds the labels
-    0, 1, 2, ... (or `label` for all), so 10-wide grids show a column per class."""
+    0, 1, 2, ... (or `label` for all), so 10-wide grids show a column per class; for text-conditioned ones
+    (info["text"]) the prompt embeddings [m, L, D] in turn."""
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn((n, *info["shape"]), generator=generator, device=device)
+    if "text" in info:
+        if prompts is None or label is not None:
+            raise ValueError(f"prompts: a text-conditioned model samples for prompt embeddings [m, {info['text'][0]}, "
+                             f"{info['text'][1]}] and no label; got prompts {prompts!r:.40} and label {label!r}")
+        return noise, {"encoder_hidden_states": prompts[torch.arange(n) % len(prompts)].to(device)}, generator
     classes = info["num_classes"]
     if not classes:
         if label is not None:
@@ -62,16 +88,6 @@ def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None
     return noise, {"label": labels}, generator
 
 
-def guidance_inputs(info: dict, guidance: float) -> dict:
-    """generate's guidance arguments for a model of this data: classifier-free guidance at scale w needs classes
-    (the null class is num_classes)."""
-    if guidance == 0:
-        return {}
-    if not info["num_classes"]:
-        raise ValueError(f"guidance: the model is unconditional, so it cannot be guided; expected 0, got {guidance!r}")
-    return {"guidance": guidance, "null_cond": {"label": info["num_classes"]}}
-
-
 class Scorer:
     """The one scoring pipeline of demo, eval, the trainer and the experiments: n samples from the noise and
     labels of sample_inputs(seed), their features, FD, precision and recall against n held-out examples
@@ -79,12 +95,14 @@ class Scorer:
 
     def __init__(self, config, info: dict, n: int, seed: int, device="cpu", what: str = "eval_samples"):
         self.info, self.n, self.seed, self.device = info, n, seed, device
-        self.reference, self.reference_name = reference_set(config, n, what)
+        reference, self.reference_name = reference_set(config, n, what)
+        self.reference = reference.pop("x")
+        self.prompts = reference.get("encoder_hidden_states")  # text: a sample per held-out example's prompt
         self.name, self.features = default_features(config)
 
     def __call__(self, generate) -> tuple[dict, torch.Tensor]:
         """(scores, samples) of generate(noise, generator, **cond) -> samples; every call draws the same noise,
         labels and generator state, so that budgets compare on equal inputs."""
-        noise, cond, generator = sample_inputs(self.info, self.n, self.seed, self.device)
+        noise, cond, generator = sample_inputs(self.info, self.n, self.seed, self.device, prompts=self.prompts)
         samples = generate(noise, generator, **cond)
         return score(samples, self.reference, self.features, self.name), samples

@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-DIFFUSERS_MODELS = {"diffusers-unet2d": "UNet2DModel", "diffusers-dit": "DiTTransformer2DModel"}
+DIFFUSERS_MODELS = {"diffusers-unet2d": "UNet2DModel", "diffusers-unet2d-cond": "UNet2DConditionModel",
+                    "diffusers-dit": "DiTTransformer2DModel"}
 PRIVATE_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
 
@@ -32,9 +33,11 @@ class DiffusersNet(nn.Module):
         self.net = net
 
     @classmethod
-    def build(cls, model: str, options: dict, shape: tuple, num_classes: int) -> DiffusersNet:
-        """A randomly initialized DIFFUSERS_MODELS[model] for [C, H, W] data; options are its constructor's
-        arguments and override the sizes taken from the data."""
+    def build(cls, model: str, options: dict, shape: tuple, num_classes: int,
+              text: list | None = None) -> DiffusersNet:
+        """A randomly initialized DIFFUSERS_MODELS[model] for [C, H, W] data (text: the [L, D] of its prompt
+        embeddings, for the text-conditioned UNet); options are its constructor's arguments and override the sizes
+        taken from the data."""
         if model not in DIFFUSERS_MODELS:
             raise ValueError(f"model: expected one of {tuple(DIFFUSERS_MODELS)}, got {model!r}")
         net_class = getattr(import_diffusers(), DIFFUSERS_MODELS[model])
@@ -43,6 +46,9 @@ class DiffusersNet(nn.Module):
         if model == "diffusers-unet2d":
             sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
                      "num_class_embeds": classes}
+        elif model == "diffusers-unet2d-cond":
+            sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
+                     **({"cross_attention_dim": text[1]} if text else {})}
         else:
             if not num_classes:
                 raise ValueError("model: 'diffusers-dit' is class-conditional (adaLN-Zero on labels): expected "

@@ -34,15 +34,28 @@ def make_schedule(config: TrainConfig) -> Schedule:
         raise ConfigError(f"schedule_options: {error}") from None
 
 
-def make_kind(config: TrainConfig, num_classes: int, schedule: Schedule | None = None) -> Kind:
-    """The run's kind bound to its config, its schedule (built from the config unless given) and its classes:
-    KINDS[config.kind](config, schedule, num_classes), which checks the settings it uses."""
-    return KINDS[config.kind](config, make_schedule(config) if schedule is None else schedule, num_classes)
+def make_kind(config: TrainConfig, num_classes: int, schedule: Schedule | None = None,
+              null_cond: dict | None = None) -> Kind:
+    """The run's kind bound to its config, its schedule (built from the config unless given), its classes and the
+    null condition of data other than classes (None: the null class): KINDS[config.kind](config, schedule,
+    num_classes, null_cond), which checks the settings it uses."""
+    return KINDS[config.kind](config, make_schedule(config) if schedule is None else schedule, num_classes, null_cond)
 
 
-def make_net(kind: Kind, shape: tuple, num_classes: int) -> torch.nn.Module:
-    """The raw network of a run (kind.config) for data of shape (C, H, W) or (d,): a UViT preset, or the MLP for
-    vectors; a student of several step counts or with guidance distilled into it embeds those inputs too."""
+def data_null_cond(config: TrainConfig) -> dict | None:
+    """The null condition of a run's data beyond classes: a latent cache's empty prompt embedding (read alone and
+    verified), else None (the null class, or unconditional data)."""
+    if config.data.name != "latents":
+        return None
+    from mcm_fast.data.latents import load_null_cond
+
+    return load_null_cond(config.data.path)
+
+
+def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = None) -> torch.nn.Module:
+    """The raw network of a run (kind.config) for data of shape (C, H, W) or (d,) (text: [L, D] of its prompt
+    embeddings): a UViT preset, the MLP for vectors, or a diffusers network; a student of several step counts or
+    with guidance distilled into it embeds those inputs too."""
     config = kind.config
     options = {**config.model_options, **kind.network_options()}
     try:
@@ -53,11 +66,18 @@ def make_net(kind: Kind, shape: tuple, num_classes: int) -> torch.nn.Module:
                                   f"which the UViT and the MLP do; expected one of them, got model {config.model!r}")
             if len(shape) != 3:
                 raise ConfigError(f"model: {config.model!r} needs [C, H, W] images, got data of shape {tuple(shape)}")
-            return DiffusersNet.build(config.model, options, shape, num_classes)
+            if (config.model == "diffusers-unet2d-cond") != (text is not None):
+                raise ConfigError(f"model: {config.model!r} for data {'with' if text else 'without'} prompts; "
+                                  f"expected {'diffusers-unet2d-cond' if text else 'another model'} (data with "
+                                  f"prompts is data.name latents)")
+            return DiffusersNet.build(config.model, options, shape, num_classes, text)
         if config.model == "mlp":
             if len(shape) != 1:
                 raise ConfigError(f"model: 'mlp' needs vector data, got data of shape {tuple(shape)}")
             return MLPNet(dim=shape[0], classes=num_classes, **options)
+        if text is not None:
+            raise ConfigError(f"model: {config.model!r} takes no prompts; expected diffusers-unet2d-cond for data "
+                              f"with prompt embeddings")
         if len(shape) != 3:
             raise ConfigError(f"model: a UViT needs [C, H, W] images, got data of shape {tuple(shape)}; use model=mlp")
         return uvit(config.model, in_channels=shape[0], num_classes=num_classes, **options)
@@ -117,7 +137,8 @@ def _rebuild(checkpoint: dict) -> tuple[Kind, dict, torch.nn.Module]:
         raise ValueError(f"{file}: expected 'data_info' {{'shape': [C, H, W] or [d], 'num_classes': int >= 0}}, "
                          f"got {info!r:.80}")
     try:
-        kind = make_kind(load_config(config), classes)
-        return kind, info, make_net(kind, tuple(shape), classes)
+        config = load_config(config)
+        kind = make_kind(config, classes, null_cond=data_null_cond(config))
+        return kind, info, make_net(kind, tuple(shape), classes, info.get("text"))
     except ConfigError as error:
         raise ValueError(f"{file}: its config is invalid: {error}") from None

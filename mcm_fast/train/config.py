@@ -34,14 +34,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """What to train on: mnist, folder (PNG/JPEG), npz, or the 2-D toys ring and grid (see mcm_fast.data)."""
+    """What to train on: mnist, folder (PNG/JPEG), npz, latents, or the 2-D toys ring and grid (mcm_fast.data)."""
 
-    name: str = "mnist"  # mnist, folder (PNG/JPEG, a subfolder per class), npz, or the 2-D toys ring and grid
-    path: str | None = None  # folder, npz: the training images
+    name: str = "mnist"  # mnist, folder (PNG/JPEG, a subfolder per class), npz, latents (mcm-fast encode), ring, grid
+    path: str | None = None  # folder, npz: the training images; latents: the cache mcm-fast encode wrote
     resolution: int | None = 16  # the image side (mnist: 8, 16, 28 or 32; folder: resized to it; npz: None or theirs)
     split: str = "train"  # mnist: train or test; npz: the keys x_{split}, y_{split} (plain x, y hold train)
     n: int | None = None  # points drawn for the 2-D toys
-    holdout: float = 0.1  # folder, npz: this fraction of the examples is held out of training and scores the run
+    holdout: float = 0.1  # folder, npz, latents: this fraction of the examples is held out and scores the run
     test_path: str | None = None  # folder, npz: a test folder or file (read as path is) to score against instead
 
 
@@ -93,7 +93,7 @@ class TrainConfig:
     """A training run: kind, network, data, objective, optimizer and the loop's schedule."""
 
     kind: str = "teacher"  # teacher (v-loss), cd, ct, direct (Algorithm 1) or cm (Song et al.)
-    model: str = "tiny"  # a UViT preset (mcm_fast.models.UVIT_PRESETS), "mlp" for 2-D data, or diffusers-unet2d/-dit
+    model: str = "tiny"  # a UViT preset (models.UVIT_PRESETS), mlp (2-D data), diffusers-unet2d/-unet2d-cond/-dit
     model_options: dict = field(default_factory=dict)  # overrides of the preset's fields; a diffusers model's arguments
     prediction: str = "v"  # x, eps, v or flow (velocity eps - x); EDM's D is x on the edm schedule
     schedule: str = "cosine"  # cosine, flow (rectified flow), edm (sigma) or discrete (DDPM betas; needs diffusers)

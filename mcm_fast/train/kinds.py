@@ -1,7 +1,7 @@
 """The kinds of run: teacher (v-loss), cd and ct (Algorithm 1, distilled or from data), direct (Direct CM) and
 cm (Song et al.'s consistency models), each one class holding what differs between them.
 
-A kind is bound to its run: KINDS[config.kind](config, schedule, num_classes) builds what the run trains once
+A kind is bound to its run: KINDS[config.kind](config, schedule, num_classes, null_cond) builds what the run trains once
 (Algorithm 1's objective, Song et al.'s loss), which is also the check of the config's settings of it (an error
 names the dotted key). It says whether the run needs a teacher, how the network is wrapped into a model, its
 loss, the extra networks it keeps (Song et al.'s EMA target), how its models sample and at how many steps. The
@@ -28,14 +28,16 @@ TEACHER_SAMPLERS = ("addim", "ddim")
 
 class Kind:
     """A kind of run bound to its config, schedule and classes (num_classes, the null class of classifier-free
-    guidance; 0 for unconditional data). The base is a diffusion-parameterized model x_hat(z_t, t)."""
+    guidance; 0 for unconditional data) or null_cond, the null condition of other data (the empty prompt's
+    embedding for text). The base is a diffusion-parameterized model x_hat(z_t, t)."""
 
     loss_name = "v-loss"
     same_network_as_teacher = True  # a student's network is its teacher's (and starts from its weights with init)
     needs_teacher = False  # whether the run distills a teacher (config.teacher must name its checkpoint)
 
-    def __init__(self, config: TrainConfig, schedule: Schedule, num_classes: int):
-        self.config, self.schedule, self.null_label = config, schedule, num_classes or None
+    def __init__(self, config: TrainConfig, schedule: Schedule, num_classes: int, null_cond: dict | None = None):
+        self.config, self.schedule = config, schedule
+        self.null_cond = null_cond if null_cond is not None else {"label": num_classes} if num_classes else None
         as_config_error("", lambda: self.wrap(lambda z, time: z))
         if self.needs_teacher and config.teacher is None:
             raise ConfigError(f"teacher: kind {config.kind!r} distills a teacher: expected its checkpoint directory")
@@ -69,6 +71,15 @@ class Kind:
         """Samples from noise with n_steps model calls, the way this kind's models sample."""
         raise NotImplementedError
 
+    def guidance_inputs(self, guidance: float) -> dict:
+        """sample's guidance arguments at scale w: w and the null condition (the null class, or null_cond)."""
+        if guidance == 0:
+            return {}
+        if self.null_cond is None:
+            raise ValueError(f"guidance: the model is unconditional, so it cannot be guided; expected 0, got "
+                             f"{guidance!r}")
+        return {"guidance": guidance, "null_cond": self.null_cond}
+
     def sample_steps(self) -> int:
         """The kind's own step count of grids and evaluation."""
         raise NotImplementedError
@@ -86,7 +97,7 @@ class Teacher(Kind):
         v_loss, obj = compiled(diffusion_loss), self.config.objective
 
         def teacher_loss(cond, x, step):
-            cond = drop_condition(cond, obj.label_dropout, {"label": self.null_label}) if self.null_label else cond
+            cond = drop_condition(cond, obj.label_dropout, self.null_cond) if self.null_cond else cond
             return v_loss(model, x, multiscale=obj.multiscale, **cond)
         return teacher_loss
 
@@ -108,14 +119,14 @@ class MultistepConsistency(Kind):
 
     loss_name = "Algorithm 1"
 
-    def __init__(self, config, schedule, num_classes, distill: bool, target: str = "mcm"):
+    def __init__(self, config, schedule, num_classes, null_cond=None, *, distill: bool, target: str = "mcm"):
         self.needs_teacher, obj = distill, config.objective
-        super().__init__(config, schedule, num_classes)
+        super().__init__(config, schedule, num_classes, null_cond)
         self.objective = as_config_error("objective.", lambda: MCMObjective(
             schedule, student_steps=obj.student_steps, teacher_steps=obj.teacher_steps,
             teacher_solver=obj.teacher_solver, xvar_frac=obj.xvar_frac, loss=obj.loss, huber_eps=obj.huber_eps,
             weighting=obj.weighting, target=target,
-            label_dropout=obj.label_dropout if self.null_label else 0.0, null_label=self.null_label,
+            label_dropout=obj.label_dropout if self.null_cond else 0.0, null_cond=self.null_cond,
             multiscale=obj.multiscale, boundaries=obj.boundaries, steps_probs=obj.steps_probs,
             guidance=obj.guidance))
 
@@ -153,10 +164,10 @@ class SongConsistency(Kind):
     loss_name = "consistency loss of Song et al."
     same_network_as_teacher = False  # c_skip/c_out parameterize another network than the teacher's
 
-    def __init__(self, config, schedule, num_classes):
+    def __init__(self, config, schedule, num_classes, null_cond=None):
         song = config.song
         self.needs_teacher = song.mode == "cd"
-        super().__init__(config, schedule, num_classes)
+        super().__init__(config, schedule, num_classes, null_cond)
         self.consistency_loss = as_config_error("song.", lambda: ConsistencyLoss(
             kind=song.mode, solver=song.solver, distance=song.distance, steps=song.steps, total_steps=config.steps),
             {"kind": "mode"})

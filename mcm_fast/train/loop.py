@@ -21,12 +21,20 @@ from tqdm import tqdm
 
 from mcm_fast._checks import inputs_checked
 from mcm_fast.data import batch_indices, shard
+from mcm_fast.data.latents import LatentData
 from mcm_fast.data.splits import training_data
-from mcm_fast.metrics.evaluate import Scorer, sample_inputs
+from mcm_fast.metrics.evaluate import Scorer, decoder, sample_inputs
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.threads import Threads
 from mcm_fast.train import distributed
-from mcm_fast.train.build import adopt_teacher, load_model, load_teacher_weights, make_kind, make_net
+from mcm_fast.train.build import (
+    adopt_teacher,
+    data_null_cond,
+    load_model,
+    load_teacher_weights,
+    make_kind,
+    make_net,
+)
 from mcm_fast.train.checkpoint import (
     check_state_dict,
     has_checkpoints,
@@ -86,14 +94,17 @@ class Trainer:
         self.progress = progress and self.ranks.main
         self.data = training_data(config.data, config.seed)
         self.info = {"shape": list(self.data.shape), "num_classes": self.data.num_classes}
+        if isinstance(self.data, LatentData):  # text-conditioned: its prompt embeddings' [L, D]
+            self.info["text"] = list(self.data.prompt_embeds.shape[1:])
         micro_batches = self.ranks.world * config.optim.accumulate
         if config.optim.batch_size % micro_batches:
             raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
                               f"got {config.optim.batch_size}")
-        self.kind = make_kind(config, self.info["num_classes"])  # checks the settings it uses, before any work
+        # checks the settings it uses, before any work
+        self.kind = make_kind(config, self.info["num_classes"], null_cond=data_null_cond(config))
         self.teacher, teacher_net = self._load_teacher()
         torch.manual_seed(config.seed)  # the initial weights, the same on every rank
-        net = make_net(self.kind, tuple(self.info["shape"]), self.info["num_classes"])
+        net = make_net(self.kind, tuple(self.info["shape"]), self.info["num_classes"], self.info.get("text"))
         if teacher_net is not None and config.init == "teacher" and self.kind.same_network_as_teacher:
             load_teacher_weights(net, teacher_net)
         net = net.to(self.ranks.device)
@@ -287,17 +298,22 @@ class Trainer:
         return any(_row_step(line) == self.step and '"eval":' in line for line in rows)
 
     def sample(self, n: int, n_steps: int | None = None, seed: int | None = None, teacher_sampler: str = "addim"):
-        """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional."""
+        """n samples of the EMA model with fixed noise (seed), class labels 0, 1, 2, ... when conditional, the
+        training data's first prompts when text-conditioned."""
         n_steps = self.kind.default_steps() if n_steps is None else n_steps
         seed = self.config.seed if seed is None else seed
-        noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device)
+        prompts = self.data.prompt_embeds[:n] if isinstance(self.data, LatentData) else None
+        noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device, prompts=prompts)
         return self.kind.sample(self.kind.wrap(self.ema), n_steps, noise, teacher_sampler, generator, **cond)
 
     def write_grid(self) -> Path | None:
-        """A grid of 100 samples (a column per class for 10 classes) under out/samples; images only."""
+        """A grid of 100 samples (a column per class for 10 classes; latents decoded) under out/samples; images
+        only."""
         if len(self.info["shape"]) != 3:
             return None
         images = self.sample(100)
+        decode = decoder(self.config)
+        images = images if decode is None else decode(images)
         if not self.ranks.main:
             return None
         path = self._grid_path()

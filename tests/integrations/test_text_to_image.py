@@ -134,7 +134,8 @@ def test_the_cache_holds_what_the_parts_give_and_is_seeded(parts, digits, tmp_pa
     generator = torch.Generator().manual_seed(1 * latent_cache.SEED_STRIDE)
     torch.testing.assert_close(data.latents[:5], parts.encode_images(images.batch(torch.arange(5))["x"], generator))
     torch.testing.assert_close(data.prompt_embeds[7], parts.encode_prompts([captions[7]])[0])
-    torch.testing.assert_close(data.null_cond(2)["encoder_hidden_states"], parts.encode_prompts(["", ""]))
+    torch.testing.assert_close(data.null_cond["encoder_hidden_states"], parts.encode_prompts([""]))
+    assert data.manifest["pipeline"] == str(parts.folder.resolve())
     batch = data.batch(torch.tensor([3, 9]))
     assert batch["x"].shape == (2, 4, 8, 8) and batch["encoder_hidden_states"].shape == (2, 8, 32)
     again = load_latents(encode_latents(images, captions, parts, tmp_path / "b", seed=1))
@@ -173,6 +174,10 @@ def test_a_killed_encoding_resumes_to_the_same_bytes_and_a_damaged_cache_is_refu
     cache.write_bytes(bytes(blob))
     with pytest.raises(ValueError, match=r"latents.safetensors: missing or damaged"):
         load_latents(resumed)
+    assert latent_cache.load_null_cond(resumed)["encoder_hidden_states"].shape == (1, 8, 32)  # read alone
+    (resumed / "null.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"null.safetensors: missing or damaged"):
+        latent_cache.load_null_cond(resumed)
     with pytest.raises(FileNotFoundError, match="no .*manifest.json; expected a latent cache"):
         load_latents(tmp_path / "nothing")
 

@@ -244,7 +244,7 @@ def test_npz_errors_name_the_file_and_key(tmp_path):
 
 
 def test_load_dataset_rejects_unknown_names_and_unused_arguments(tmp_path):
-    with pytest.raises(ValueError, match="name: expected one of mnist, folder, npz, ring, grid"):
+    with pytest.raises(ValueError, match="name: expected one of mnist, folder, npz, latents, ring, grid"):
         load_dataset("cifar")
     with pytest.raises(ValueError, match=r"path: not used by data set 'mnist'.*path='x'"):
         load_dataset("mnist", path="x")
