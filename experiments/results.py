@@ -36,8 +36,13 @@ def read(path: Path = LEDGER) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(newline="") as file:
-        return [{k: (NUMBERS.get(k, float)(v) if v != "" and k not in ("table", "run", "sampler", "commit") else
-                     v or None) for k, v in row.items()} for row in csv.DictReader(file)]
+        return [read_row(row) for row in csv.DictReader(file)]
+
+
+def read_row(row: dict) -> dict:
+    """A ledger row's text as values: numbers as numbers, absent values as None."""
+    return {k: (NUMBERS.get(k, float)(v) if v != "" and k not in ("table", "run", "sampler", "commit") else v or None)
+            for k, v in row.items()}
 
 
 def write(rows: list[dict], path: Path = LEDGER) -> None:
@@ -84,11 +89,23 @@ def collect(table: str, out: Path) -> list[dict]:
 
 
 def add(table: str, out: Path, path: Path = LEDGER) -> int:
-    """Records the scores of out's runs as `table` in the ledger; returns how many rows it added or replaced."""
-    new = collect(table, out)
+    """Records the scores of out's runs as `table` in the ledger; returns how many rows it added or replaced. A
+    row whose scores are unchanged keeps the commit it was recorded at (a study resumed later adds its new rows
+    without restamping the old ones)."""
+    old = {tuple(r[k] for k in KEY): r for r in read(path)}
+    new = [_same_commit(row, old.get(tuple(row[k] for k in KEY))) for row in collect(table, out)]
     keys = {tuple(r[k] for k in KEY) for r in new}
-    write([r for r in read(path) if tuple(r[k] for k in KEY) not in keys] + new, path)
+    write([r for key, r in old.items() if key not in keys] + new, path)
     return len(new)
+
+
+def _same_commit(row: dict, recorded: dict | None) -> dict:
+    """row, with the recorded row's commit when every other value is the same (as the ledger reads it back)."""
+    if recorded is None:
+        return row
+    written = read_row({k: "" if row.get(k) is None else str(row[k]) for k in FIELDS})
+    same = all(written[k] == recorded[k] for k in FIELDS if k != "commit")
+    return {**row, "commit": recorded["commit"]} if same else row
 
 
 def per_seed(rows: list[dict], table: str, renames: dict | None = None) -> list[dict[str, list[dict]]]:

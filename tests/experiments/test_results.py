@@ -50,6 +50,21 @@ def test_adding_again_replaces_rows_and_keeps_other_tables(tmp_path):
     assert [r["fd_mnist"] for r in rows if r["table"] == "any_teacher" and r["sampler"] == "mcm"] == [50.0, 60.0]
 
 
+def test_adding_again_keeps_the_commit_of_unchanged_rows(tmp_path):
+    """A study resumed later re-adds its old runs: their rows keep the commit they were recorded at; a changed
+    score takes the new one."""
+    ledger = tmp_path / "results.csv"
+    run_tree(tmp_path / "a")
+    results.add("tables", tmp_path / "a", ledger)
+    results.write([{**r, "commit": "0000000"} for r in results.read(ledger)], ledger)  # recorded at an old commit
+    scores = tmp_path / "a" / "seed1" / "cd-S4" / "scores.json"
+    scores.write_text(scores.read_text().replace("60.0", "61.5"))
+    results.add("tables", tmp_path / "a", ledger)
+    commits = {(r["seed"], r["sampler"], r["training_steps"]): r["commit"] for r in results.read(ledger)}
+    assert commits[1, "mcm", 500] != "0000000"
+    assert {c for key, c in commits.items() if key != (1, "mcm", 500)} == {"0000000"}
+
+
 def test_per_seed_groups_final_scores_as_the_reports_take_them(tmp_path):
     run_tree(tmp_path / "out")
     ledger = tmp_path / "results.csv"
