@@ -145,6 +145,12 @@ def parser() -> argparse.ArgumentParser:
     encode.add_argument("--seed", type=int, default=0, help="seeds the VAE's latent samples (default 0)")
     encode.add_argument("--batch", type=_positive, default=64, help="images per VAE call (default 64)")
 
+    export = command("export", "a distilled student for a stock diffusers pipeline: a LoRA run's adapters with an "
+                     "MCMScheduler, or a full student's pipeline folder", "mcm-fast export --ckpt runs/lora-cd4 "
+                     "--out my-mcm-lora")
+    export.add_argument("--ckpt", required=True, help="the student's run or checkpoint directory")
+    export.add_argument("--out", required=True, help="the folder to write")
+
     bench = command("bench", "training and sampling throughput of a config on this machine",
                     "mcm-fast bench --config tiny-teacher --batch 128")
     _threads(bench)
@@ -225,6 +231,10 @@ def _run(args) -> int:
 
         encode(args.pipeline, args.data, args.out, resolution=args.resolution, split=args.split, seed=args.seed,
                batch_size=args.batch, threads=args.threads)
+    elif args.command == "export":
+        from mcm_fast.commands.export import export
+
+        export(args.ckpt, args.out)
     elif args.command == "bench":
         from mcm_fast.commands.bench import bench
 

@@ -137,6 +137,13 @@ class MCMScheduler(_Scheduler):
             raise ValueError(f"boundaries: expected one of {SPACINGS}, got {boundaries!r}")
         self._setup(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type)
 
+    @classmethod
+    def from_settings(cls, settings: dict, boundaries: str = "t") -> MCMScheduler:
+        """The MCMScheduler on the betas and prediction type of settings (a DDPM-style scheduler's config; other
+        keys are ignored)."""
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+        return cls(**{k: settings[k] for k in keys if k in settings}, boundaries=boundaries)
+
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """The student's S = num_inference_steps segment starts, from t = 1 down."""
         check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)

@@ -95,7 +95,5 @@ def export_lora(net: DiffusersNet, out: str | Path, scheduler_config: dict, boun
     diffusers.StableDiffusionPipeline.save_lora_weights(
         out, unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict())
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
-    MCMScheduler(**{k: scheduler_config[k] for k in keys if k in scheduler_config},
-                 boundaries=boundaries).save_pretrained(out)
+    MCMScheduler.from_settings(scheduler_config, boundaries).save_pretrained(out)
     return out

@@ -14,6 +14,8 @@ PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x"}  # dif
 BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")  # schedule_from_betas's
 UNET_CONFIG, SCHEDULER_CONFIG = "unet/config.json", "scheduler/scheduler_config.json"  # in a pipeline folder
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # in unet/
+TOKENIZER_CONFIG = "tokenizer/tokenizer_config.json"  # a text-to-image pipeline's
+UNETS = {"UNet2DModel": "diffusers-unet2d", "UNet2DConditionModel": "diffusers-unet2d-cond"}  # class -> model
 
 
 def prediction_of(prediction_type) -> str:
@@ -37,20 +39,31 @@ def is_pipeline_folder(path: str | Path) -> bool:
 
 def pipeline_settings(path) -> tuple[dict, dict]:
     """(config values, data info) of a diffusers pipeline folder (unet/config.json, scheduler/scheduler_config.json):
-    its UNet2DModel as model diffusers-unet2d, its betas as the discrete schedule, its prediction_type and the
-    timestep as the network's time; the info gives the images' [C, H, W] and the classes (num_class_embeds - 1,
-    the last being the null class)."""
+    its UNet2DModel (model diffusers-unet2d) or text-conditioned UNet2DConditionModel (diffusers-unet2d-cond), its
+    betas as the discrete schedule, its prediction_type and the timestep as the network's time; the info gives
+    the images' (or latents') [C, H, W], the classes (num_class_embeds - 1, the last being the null class) and for
+    text the prompt embeddings' [L, D] (the tokenizer's length, the UNet's cross_attention_dim)."""
     folder = Path(path)
     unet, scheduler = (json.loads((folder / name).read_text()) for name in (UNET_CONFIG, SCHEDULER_CONFIG))
-    if unet.get("_class_name") != "UNet2DModel":
-        raise ValueError(f"teacher: expected a UNet2DModel in {folder / UNET_CONFIG}, got {unet.get('_class_name')!r}")
+    if unet.get("_class_name") not in UNETS:
+        raise ValueError(f"teacher: expected one of {tuple(UNETS)} in {folder / UNET_CONFIG}, got "
+                         f"{unet.get('_class_name')!r}")
     size = unet.get("sample_size")
     height, width = (size, size) if isinstance(size, int) else size
-    classes = unet.get("num_class_embeds") or 1
-    settings = {"model": "diffusers-unet2d", "model_options": {k: v for k, v in unet.items() if k not in PRIVATE_KEYS},
+    settings = {"model": UNETS[unet["_class_name"]],
+                "model_options": {k: v for k, v in unet.items() if k not in PRIVATE_KEYS},
                 "schedule": "discrete", "schedule_options": {k: scheduler[k] for k in BETA_KEYS if k in scheduler},
                 "prediction": prediction_of(scheduler.get("prediction_type", "epsilon")), "time_input": "native"}
-    return settings, {"shape": [unet.get("in_channels", 3), height, width], "num_classes": classes - 1}
+    classes = (unet.get("num_class_embeds") or 1) - 1
+    info = {"shape": [unet.get("in_channels", 3), height, width], "num_classes": classes}
+    if unet["_class_name"] == "UNet2DConditionModel":
+        tokenizer = folder / TOKENIZER_CONFIG
+        if not tokenizer.is_file():
+            raise FileNotFoundError(f"teacher: no {tokenizer}; a text-conditioned pipeline needs its tokenizer (the "
+                                    f"prompts' length)")
+        info = {**info, "num_classes": 0,
+                "text": [json.loads(tokenizer.read_text())["model_max_length"], unet["cross_attention_dim"]]}
+    return settings, info
 
 
 def safetensors_weights(folder: Path, name: str, what: str) -> Path:
@@ -72,6 +85,7 @@ def load_pipeline_unet(path) -> DiffusersNet:
     refused, never unpickled), nothing downloaded."""
     folder = Path(path) / "unet"
     safetensors_weights(folder, UNET_WEIGHTS, "teacher")
-    unet = import_diffusers().UNet2DModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                 low_cpu_mem_usage=False)  # True needs accelerate, and says so
+    name = json.loads((folder / "config.json").read_text())["_class_name"]
+    unet = getattr(import_diffusers(), name).from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                            low_cpu_mem_usage=False)  # True needs accelerate
     return DiffusersNet(unet)

@@ -114,3 +114,14 @@ def _pipeline_parts(folder: str) -> TextToImageParts:
 def latent_decoder(directory: str | Path):
     """latents -> images of a latent cache: the VAE of the pipeline folder that encoded it (its manifest's)."""
     return _pipeline_parts(read_manifest(directory)["pipeline"]).decode
+
+
+def check_cache_of(pipeline: str | Path, cache: str | Path) -> None:
+    """A latent cache that a pipeline's UNet is distilled on must have been encoded by that pipeline's VAE and
+    text encoder (the sha256 of their weights, as its manifest records them)."""
+    recorded = read_manifest(cache)["encoder"]["weights_sha256"]
+    folder = Path(pipeline)
+    if any(file_sha256(safetensors_weights(folder / part, name, "teacher")) != recorded.get(part)
+           for part, name in PARTS.items()):
+        raise ValueError(f"teacher: the VAE or text encoder of {folder} did not encode data.path {cache}; expected "
+                         f"its own latents (mcm-fast encode --pipeline {folder})")

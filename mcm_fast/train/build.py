@@ -89,6 +89,18 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
         raise ConfigError(f"model_options: {str(error).splitlines()[0]}") from None
 
 
+def with_lora(net: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """net with the LoRA adapters of config.lora_rank (its base weights frozen), or net itself without them."""
+    if config.lora_rank is None:
+        return net
+    if not isinstance(net, DiffusersNet):
+        raise ConfigError(f"lora_rank: a LoRA student adapts a diffusers network; expected model diffusers-* (or a "
+                          f"pipeline folder as teacher), got model {config.model!r}")
+    from mcm_fast.integrations.lora import add_lora
+
+    return add_lora(net, config.lora_rank, config.lora_alpha)
+
+
 def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     """Starts a student from its teacher's weights; only the student's own inputs (the S and w embeddings, which
     start at zero) are not in the teacher."""
@@ -139,6 +151,6 @@ def _rebuild(checkpoint: dict) -> tuple[Kind, dict, torch.nn.Module]:
     try:
         config = load_config(config)
         kind = make_kind(config, classes, null_cond=data_null_cond(config))
-        return kind, info, make_net(kind, tuple(shape), classes, info.get("text"))
+        return kind, info, with_lora(make_net(kind, tuple(shape), classes, info.get("text")), config)
     except ConfigError as error:
         raise ValueError(f"{file}: its config is invalid: {error}") from None

@@ -102,6 +102,8 @@ class TrainConfig:
     time_input: str = "logsnr"  # what the network sees: logsnr, t, or native (the schedule's own time)
     teacher: str | None = None  # the teacher's checkpoint directory, or a diffusers pipeline folder (unet/, scheduler/)
     init: str = "teacher"  # students start from the teacher's EMA weights, or from random ones
+    lora_rank: int | None = None  # a LoRA student: the teacher's diffusers network with adapters of this rank
+    lora_alpha: float | None = None  # the adapters' scale is lora_alpha / lora_rank (None: lora_rank, scale 1)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     song: SongConfig = field(default_factory=SongConfig)
@@ -375,6 +377,8 @@ def _rules() -> dict:
         "schedule_shift": (_optional(_pair(_real(0, math.inf, True, True))),
                            "None or [r, res], two finite numbers > 0"),
         "teacher": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a checkpoint directory"),
+        "lora_rank": (_optional(_int(1)), "None or an integer >= 1"),
+        "lora_alpha": (_optional(_real(0, math.inf, True, True)), "None or a finite number > 0"),
         "data.name": _one_of(DATASETS),
         "data.path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),
         "data.resolution": (_optional(_int(1, MAX_RESOLUTION)), f"None or an integer in [1, {MAX_RESOLUTION}]"),

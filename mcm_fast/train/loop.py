@@ -23,6 +23,7 @@ from mcm_fast._checks import inputs_checked
 from mcm_fast.data import batch_indices, shard
 from mcm_fast.data.latents import LatentData
 from mcm_fast.data.splits import training_data
+from mcm_fast.integrations.pipelines import is_pipeline_folder
 from mcm_fast.metrics.evaluate import Scorer, decoder, sample_inputs
 from mcm_fast.metrics.grid import save_grid
 from mcm_fast.threads import Threads
@@ -34,6 +35,7 @@ from mcm_fast.train.build import (
     load_teacher_weights,
     make_kind,
     make_net,
+    with_lora,
 )
 from mcm_fast.train.checkpoint import (
     check_state_dict,
@@ -41,7 +43,7 @@ from mcm_fast.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from mcm_fast.train.config import ConfigError, TrainConfig, with_defaults
+from mcm_fast.train.config import ConfigError, TrainConfig, as_config_error, with_defaults
 from mcm_fast.train.ema import ema_decay, ema_update
 
 LOG_NAME = "log.jsonl"
@@ -107,8 +109,17 @@ class Trainer:
         net = make_net(self.kind, tuple(self.info["shape"]), self.info["num_classes"], self.info.get("text"))
         if teacher_net is not None and config.init == "teacher" and self.kind.same_network_as_teacher:
             load_teacher_weights(net, teacher_net)
+        if config.lora_rank is not None:  # the teacher becomes the student's own network with its adapters off
+            if not (self.kind.needs_teacher and config.init == "teacher"):
+                raise ConfigError(f"lora_rank: a LoRA student starts from the teacher it distills; expected kind cd "
+                                  f"or direct with init teacher, got kind {config.kind!r}, init {config.init!r}")
+            from mcm_fast.integrations.lora import AdaptersOff
+
+            net = with_lora(net.to(self.ranks.device), config)
+            self.teacher = self.kind.wrap(AdaptersOff(net))
         net = net.to(self.ranks.device)
-        self.ema = copy.deepcopy(net).eval().requires_grad_(False)
+        frozen = {id(p): p for p in net.parameters() if not p.requires_grad}  # a LoRA student's base: shared
+        self.ema = copy.deepcopy(net, memo=frozen).eval().requires_grad_(False)
         self.ema.register_forward_pre_hook(self.threads)
         self.extra = self.kind.extra_state(net)  # e.g. Song et al.'s EMA target network
         self.net = distributed.parallel(net, config.strategy, self.ranks)
@@ -134,6 +145,10 @@ class Trainer:
             model, teacher_kind, info = load_model(config.teacher, self.ranks.device)
         except FileNotFoundError as error:
             raise ConfigError(f"teacher: {error}") from None
+        if config.data.name == "latents" and is_pipeline_folder(config.teacher):
+            from mcm_fast.integrations.text_to_image import check_cache_of
+
+            as_config_error("", lambda: check_cache_of(config.teacher, config.data.path))
         teacher_config = teacher_kind.config
         if teacher_config.kind != "teacher":
             raise ConfigError(f"teacher: {config.teacher} holds a {teacher_config.kind!r} run, expected a teacher")

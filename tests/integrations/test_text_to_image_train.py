@@ -103,3 +103,92 @@ def test_text_data_and_models_must_match(cache, tmp_path):
         train(load_config({**NETWORK, **RUN, "steps": 1, "data": {"resolution": 8}}), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match=r"^prompts: a text-conditioned model samples for prompt embeddings"):
         sample_inputs({"shape": [4, 8, 8], "num_classes": 0, "text": [8, 32]}, 2, 0)
+
+
+def stock_pipeline(folder):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def same_as_mf_sample(pipe, run, pipeline, steps=2):
+    """The stock pipeline's latents for a prompt (guidance_scale 1: no classifier-free guidance) against mf.sample
+    of the run's EMA student from the same noise and the pipeline's own prompt embedding; the UNet calls."""
+    import mcm_fast as mf
+    from mcm_fast.integrations.text_to_image import TextToImageParts
+
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    prompt = "a handwritten digit three"
+    latents = pipe(prompt, num_inference_steps=steps, guidance_scale=1.0, latents=noise.clone(),
+                   output_type="latent").images
+    model = load_model(run)[0]
+    expected = mf.sample(model, steps, noise=noise.clone(),
+                         encoder_hidden_states=TextToImageParts(pipeline).encode_prompts([prompt]))
+    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+    return len(calls)
+
+
+def test_a_lora_student_of_a_pipeline_holds_one_base_and_exports_for_the_stock_pipeline(cache, tmp_path):
+    """teacher=PIPELINE_FOLDER with lora_rank: the teacher is the student's network with its adapters off (no
+    parameters of its own), the EMA shares the frozen base, only the adapters train; `mcm-fast export` writes what
+    pipe.load_lora_weights reads, and the stock pipeline's 2 calls give mf.sample's latents."""
+    from mcm_fast.train.loop import Trainer
+
+    pipeline = cache.parent / "pipeline"
+    cfg = config(cache, kind="cd", teacher=str(pipeline), lora_rank=4, lora_alpha=8.0, steps=2,
+                 objective={"student_steps": 2, "teacher_steps": 8})
+    trainer = Trainer(cfg, tmp_path / "lora", progress=False)
+    assert isinstance(trainer.net.net, diffusers.UNet2DConditionModel) and cfg.model == "diffusers-unet2d-cond"
+    assert list(trainer.teacher.parameters()) == []
+    online = dict(trainer.net.named_parameters())
+    trainable = {name for name, p in online.items() if p.requires_grad}
+    assert trainable and all(".lora_" in name for name in trainable)
+    assert all(p is online[name] for name, p in trainer.ema.named_parameters() if name not in trainable)
+    train(cfg, tmp_path / "lora", progress=False)
+    assert main(["export", "--ckpt", str(tmp_path / "lora"), "--out", str(tmp_path / "exported")]) == 0
+    from safetensors.torch import load_file
+
+    lora = load_file(tmp_path / "exported" / "pytorch_lora_weights.safetensors")
+    assert any(name.endswith("lora.up.weight") or "lora_B" in name for name in lora)
+    assert any(v.abs().max() > 0 for name, v in lora.items() if "up" in name or "lora_B" in name)  # trained
+    from mcm_fast.integrations.diffusers import MCMScheduler
+
+    pipe = stock_pipeline(pipeline)
+    pipe.load_lora_weights(tmp_path / "exported")
+    pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "exported")
+    assert same_as_mf_sample(pipe, tmp_path / "lora", pipeline) == 2
+
+
+def test_a_full_student_of_a_pipeline_exports_a_pipeline_folder(cache, tmp_path, capsys):
+    from mcm_fast.integrations.diffusers import MCMScheduler
+
+    pipeline = cache.parent / "pipeline"
+    train(config(cache, kind="cd", teacher=str(pipeline), steps=1, objective={"student_steps": 2,
+                                                                             "teacher_steps": 8}),
+          tmp_path / "full", progress=False)
+    assert main(["export", "--ckpt", str(tmp_path / "full"), "--out", str(tmp_path / "pipe")]) == 0
+    pipe = stock_pipeline(tmp_path / "pipe")
+    pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+    assert same_as_mf_sample(pipe, tmp_path / "full", pipeline) == 2
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(tmp_path / "full"), "--out", str(tmp_path / "pipe")]) == 1
+    assert "--out: " in capsys.readouterr().err
+
+
+def test_lora_and_export_refuse_what_they_cannot_do_in_one_line(cache, runs, tmp_path, capsys):
+    other = tiny_text_pipeline(tmp_path / "other", seed=1)
+    capsys.readouterr()  # transformers' own progress bar while saving, outside the command line
+    with pytest.raises(ConfigError, match=r"^teacher: the VAE or text encoder of .*other did not encode data.path"):
+        train(config(cache, kind="cd", teacher=str(other), steps=1), tmp_path / "x", progress=False)
+    train(load_config({"preset": "tiny-teacher", **RUN, "data": {"resolution": 8}, "steps": 1}), tmp_path / "uvit",
+          progress=False)
+    with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student adapts a diffusers network; .*got model 'tiny'"):
+        train(load_config({"preset": "tiny-cd", **RUN, "teacher": str(tmp_path / "uvit"), "lora_rank": 2,
+                           "data": {"resolution": 8}, "steps": 1}), tmp_path / "y", progress=False)
+    with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student starts from the teacher it distills"):
+        train(config(cache, kind="teacher", lora_rank=2, steps=1), tmp_path / "z", progress=False)
+    assert main(["export", "--ckpt", str(runs / "teacher"), "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ckpt: expected a multistep consistency student" in err

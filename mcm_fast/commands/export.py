@@ -1,0 +1,63 @@
+"""`mcm-fast export`: a distilled student for a stock diffusers pipeline. A LoRA run gives its adapters
+(pytorch_lora_weights.safetensors) and an MCMScheduler config in one folder:
+
+    pipe.load_lora_weights(DIR); pipe.scheduler = MCMScheduler.from_pretrained(DIR)
+
+and a full student of a pipeline-folder teacher a whole pipeline folder, its UNet the student's and an MCMScheduler
+config in scheduler/ (pipe.scheduler = MCMScheduler.from_pretrained(DIR, subfolder="scheduler")). Either samples
+with num_inference_steps=S in S network calls what mf.sample gives from the same noise and prompt.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from mcm_fast.integrations.pipelines import PREDICTION_TYPES, SCHEDULER_CONFIG, UNET_WEIGHTS, is_pipeline_folder
+from mcm_fast.train.build import load_model
+
+STUDENT_KINDS = ("cd", "ct", "direct")
+
+
+def scheduler_config(config) -> dict:
+    """The DDPM settings a run samples on: its pipeline-folder teacher's scheduler config, else its discrete
+    schedule's betas with its prediction type."""
+    if config.teacher is not None and is_pipeline_folder(config.teacher):
+        return json.loads((Path(config.teacher) / SCHEDULER_CONFIG).read_text())
+    if config.schedule != "discrete":
+        raise ValueError(f"--ckpt: a diffusers pipeline samples on DDPM betas; expected a run on the discrete "
+                         f"schedule, got schedule {config.schedule!r}")
+    names = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
+    return {**config.schedule_options, "prediction_type": names[config.prediction]}
+
+
+def export(ckpt, out, echo=print) -> Path:
+    """Writes the EMA student of run ckpt for diffusers into out (see the module docstring); returns out."""
+    model, kind, _ = load_model(ckpt)
+    config, out = kind.config, Path(out)
+    if config.kind not in STUDENT_KINDS:
+        raise ValueError(f"--ckpt: expected a multistep consistency student (kind {', '.join(STUDENT_KINDS)}), got a "
+                         f"{config.kind!r} run")
+    settings = scheduler_config(config)
+    boundaries = config.objective.boundaries
+    if config.lora_rank is not None:
+        from mcm_fast.integrations.lora import export_lora
+
+        export_lora(model.net, out, settings, boundaries)
+        echo(f"{out}: LoRA rank {config.lora_rank} of {config.teacher}; pipe.load_lora_weights('{out}'), "
+             f"pipe.scheduler = MCMScheduler.from_pretrained('{out}')")
+        return out
+    if config.teacher is None or not is_pipeline_folder(config.teacher):
+        raise ValueError(f"--ckpt: a full student exports as its teacher's pipeline folder; expected a run whose "
+                         f"teacher is a diffusers pipeline folder, got teacher {config.teacher!r}")
+    from mcm_fast.integrations.diffusers import MCMScheduler
+
+    if out.exists():
+        raise ValueError(f"--out: {out} exists; expected a new folder for the pipeline")
+    shutil.copytree(config.teacher, out, ignore=lambda folder, names: [UNET_WEIGHTS] if Path(folder).name == "unet"
+                    else [])
+    model.net.net.save_pretrained(out / "unet", safe_serialization=True)
+    MCMScheduler.from_settings(settings, boundaries).save_pretrained(out / "scheduler")
+    echo(f"{out}: the pipeline of {config.teacher} with the student's UNet; pipe.scheduler = "
+         f"MCMScheduler.from_pretrained('{out}', subfolder='scheduler')")
+    return out
