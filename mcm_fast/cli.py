@@ -151,6 +151,14 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--ckpt", required=True, help="the student's run or checkpoint directory")
     export.add_argument("--out", required=True, help="the folder to write")
 
+    mem = command("memory", "the GPU memory of distilling a text-to-image pipeline's network, per part, from its "
+                  "config files", "mcm-fast memory --pipeline sd15 --batch 8 --lora-rank 64 --checkpointing")
+    mem.add_argument("--pipeline", required=True, help="a diffusers pipeline folder (its config files suffice)")
+    mem.add_argument("--batch", type=_positive, required=True, help="examples per GPU")
+    mem.add_argument("--lora-rank", type=_positive, default=None, help="a LoRA student of this rank (default: full)")
+    mem.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="the activations' (default bf16)")
+    mem.add_argument("--checkpointing", action="store_true", help="with gradient checkpointing")
+
     bench = command("bench", "training and sampling throughput of a config on this machine",
                     "mcm-fast bench --config tiny-teacher --batch 128")
     _threads(bench)
@@ -235,6 +243,10 @@ def _run(args) -> int:
         from mcm_fast.commands.export import export
 
         export(args.ckpt, args.out)
+    elif args.command == "memory":
+        from mcm_fast.commands.memory import memory
+
+        memory(args.pipeline, args.batch, args.lora_rank, args.precision, args.checkpointing)
     elif args.command == "bench":
         from mcm_fast.commands.bench import bench
 

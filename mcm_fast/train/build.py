@@ -58,6 +58,9 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
     with guidance distilled into it embeds those inputs too."""
     config = kind.config
     options = {**config.model_options, **kind.network_options()}
+    if config.gradient_checkpointing and config.model not in DIFFUSERS_MODELS:
+        raise ConfigError(f"gradient_checkpointing: recomputes a diffusers network's blocks; expected false for "
+                          f"model {config.model!r}")
     try:
         if config.model in DIFFUSERS_MODELS:
             if kind.network_options():
@@ -70,7 +73,10 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
                 raise ConfigError(f"model: {config.model!r} for data {'with' if text else 'without'} prompts; "
                                   f"expected {'diffusers-unet2d-cond' if text else 'another model'} (data with "
                                   f"prompts is data.name latents)")
-            return DiffusersNet.build(config.model, options, shape, num_classes, text)
+            net = DiffusersNet.build(config.model, options, shape, num_classes, text)
+            if config.gradient_checkpointing:
+                net.net.enable_gradient_checkpointing()
+            return net
         if config.model == "mlp":
             if len(shape) != 1:
                 raise ConfigError(f"model: 'mlp' needs vector data, got data of shape {tuple(shape)}")

@@ -104,6 +104,7 @@ class TrainConfig:
     init: str = "teacher"  # students start from the teacher's EMA weights, or from random ones
     lora_rank: int | None = None  # a LoRA student: the teacher's diffusers network with adapters of this rank
     lora_alpha: float | None = None  # the adapters' scale is lora_alpha / lora_rank (None: lora_rank, scale 1)
+    gradient_checkpointing: bool = False  # a diffusers network recomputes its blocks in the backward (less memory)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     song: SongConfig = field(default_factory=SongConfig)
@@ -378,6 +379,7 @@ def _rules() -> dict:
                            "None or [r, res], two finite numbers > 0"),
         "teacher": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a checkpoint directory"),
         "lora_rank": (_optional(_int(1)), "None or an integer >= 1"),
+        "gradient_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
         "lora_alpha": (_optional(_real(0, math.inf, True, True)), "None or a finite number > 0"),
         "data.name": _one_of(DATASETS),
         "data.path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),

@@ -187,8 +187,29 @@ def test_lora_and_export_refuse_what_they_cannot_do_in_one_line(cache, runs, tmp
     with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student adapts a diffusers network; .*got model 'tiny'"):
         train(load_config({"preset": "tiny-cd", **RUN, "teacher": str(tmp_path / "uvit"), "lora_rank": 2,
                            "data": {"resolution": 8}, "steps": 1}), tmp_path / "y", progress=False)
+    with pytest.raises(ConfigError, match=r"^gradient_checkpointing: recomputes a diffusers network's blocks; "
+                                          r"expected false for model 'tiny'"):
+        train(load_config({"preset": "tiny-teacher", **RUN, "data": {"resolution": 8}, "steps": 1,
+                           "gradient_checkpointing": True}), tmp_path / "w", progress=False)
     with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student starts from the teacher it distills"):
         train(config(cache, kind="teacher", lora_rank=2, steps=1), tmp_path / "z", progress=False)
     assert main(["export", "--ckpt", str(runs / "teacher"), "--out", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--ckpt: expected a multistep consistency student" in err
+
+
+def test_the_documented_sd15_config_trains_on_the_tiny_pipeline(cache, tmp_path):
+    """docs/configs/sd15-mcm-lora.yaml as a GPU user runs it, with only the pipeline, the cache and the sizes
+    swapped for the tiny ones: a LoRA student with gradient checkpointing."""
+    from pathlib import Path
+
+    from mcm_fast.train.loop import Trainer
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configs" / "sd15-mcm-lora.yaml"
+    cfg = load_config(str(doc), [f"teacher={cache.parent / 'pipeline'}", f"data.path={cache}", "steps=1",
+                                 "cooldown=0", "optim.batch_size=16", "optim.warmup=0", "eval_samples=16",
+                                 "save_every=0", "objective.teacher_steps=[8, 16, 10]"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.net.net.is_gradient_checkpointing and trainer.config.lora_rank == 64
+    train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "step-000000001").is_dir()
