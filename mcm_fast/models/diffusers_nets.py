@@ -4,9 +4,13 @@ diffusers is an optional extra (pip install -e ".[diffusers]"): it is imported w
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+W_EMBEDDING = 256  # the width of a guidance-distilled UNet's w embedding (LCM's time_cond_proj_dim)
 DIFFUSERS_MODELS = {"diffusers-unet2d": "UNet2DModel", "diffusers-unet2d-cond": "UNet2DConditionModel",
                     "diffusers-dit": "DiTTransformer2DModel"}
 PRIVATE_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
@@ -21,10 +25,22 @@ def import_diffusers():
     return diffusers
 
 
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sinusoidal embedding [B, dim] of 1000 w ([B]) that LCM's UNets add to their timestep embedding
+    (timestep_cond) and diffusers' pipelines compute from guidance_scale - 1: sin and cos of 1000 w at dim / 2
+    frequencies 10000^(-i / (dim / 2 - 1)), zero-padded to an odd dim."""
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device)
+                            * -(math.log(10000.0) / (half - 1)))
+    angles = (1000.0 * w.float())[:, None] * frequencies[None, :]
+    return F.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, dim % 2))
+
+
 class DiffusersNet(nn.Module):
-    """A diffusers denoising network seen as net(z, time, label=None, encoder_hidden_states=None) -> out: time goes
-    in as its timestep, label as its class_labels (num_classes is the null class of classifier-free guidance) and
-    a text-conditioned network's prompt embeddings as its encoder_hidden_states."""
+    """A diffusers denoising network seen as net(z, time, label=None, encoder_hidden_states=None, guidance=None) ->
+    out: time goes in as its timestep, label as its class_labels (num_classes is the null class of classifier-free
+    guidance), a text-conditioned network's prompt embeddings as its encoder_hidden_states, and a guidance-distilled
+    UNet's w ([B]) as its timestep_cond (guidance_embedding; the UNet's time_cond_proj_dim)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -49,6 +65,8 @@ class DiffusersNet(nn.Module):
         elif model == "diffusers-unet2d-cond":
             sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
                      **({"cross_attention_dim": text[1]} if text else {})}
+            if options.pop("guidance_distilled", False):  # a w embedding that starts at zero: the teacher's UNet
+                options = {**options, "time_cond_proj_dim": W_EMBEDDING}
         else:
             if not num_classes:
                 raise ValueError("model: 'diffusers-dit' is class-conditional (adaLN-Zero on labels): expected "
@@ -56,10 +74,25 @@ class DiffusersNet(nn.Module):
             sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
                      "num_embeds_ada_norm": classes}
         options = {k: v for k, v in options.items() if k not in PRIVATE_KEYS}
-        return cls(net_class(**{**sizes, **options}))
+        net = net_class(**{**sizes, **options})
+        if getattr(getattr(net, "time_embedding", None), "cond_proj", None) is not None:
+            nn.init.zeros_(net.time_embedding.cond_proj.weight)
+        return cls(net)
+
+    @property
+    def guidance_distilled(self) -> bool:
+        """Whether the network takes guidance= (a UNet with a w embedding, time_cond_proj_dim)."""
+        return getattr(self.net.config, "time_cond_proj_dim", None) is not None
 
     def forward(self, z: torch.Tensor, time: torch.Tensor, label: torch.Tensor | None = None,
-                encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-        if encoder_hidden_states is None:
-            return self.net(z, timestep=time, class_labels=label).sample
-        return self.net(z, timestep=time, encoder_hidden_states=encoder_hidden_states, class_labels=label).sample
+                encoder_hidden_states: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {}
+        if guidance is not None:
+            if not self.guidance_distilled:
+                raise ValueError("guidance: this network has no w embedding (time_cond_proj_dim); expected no "
+                                 "guidance= input")
+            extra["timestep_cond"] = guidance_embedding(guidance, self.net.config.time_cond_proj_dim).to(z.dtype)
+        if encoder_hidden_states is not None:
+            extra["encoder_hidden_states"] = encoder_hidden_states
+        return self.net(z, timestep=time, class_labels=label, **extra).sample

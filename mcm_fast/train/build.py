@@ -63,10 +63,15 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
                           f"model {config.model!r}")
     try:
         if config.model in DIFFUSERS_MODELS:
-            if kind.network_options():
-                key = "objective.student_steps" if "student_steps" in options else "objective.guidance"
-                raise ConfigError(f"{key}: a student of several step counts or distilled guidance embeds S and w, "
-                                  f"which the UViT and the MLP do; expected one of them, got model {config.model!r}")
+            if "student_steps" in options:
+                raise ConfigError(f"objective.student_steps: a student of several step counts embeds S, which the "
+                                  f"UViT and the MLP do; expected one of them, got model {config.model!r}")
+            if "guidance_distilled" in options and config.model != "diffusers-unet2d-cond":
+                raise ConfigError(f"objective.guidance: distilled guidance embeds w, which the UViT, the MLP and a "
+                                  f"text-conditioned UNet (LCM's w embedding) do; got model {config.model!r}")
+            if "guidance_distilled" in options and config.lora_rank is not None:
+                raise ConfigError("objective.guidance: a LoRA file cannot carry the w embedding that distilled "
+                                  "guidance adds; expected a full student (no lora_rank) to distill guidance")
             if len(shape) != 3:
                 raise ConfigError(f"model: {config.model!r} needs [C, H, W] images, got data of shape {tuple(shape)}")
             if (config.model == "diffusers-unet2d-cond") != (text is not None):
@@ -107,11 +112,14 @@ def with_lora(net: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     return add_lora(net, config.lora_rank, config.lora_alpha)
 
 
+STUDENT_INPUTS = ("student_inputs.", "net.time_embedding.cond_proj.")  # a UViT's or MLP's; a UNet's w embedding
+
+
 def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     """Starts a student from its teacher's weights; only the student's own inputs (the S and w embeddings, which
     start at zero) are not in the teacher."""
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    own = [key for key in missing if not key.startswith("student_inputs.")]
+    own = [key for key in missing if not key.startswith(STUDENT_INPUTS)]
     if own or unexpected:
         raise ConfigError(f"init: the teacher's network does not match the student's (missing {own[:3]}, "
                           f"unexpected {unexpected[:3]})")

@@ -213,3 +213,44 @@ def test_the_documented_sd15_config_trains_on_the_tiny_pipeline(cache, tmp_path)
     assert trainer.net.net.is_gradient_checkpointing and trainer.config.lora_rank == 64
     train(cfg, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "step-000000001").is_dir()
+
+
+def test_guidance_distilled_into_a_full_student_is_a_w_embedding_the_stock_pipeline_feeds(cache, tmp_path):
+    """objective.guidance on a text UNet adds LCM's w embedding (time_cond_proj_dim, zero at the start: the student
+    starts as its teacher at every w); the exported pipeline computes it from guidance_scale - 1 and makes one
+    UNet call per step, giving mf.sample(guidance=w)'s latents."""
+    from mcm_fast.integrations.diffusers import MCMScheduler
+    from mcm_fast.models.diffusers_nets import guidance_embedding
+    from mcm_fast.train.loop import Trainer
+
+    pipeline = cache.parent / "pipeline"
+    cfg = config(cache, kind="cd", teacher=str(pipeline), steps=2,
+                 objective={"student_steps": 2, "teacher_steps": 8, "guidance": [1, 3]})
+    trainer = Trainer(cfg, tmp_path / "guided", progress=False)
+    assert trainer.net.net.config.time_cond_proj_dim == 256 and trainer.model.guidance_distilled
+    z, t, text = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.7]), torch.randn(2, 8, 32)
+    torch.testing.assert_close(trainer.model(z, t, encoder_hidden_states=text, guidance=torch.tensor([1.0, 3.0])),
+                               trainer.teacher(z, t, encoder_hidden_states=text), rtol=0, atol=0)
+    train(cfg, tmp_path / "guided", progress=False)
+    assert main(["export", "--ckpt", str(tmp_path / "guided"), "--out", str(tmp_path / "pipe")]) == 0
+    pipe = stock_pipeline(tmp_path / "pipe")
+    pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+    calls, noise = [], torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    latents = pipe("a handwritten digit five", num_inference_steps=2, guidance_scale=2.5, latents=noise.clone(),
+                   output_type="latent").images
+    import mcm_fast as mf
+    from mcm_fast.integrations.text_to_image import TextToImageParts
+
+    model = load_model(tmp_path / "guided")[0]
+    expected = mf.sample(model, 2, noise=noise.clone(), guidance=1.5,
+                         encoder_hidden_states=TextToImageParts(pipeline).encode_prompts(["a handwritten digit five"]))
+    assert len(calls) == 2
+    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+    w = torch.tensor([0.0, 1.5, 4.0])
+    reference = diffusers.StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=256)
+    torch.testing.assert_close(guidance_embedding(w, 256), reference, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^objective.guidance: a LoRA file cannot carry the w embedding"):
+        train(config(cache, kind="cd", teacher=str(pipeline), lora_rank=2, steps=1,
+                     objective={"student_steps": 2, "teacher_steps": 8, "guidance": [1, 3]}), tmp_path / "x",
+              progress=False)
