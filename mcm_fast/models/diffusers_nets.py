@@ -22,6 +22,11 @@ def import_diffusers():
         import diffusers
     except ImportError:
         raise ImportError("diffusers: not installed; pip install -e \".[diffusers]\" (the optional extra)") from None
+    # torch caches the constructors a `with torch.device(...)` block redirects on their first use; transformers'
+    # from_pretrained swaps torch.linspace for a CPU-bound copy while it runs, and a first use inside it would
+    # cache that copy for the whole process (torch.linspace then ignores every device block). Use it first here.
+    with torch.device("cpu"):
+        torch.empty(0)
     return diffusers
 
 

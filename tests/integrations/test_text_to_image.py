@@ -211,3 +211,18 @@ def test_cli_encodes_a_captioned_folder_and_says_what_is_wrong_in_one_line(pipel
     assert main(["encode", "--pipeline", str(tmp_path), "--data", "mnist", "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("mcm-fast encode: pipeline: no ")
+
+
+def test_device_blocks_still_work_after_loading_a_text_encoder(pipeline_dir):
+    """transformers' from_pretrained swaps torch.linspace while it loads; in a fresh process whose first device
+    block is inside it, torch would cache the swapped copy and `with torch.device("meta")` would make CPU tensors
+    from then on (the UViT's meta-device tests failed after these tests). The package uses the cache first."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from mcm_fast.integrations.text_to_image import TextToImageParts; "
+            f"TextToImageParts({str(pipeline_dir)!r}); "
+            "exec('with torch.device(\"meta\"):\\n    print(torch.linspace(0, 1, 3).device)')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "meta"
