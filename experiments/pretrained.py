@@ -50,6 +50,7 @@ STUDENTS = {  # name: options over STUDENT
 STUDENT_STEPS = (1, 2, 4, 8, 16)
 GUIDANCE = (0.5, 1.0, 2.0)  # the guided student is also scored at these w, at 4 steps
 PLOT = Path(__file__).parents[1] / "docs" / "images" / "pretrained.png"
+SAMPLER_NAMES = {"ddim": "DDIM", "addim": "aDDIM"}
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (*STUDENT_STEPS, 64)] + [(256, "addim")]
 
 
@@ -146,7 +147,7 @@ def model_card(checkpoints: dict[str, dict]) -> str:
 def plot_card(checkpoints: dict[str, dict], path: Path) -> Path:
     """FD-MNIST, precision and recall against steps 1-16: the students (unguided), the teacher with DDIM and
     aDDIM at the same calls, and the teacher's best as a level."""
-    rows = [{**row, "series": f"teacher {row['sampler'].replace('addim', 'aDDIM').upper()}"}
+    rows = [{**row, "series": f"teacher {SAMPLER_NAMES[row['sampler']]}"}
             for row in checkpoints["mnist-teacher"]["card"]["scores"] if row["steps"] <= max(STUDENT_STEPS)]
     for name in STUDENTS:
         rows += [{**row, "series": name} for row in checkpoints[name]["card"]["scores"] if not row.get("guidance")]
