@@ -9,11 +9,12 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from stock_pipeline import assert_samples_as_mf, stock_pipeline  # noqa: E402
+
 import mcm_fast as mf  # noqa: E402
 from mcm_fast.denoiser import Denoiser  # noqa: E402
 from mcm_fast.integrations.diffusers import MCMScheduler, teacher_from_diffusers  # noqa: E402
 from mcm_fast.integrations.lora import AdaptersOff, add_lora, export_lora, lora_parameters  # noqa: E402
-from mcm_fast.integrations.text_to_image import TextToImageParts  # noqa: E402
 from mcm_fast.integrations.tiny import tiny_text_pipeline  # noqa: E402
 from mcm_fast.models.diffusers_nets import DiffusersNet  # noqa: E402
 
@@ -23,19 +24,12 @@ def pipeline_dir(tmp_path_factory):
     return tiny_text_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", prediction_type="v_prediction")
 
 
-def stock(pipeline_dir):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(pipeline_dir, local_files_only=True,
-                                                             use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def lora_student(pipeline_dir, rank=4, alpha=None, seed=0):
     """(base teacher model, student model, teacher model over the student's network): the LoRA weights random
     (B is zero at the start), so that the student differs from its teacher."""
-    pipe = stock(pipeline_dir)
+    pipe = stock_pipeline(pipeline_dir)
     base = teacher_from_diffusers(pipe.unet, pipe.scheduler)
-    reference = teacher_from_diffusers(stock(pipeline_dir).unet, pipe.scheduler)  # a separate copy, no adapters
+    reference = teacher_from_diffusers(stock_pipeline(pipeline_dir).unet, pipe.scheduler)  # a copy without adapters
     net = add_lora(base.net, rank, alpha)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -68,7 +62,7 @@ def test_the_teacher_is_the_students_network_with_its_adapters_off(pipeline_dir)
 
 
 def test_a_fresh_lora_student_starts_as_its_teacher(pipeline_dir):
-    pipe = stock(pipeline_dir)
+    pipe = stock_pipeline(pipeline_dir)
     model = teacher_from_diffusers(pipe.unet, pipe.scheduler)
     z, t, text = inputs(1)
     before = model(z, t, encoder_hidden_states=text)
@@ -98,23 +92,14 @@ def test_the_exported_lora_samples_in_a_stock_pipeline_as_mf_sample_does(pipelin
     _, student, _, pipe = lora_student(pipeline_dir, rank, alpha)
     out = export_lora(student.net, tmp_path / "lora", pipe.scheduler.config)
     assert sorted(p.name for p in out.iterdir()) == ["pytorch_lora_weights.safetensors", "scheduler_config.json"]
-    fresh = stock(pipeline_dir)
+    fresh = stock_pipeline(pipeline_dir)
     fresh.load_lora_weights(out)
     fresh.scheduler = MCMScheduler.from_pretrained(out)
-    calls = []
-    fresh.unet.register_forward_pre_hook(lambda *_: calls.append(1))
-    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    prompt = "a handwritten digit seven"
-    latents = fresh(prompt, num_inference_steps=steps, guidance_scale=1.0, latents=noise.clone(),
-                    output_type="latent").images
-    text = TextToImageParts(pipeline_dir).encode_prompts([prompt])
-    expected = mf.sample(student, steps, noise=noise.clone(), encoder_hidden_states=text)
-    assert len(calls) == steps
-    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+    assert assert_samples_as_mf(fresh, student, pipeline_dir, steps) == steps
 
 
 def test_bad_lora_calls_are_one_line_errors(pipeline_dir, tmp_path):
-    pipe = stock(pipeline_dir)
+    pipe = stock_pipeline(pipeline_dir)
     with pytest.raises(TypeError, match="net: expected a DiffusersNet"):
         add_lora(pipe.unet, 4)
     with pytest.raises(ValueError, match="rank: expected"):
@@ -122,4 +107,4 @@ def test_bad_lora_calls_are_one_line_errors(pipeline_dir, tmp_path):
     with pytest.raises(ValueError, match="net: has no LoRA adapters"):
         export_lora(DiffusersNet(pipe.unet), tmp_path / "x", pipe.scheduler.config)
     with pytest.raises(ValueError, match="^targets: "):
-        add_lora(DiffusersNet(stock(pipeline_dir).unet), 4, targets=("no_such_module",))
+        add_lora(DiffusersNet(stock_pipeline(pipeline_dir).unet), 4, targets=("no_such_module",))

@@ -12,6 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
+from stock_pipeline import assert_samples_as_mf, stock_pipeline  # noqa: E402
 
 from mcm_fast.cli import main  # noqa: E402
 from mcm_fast.data.latents import load_null_cond  # noqa: E402
@@ -105,31 +106,6 @@ def test_text_data_and_models_must_match(cache, tmp_path):
         sample_inputs({"shape": [4, 8, 8], "num_classes": 0, "text": [8, 32]}, 2, 0)
 
 
-def stock_pipeline(folder):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def same_as_mf_sample(pipe, run, pipeline, steps=2):
-    """The stock pipeline's latents for a prompt (guidance_scale 1: no classifier-free guidance) against mf.sample
-    of the run's EMA student from the same noise and the pipeline's own prompt embedding; the UNet calls."""
-    import mcm_fast as mf
-    from mcm_fast.integrations.text_to_image import TextToImageParts
-
-    calls = []
-    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
-    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    prompt = "a handwritten digit three"
-    latents = pipe(prompt, num_inference_steps=steps, guidance_scale=1.0, latents=noise.clone(),
-                   output_type="latent").images
-    model = load_model(run)[0]
-    expected = mf.sample(model, steps, noise=noise.clone(),
-                         encoder_hidden_states=TextToImageParts(pipeline).encode_prompts([prompt]))
-    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
-    return len(calls)
-
-
 def test_a_lora_student_of_a_pipeline_holds_one_base_and_exports_for_the_stock_pipeline(cache, tmp_path):
     """teacher=PIPELINE_FOLDER with lora_rank: the teacher is the student's network with its adapters off (no
     parameters of its own), the EMA shares the frozen base, only the adapters train; `mcm-fast export` writes what
@@ -158,7 +134,7 @@ def test_a_lora_student_of_a_pipeline_holds_one_base_and_exports_for_the_stock_p
     pipe = stock_pipeline(pipeline)
     pipe.load_lora_weights(tmp_path / "exported")
     pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "exported")
-    assert same_as_mf_sample(pipe, tmp_path / "lora", pipeline) == 2
+    assert assert_samples_as_mf(pipe, load_model(tmp_path / "lora")[0], pipeline, 2) == 2
 
 
 def test_a_full_student_of_a_pipeline_exports_a_pipeline_folder(cache, tmp_path, capsys):
@@ -171,7 +147,7 @@ def test_a_full_student_of_a_pipeline_exports_a_pipeline_folder(cache, tmp_path,
     assert main(["export", "--ckpt", str(tmp_path / "full"), "--out", str(tmp_path / "pipe")]) == 0
     pipe = stock_pipeline(tmp_path / "pipe")
     pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
-    assert same_as_mf_sample(pipe, tmp_path / "full", pipeline) == 2
+    assert assert_samples_as_mf(pipe, load_model(tmp_path / "full")[0], pipeline, 2) == 2
     capsys.readouterr()
     assert main(["export", "--ckpt", str(tmp_path / "full"), "--out", str(tmp_path / "pipe")]) == 1
     assert "--out: " in capsys.readouterr().err
@@ -235,18 +211,7 @@ def test_guidance_distilled_into_a_full_student_is_a_w_embedding_the_stock_pipel
     assert main(["export", "--ckpt", str(tmp_path / "guided"), "--out", str(tmp_path / "pipe")]) == 0
     pipe = stock_pipeline(tmp_path / "pipe")
     pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
-    calls, noise = [], torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
-    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
-    latents = pipe("a handwritten digit five", num_inference_steps=2, guidance_scale=2.5, latents=noise.clone(),
-                   output_type="latent").images
-    import mcm_fast as mf
-    from mcm_fast.integrations.text_to_image import TextToImageParts
-
-    model = load_model(tmp_path / "guided")[0]
-    expected = mf.sample(model, 2, noise=noise.clone(), guidance=1.5,
-                         encoder_hidden_states=TextToImageParts(pipeline).encode_prompts(["a handwritten digit five"]))
-    assert len(calls) == 2
-    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+    assert assert_samples_as_mf(pipe, load_model(tmp_path / "guided")[0], pipeline, 2, guidance=1.5, seed=4) == 2
     w = torch.tensor([0.0, 1.5, 4.0])
     reference = diffusers.StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=256)
     torch.testing.assert_close(guidance_embedding(w, 256), reference, rtol=0, atol=0)
