@@ -11,12 +11,15 @@ and the command in its checkpoint.json, in mcm_fast/pretrained/README.md (the mo
 docs/images/pretrained.png (the card's plot). At 16x16 rather than MNIST's 28: a 28x28 tiny-res network costs
 3x the compute per image, and the three models train here in about 2 core-hours as it is.
 
-Each run is an ordinary run directory under --out: rerun the same command and it resumes. Every named model is
-trained before any is scored (a student needs its teacher's run, not its scores), so a second process with
---models can train a student beside the first. --models rebuilds only the models named.
+Each run is an ordinary run directory, --out/seed{N}/{run}: rerun the same command and it resumes. Every named
+model is trained before any is scored (a student needs its teacher's run, not its scores), so a second process
+with --models can train a student beside the first. --models rebuilds only the models named. The shipped models
+are seed 0's; --seed N trains and scores the same family from another seed without exporting it (issue 31's
+goals over seeds: `python -m experiments.results add pretrained runs/pretrained`).
 
     python -m experiments.pretrained --out runs/pretrained --threads 1
     python -m experiments.pretrained --out runs/pretrained --threads 1 --models mnist-mcm-guided
+    python -m experiments.pretrained --out runs/pretrained --threads 1 --models mnist-teacher,mnist-mcm --seed 1
 """
 from __future__ import annotations
 
@@ -54,12 +57,14 @@ SAMPLER_NAMES = {"ddim": "DDIM", "addim": "aDDIM"}
 TEACHER_BUDGETS = [(s, sampler) for sampler in ("ddim", "addim") for s in (*STUDENT_STEPS, 64)] + [(256, "addim")]
 
 
-def configs(out: Path) -> dict:
-    """{name: (run directory, config)} of every shipped model; the students distill the teacher's run."""
-    runs = {"mnist-teacher": (out / "teacher", load_config("tiny-teacher", TEACHER))}
+def configs(out: Path, seed: int = 0) -> dict:
+    """{name: (run directory, config)} of every shipped model from one seed; the students distill the teacher's
+    run of that seed."""
+    out = out / f"seed{seed}"
+    runs = {"mnist-teacher": (out / "teacher", load_config("tiny-teacher", {**TEACHER, "seed": seed}))}
     for name, options in STUDENTS.items():
         runs[name] = (out / name.removeprefix("mnist-"),
-                      load_config("tiny-cd", {**STUDENT, "teacher": str(out / "teacher"), **options}))
+                      load_config("tiny-cd", {**STUDENT, "seed": seed, "teacher": str(out / "teacher"), **options}))
     return runs
 
 
@@ -161,10 +166,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/pretrained")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--seed", type=int, default=0, help="the family's training seed; only seed 0 is exported")
     parser.add_argument("--models", type=lambda text: text.split(","), default=None,
                         help="comma-separated names to train, score and export (default: every model)")
     args = parser.parse_args(argv)
-    runs = configs(Path(args.out))
+    runs = configs(Path(args.out), args.seed)
     unknown = sorted(set(args.models or ()) - set(runs))
     if unknown:
         parser.error(f"--models: expected names among {', '.join(runs)}, got {', '.join(unknown)}")
@@ -178,10 +184,10 @@ def main(argv=None):
     for name, (directory, config) in chosen.items():
         start = time.perf_counter()
         rows = scores(directory, budgets_of(config))
-        target = export(name, directory, rows, command, commit)
+        target = export(name, directory, rows, command, commit) if args.seed == 0 else directory
         print(f"{name}: {[(r['steps'], r['sampler'], round(r['fd_mnist'], 1)) for r in rows]} "
               f"(scored in {(time.perf_counter() - start) / 60:.1f} min) -> {target}", flush=True)
-    if all((PRETRAINED_DIR / name).is_dir() for name in runs):
+    if args.seed == 0 and all((PRETRAINED_DIR / name).is_dir() for name in runs):
         (PRETRAINED_DIR / "README.md").write_text(model_card(shipped()))
         plot_card(shipped(), PLOT)
 
