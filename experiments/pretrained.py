@@ -24,6 +24,7 @@ goals over seeds: `python -m experiments.results add pretrained runs/pretrained`
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import time
@@ -159,6 +160,55 @@ def plot_card(checkpoints: dict[str, dict], path: Path) -> Path:
     best = teacher_best(checkpoints)
     return plot_metric_vs_steps(rows, path, ("fd_mnist", "precision", "recall"), series="series", log_metric=True,
                                 best={f"teacher's best ({best['sampler']}, {best['steps']} steps)": best})
+
+
+def _fds(seed: dict, run: str, sampler: str) -> dict[int, float]:
+    """{steps: FD-MNIST} of one seed's run and sampler, unguided."""
+    return {r["steps"]: r["fd_mnist"] for r in seed.get(run, []) if r["sampler"] == sampler and not r.get("guidance")}
+
+
+def _spread(values: list[float], form: str = "{:.1f}") -> str:
+    """'mean ± std (v1 / v2 / ...)' of per-seed values, or the one value."""
+    if len(values) == 1:
+        return form.format(values[0])
+    return f"{form.format(statistics.mean(values))} ± {form.format(statistics.stdev(values))} " \
+           f"({' / '.join(form.format(v) for v in values)})"
+
+
+def seeds_table(seeds: list[dict[str, list[dict]]]) -> str:
+    """Markdown: the family's FD-MNIST at each step count over training seeds (mean ± std, per seed) and issue
+    31's goals per seed against that seed's teacher. seeds: {run: score rows} per seed (results.per_seed)."""
+    seeds = [seed for seed in seeds if "teacher" in seed and "mcm" in seed]
+    series = {"teacher, DDIM": ("teacher", "ddim"), "teacher, aDDIM": ("teacher", "addim"),
+              "mnist-mcm (one student for S = 1-16)": ("mcm", "mcm")}
+    per_seed = {label: [_fds(seed, *run) for seed in seeds] for label, run in series.items()}
+    lines = [f"{len(seeds)} training seeds; FD-MNIST mean ± standard deviation (per seed).\n\n",
+             "| steps (network calls) | " + " | ".join(series) + " |\n", "|---|" + "---|" * len(series) + "\n"]
+    for n in (*STUDENT_STEPS, 64, 256):
+        cells = [_spread([fds[n] for fds in found]) if all(n in fds for fds in found) else "-"
+                 for found in per_seed.values()]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |\n")
+    best = [min(r["fd_mnist"] for r in seed["teacher"]) for seed in seeds]
+    student = [_fds(seed, "mcm", "mcm") for seed in seeds]
+    teacher = [{s: min(_fds(seed, "teacher", "ddim")[s], _fds(seed, "teacher", "addim")[s]) for s in STUDENT_STEPS}
+               for seed in seeds]
+    lines += [f"\nThe teacher's best (any sampler, up to 256 steps): {_spread(best, '{:.2f}')}.\n\n",
+              "| goal | per seed | met |\n|---|---|---|\n"]
+    for steps, limit, goal in ((8, 1.0, "at or below"), (4, 1.1, "within 10% of"), (2, 1.3, "within 30% of"),
+                               (1, 2.0, "within 2x of")):
+        ratios = [fds[steps] / b for fds, b in zip(student, best)]
+        lines.append(f"| {steps} {'step' if steps == 1 else 'steps'} {goal} the teacher's best | "
+                     f"{' / '.join(f'{r:.2f}x' for r in ratios)} | {sum(r <= limit for r in ratios)} of "
+                     f"{len(seeds)} seeds |\n")
+    beaten = [[s for s in STUDENT_STEPS if fds[s] < same[s]] for fds, same in zip(student, teacher)]
+    lines.append(f"| better than the teacher (DDIM and aDDIM) at the same calls, 1-16 | "
+                 f"{' / '.join(', '.join(map(str, b)) for b in beaten)} steps | "
+                 f"{sum(len(b) == len(STUDENT_STEPS) for b in beaten)} of {len(seeds)} seeds |\n")
+    falls = [[a for a, b in zip(STUDENT_STEPS, STUDENT_STEPS[1:]) if fds[b] > fds[a]] for fds in student]
+    lines.append(f"| falls monotonically from 1 to 16 steps | "
+                 f"{' / '.join('rises after ' + ', '.join(map(str, f)) if f else 'falls' for f in falls)} | "
+                 f"{sum(not f for f in falls)} of {len(seeds)} seeds |\n")
+    return "".join(lines)
 
 
 def main(argv=None):

@@ -6,9 +6,10 @@ logs, scores.json) live under the git-ignored runs/; git keeps the ledger and th
     python -m experiments.results render                        # docs/results.md's tables from the ledger
     python -m experiments.results check                         # exit 1 where docs/results.md differs
 
-A study's runs are --out/seed{N}/{run}/scores.json (and {run}/guided/scores.json); `add` records each score with
+A study's runs are --out/seed{N}/{run}/scores.json (and {run}/guided/scores.json, or a checkpoint's
+{run}/scores/step-N/scores.json); `add` records each score with
 the run's training steps (its log) and the commit (HEAD, or the commit that last changed the file for runs
-already in git), replacing rows of the same table, run, seed, steps, sampler and training steps. The periodic
+already in git), replacing rows of the same table, run, seed, steps, sampler, guidance and training steps. The periodic
 scores in a run's log.jsonl go in as sampler "eval" at each training step (the plot of FD against training).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ LEDGER = ROOT / "experiments" / "results.csv"
 DOC = ROOT / "docs" / "results.md"
 FIELDS = ("table", "run", "seed", "steps", "sampler", "guidance", "calls", "fd_mnist", "precision", "recall",
           "ode_error", "seconds_per_image", "parameters", "macs_per_image", "training_steps", "commit")
-KEY = ("table", "run", "seed", "steps", "sampler", "training_steps")
+KEY = ("table", "run", "seed", "steps", "sampler", "guidance", "training_steps")
 NUMBERS = {"seed": int, "steps": int, "calls": int, "parameters": int, "training_steps": int}
 BLOCK = re.compile(r"(<!-- results: (\w+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -71,21 +72,26 @@ def _log(directory: Path) -> list[dict]:
 
 def collect(table: str, out: Path) -> list[dict]:
     """The ledger rows of a study's scored runs under out (see the module docstring)."""
-    rows = []
+    rows, logged = [], set()
     for scores in sorted(out.glob("seed*/**/scores.json")):
         seed_dir = next(p for p in scores.parents if re.fullmatch(r"seed\d+", p.name))
         run_dir = scores.parent
+        cached = run_dir.parent.name == "scores"  # a checkpoint's scores, RUN/scores/step-N/scores.json
+        if cached:
+            run_dir = run_dir.parent.parent
         log = _log(run_dir if run_dir.name != "guided" else run_dir.parent)
-        steps = max((entry["step"] for entry in log if "step" in entry), default=None)
+        steps = int(scores.parent.name.removeprefix("step-")) if cached else \
+            max((entry["step"] for entry in log if "step" in entry), default=None)
         base = {"table": table, "run": run_dir.relative_to(seed_dir).as_posix(), "seed": int(seed_dir.name[4:]),
                 "commit": _commit(scores)}
         rows += [{**base, **{k: v for k, v in score.items() if k in FIELDS}, "training_steps": steps}
                  for score in json.loads(scores.read_text())]
-        if run_dir.name != "guided":
+        if run_dir.name != "guided" and run_dir not in logged:  # its log once
+            logged.add(run_dir)
             rows += [{**base, **{k: v for k, v in entry["eval"].items() if k in FIELDS}, "sampler": "eval",
                       "training_steps": entry["step"], "commit": _commit(run_dir / "log.jsonl")}
                      for entry in log if isinstance(entry.get("eval"), dict)]
-    return rows
+    return [{k: row.get(k) for k in FIELDS} for row in rows]
 
 
 def add(table: str, out: Path, path: Path = LEDGER) -> int:
@@ -149,8 +155,14 @@ def _fd_noise(rows):
     return fd_noise.table(rows) if rows else "No sample set is scored yet.\n"
 
 
-RENDERERS = {"tables": _tables, "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone,
-             "fd_noise": _fd_noise}
+def _pretrained(rows):
+    from experiments import pretrained
+    seeds = per_seed(rows, "pretrained")
+    return pretrained.seeds_table(seeds) if seeds else "No seed of the family is scored yet.\n"
+
+
+RENDERERS = {"pretrained": _pretrained, "tables": _tables, "multi_step": _multi_step, "any_teacher": _any_teacher,
+             "backbone": _backbone, "fd_noise": _fd_noise}
 
 
 def render(text: str, rows: list[dict]) -> str:

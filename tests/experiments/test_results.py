@@ -37,6 +37,48 @@ def test_runs_become_rows_with_their_training_steps(tmp_path):
     assert all(r["commit"] for r in rows)
 
 
+def test_a_checkpoints_scores_are_rows_at_its_step_and_guidance_tells_rows_apart(tmp_path):
+    """experiments/pretrained.py caches scores per checkpoint (RUN/scores/step-N/scores.json): each is a row set
+    at step N, the run's log read once; rows that differ only in guidance w are kept apart."""
+    run = tmp_path / "out" / "seed2" / "mcm"
+    for step in (2000, 2500):
+        (run / "scores" / f"step-{step:09d}").mkdir(parents=True)
+        (run / "scores" / f"step-{step:09d}" / "scores.json").write_text(json.dumps(
+            [{"steps": 4, "sampler": "mcm", "fd_mnist": step / 100}, {"steps": 4, "sampler": "mcm", "guidance": 1.0,
+                                                                       "fd_mnist": 60.0}]))
+    (run / "log.jsonl").write_text(json.dumps({"step": 2500, "eval": {"steps": 4, "fd_mnist": 9.0}}) + "\n")
+    ledger = tmp_path / "results.csv"
+    assert results.add("pretrained", tmp_path / "out", ledger) == 5
+    rows = results.read(ledger)
+    assert {(r["run"], r["seed"]) for r in rows} == {("mcm", 2)}
+    assert sorted((r["training_steps"], r["sampler"], r["guidance"] or 0, r["fd_mnist"]) for r in rows) == [
+        (2000, "mcm", 0, 20.0), (2000, "mcm", 1.0, 60.0), (2500, "eval", 0, 9.0), (2500, "mcm", 0, 25.0),
+        (2500, "mcm", 1.0, 60.0)]
+
+
+def test_the_pretrained_seeds_table_reads_each_seed_against_its_own_teacher():
+    """Two seeds whose numbers are known: the means, spreads and goals counted by hand."""
+    from experiments.pretrained import seeds_table
+
+    def seed(teacher_best, student):
+        teacher = [{"steps": n, "sampler": s, "fd_mnist": 100.0 / n + teacher_best} for s in ("ddim", "addim")
+                   for n in (1, 2, 4, 8, 16)]
+        return {"teacher": teacher + [{"steps": 256, "sampler": "addim", "fd_mnist": teacher_best}],
+                "mcm": [{"steps": n, "sampler": "mcm", "fd_mnist": fd} for n, fd in zip((1, 2, 4, 8, 16), student)]}
+
+    text = seeds_table([seed(10.0, [19.0, 14.0, 10.5, 9.9, 9.8]), seed(8.0, [17.0, 11.0, 9.0, 8.4, 15.0])])
+    assert text.startswith("2 training seeds")
+    assert "| 4 | 34.0 ± 1.4 (35.0 / 33.0) | 34.0 ± 1.4 (35.0 / 33.0) | 9.8 ± 1.1 (10.5 / 9.0) |" in text
+    assert "| 256 | - | 9.0 ± 1.4 (10.0 / 8.0) | - |" in text
+    assert "The teacher's best (any sampler, up to 256 steps): 9.00 ± 1.41 (10.00 / 8.00)." in text
+    assert "| 8 steps at or below the teacher's best | 0.99x / 1.05x | 1 of 2 seeds |" in text
+    assert "| 4 steps within 10% of the teacher's best | 1.05x / 1.12x | 1 of 2 seeds |" in text
+    assert "| 2 steps within 30% of the teacher's best | 1.40x / 1.38x | 0 of 2 seeds |" in text
+    assert "| 1 step within 2x of the teacher's best | 1.90x / 2.12x | 1 of 2 seeds |" in text
+    assert "| 1, 2, 4, 8, 16 / 1, 2, 4, 8 steps | 1 of 2 seeds |" in text  # 15.0 above the teacher's 14.25 at 16
+    assert "| falls / rises after 8 | 1 of 2 seeds |" in text
+
+
 def test_adding_again_replaces_rows_and_keeps_other_tables(tmp_path):
     ledger = tmp_path / "results.csv"
     run_tree(tmp_path / "a")
