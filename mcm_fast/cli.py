@@ -146,9 +146,9 @@ def parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch", type=_positive, default=64, help="images per VAE call (default 64)")
 
     export = command("export", "a distilled student for a stock diffusers pipeline: a LoRA run's adapters with an "
-                     "MCMScheduler, or a full student's pipeline folder", "mcm-fast export --ckpt runs/lora-cd4 "
-                     "--out my-mcm-lora")
-    export.add_argument("--ckpt", required=True, help="the student's run or checkpoint directory")
+                     "MCMScheduler, or a full student's (or a text teacher's) pipeline folder",
+                     "mcm-fast export --ckpt runs/lora-cd4 --out my-mcm-lora")
+    export.add_argument("--ckpt", required=True, help="the student's (or text teacher's) run or checkpoint directory")
     export.add_argument("--out", required=True, help="the folder to write")
 
     mem = command("memory", "the GPU memory of distilling a text-to-image pipeline's network, per part, from its "

@@ -6,6 +6,10 @@
 and a full student of a pipeline-folder teacher a whole pipeline folder, its UNet the student's and an MCMScheduler
 config in scheduler/ (pipe.scheduler = MCMScheduler.from_pretrained(DIR, subfolder="scheduler")). Either samples
 with num_inference_steps=S in S network calls what mf.sample gives from the same noise and prompt.
+
+A text teacher trained here on a latent cache (mcm-fast encode) exports as the pipeline folder that encoded the
+cache, its UNet the teacher's and diffusers' DDPMScheduler on the run's betas: a stock StableDiffusionPipeline
+loads it, and it is a teacher (--set teacher=DIR) that a LoRA student distills.
 """
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ def export(ckpt, out, echo=print) -> Path:
     """Writes the EMA student of run ckpt for diffusers into out (see the module docstring); returns out."""
     model, kind, _ = load_model(ckpt)
     config, out = kind.config, Path(out)
+    if config.kind == "teacher":
+        return export_teacher(model, config, out, echo)
     if config.kind not in STUDENT_KINDS:
-        raise ValueError(f"--ckpt: expected a multistep consistency student (kind {', '.join(STUDENT_KINDS)}), got a "
-                         f"{config.kind!r} run")
+        raise ValueError(f"--ckpt: expected a multistep consistency student (kind {', '.join(STUDENT_KINDS)}) or a "
+                         f"text teacher, got a {config.kind!r} run")
     settings = scheduler_config(config)
     boundaries = config.objective.boundaries
     if config.lora_rank is not None:
@@ -52,12 +58,41 @@ def export(ckpt, out, echo=print) -> Path:
                          f"teacher is a diffusers pipeline folder, got teacher {config.teacher!r}")
     from mcm_fast.integrations.diffusers import MCMScheduler
 
-    if out.exists():
-        raise ValueError(f"--out: {out} exists; expected a new folder for the pipeline")
-    shutil.copytree(config.teacher, out, ignore=lambda folder, names: [UNET_WEIGHTS] if Path(folder).name == "unet"
-                    else [])
-    model.net.net.save_pretrained(out / "unet", safe_serialization=True)
+    copy_pipeline(config.teacher, out, model.net.net)
     MCMScheduler.from_settings(settings, boundaries).save_pretrained(out / "scheduler")
     echo(f"{out}: the pipeline of {config.teacher} with the student's UNet; pipe.scheduler = "
          f"MCMScheduler.from_pretrained('{out}', subfolder='scheduler')")
     return out
+
+
+def export_teacher(model, config, out: Path, echo=print) -> Path:
+    """A text teacher of a latent cache as the cache's pipeline folder with the teacher's UNet and a DDPMScheduler
+    (see the module docstring)."""
+    if config.model != "diffusers-unet2d-cond" or config.data.name != "latents":
+        raise ValueError(f"--ckpt: a teacher exports as a text-to-image pipeline folder; expected a "
+                         f"diffusers-unet2d-cond teacher of a latent cache (data.name latents), got model "
+                         f"{config.model!r} on data {config.data.name!r}")
+    if config.time_input != "native":
+        raise ValueError(f"--ckpt: a pipeline feeds its UNet diffusers' timesteps; expected a teacher trained with "
+                         f"time_input native, got {config.time_input!r}")
+    from mcm_fast.data.latents import read_manifest
+    from mcm_fast.models.diffusers_nets import import_diffusers
+
+    pipeline = read_manifest(config.data.path)["pipeline"]
+    copy_pipeline(pipeline, out, model.net.net)
+    scheduler = {**scheduler_config(config), "clip_sample": False, "steps_offset": 1}  # latents: no clipping
+    import_diffusers().DDPMScheduler(**scheduler).save_pretrained(out / "scheduler")
+    index = json.loads((out / "model_index.json").read_text())
+    (out / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "DDPMScheduler"]},
+                                                     indent=2) + "\n")
+    echo(f"{out}: the pipeline of {pipeline} with the teacher's UNet and a DDPMScheduler; "
+         f"StableDiffusionPipeline.from_pretrained('{out}')")
+    return out
+
+
+def copy_pipeline(source, out: Path, unet) -> None:
+    """source's pipeline folder copied to the new folder out, its UNet's weights and config unet's."""
+    if out.exists():
+        raise ValueError(f"--out: {out} exists; expected a new folder for the pipeline")
+    shutil.copytree(source, out, ignore=lambda folder, names: [UNET_WEIGHTS] if Path(folder).name == "unet" else [])
+    unet.save_pretrained(out / "unet", safe_serialization=True)

@@ -4,6 +4,7 @@ to the cache's empty prompt, a CD student distills it, both reload with that nul
 through the pipeline's VAE, eval scores decoded samples in FD-MNIST against held-out examples of the same
 prompts, and guidance uses the empty prompt; mismatched models are one-line errors."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -169,9 +170,40 @@ def test_lora_and_export_refuse_what_they_cannot_do_in_one_line(cache, runs, tmp
                            "gradient_checkpointing": True}), tmp_path / "w", progress=False)
     with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student starts from the teacher it distills"):
         train(config(cache, kind="teacher", lora_rank=2, steps=1), tmp_path / "z", progress=False)
-    assert main(["export", "--ckpt", str(runs / "teacher"), "--out", str(tmp_path / "t")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--ckpt: expected a multistep consistency student" in err
+    for run, message in ((runs / "teacher", "--ckpt: a pipeline feeds its UNet diffusers' timesteps; expected a "
+                                            "teacher trained with time_input native, got 'logsnr'"),
+                         (tmp_path / "uvit", "--ckpt: a teacher exports as a text-to-image pipeline folder; expected "
+                                             "a diffusers-unet2d-cond teacher of a latent cache")):
+        assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "t")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_text_teacher_exports_as_the_pipeline_a_lora_student_distills(cache, tmp_path, capsys):
+    """A teacher trained here on the cache (DDPM betas, native timesteps) exports as the encoding pipeline with its
+    UNet and a DDPMScheduler: the stock pipeline loads it, as a teacher folder it is the same denoiser as the run,
+    and a LoRA student takes it as its teacher (the cache is its own VAE's and text encoder's)."""
+    from mcm_fast.integrations.pipelines import BETA_KEYS
+    from mcm_fast.integrations.tiny import SCHEDULER
+
+    on_betas = {"schedule": "discrete", "schedule_options": {k: SCHEDULER[k] for k in BETA_KEYS if k in SCHEDULER},
+                "prediction": "eps", "time_input": "native"}
+    train(config(cache, kind="teacher", steps=2, **on_betas), tmp_path / "teacher", progress=False)
+    assert main(["export", "--ckpt", str(tmp_path / "teacher"), "--out", str(tmp_path / "pipe")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the stock pipeline finds nothing to warn about in its scheduler
+        pipe = stock_pipeline(tmp_path / "pipe")
+    assert isinstance(pipe.scheduler, diffusers.DDPMScheduler) and pipe.scheduler.config.clip_sample is False
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.prediction_type == "epsilon"
+    run, exported = load_model(tmp_path / "teacher")[0], load_model(tmp_path / "pipe")[0]
+    z, t, text = torch.randn(3, 4, 8, 8), torch.tensor([0.05, 0.5, 0.97]), torch.randn(3, 8, 32)
+    torch.testing.assert_close(exported(z, t, encoder_hidden_states=text), run(z, t, encoder_hidden_states=text),
+                               rtol=0, atol=0)
+    student = config(cache, kind="cd", teacher=str(tmp_path / "pipe"), lora_rank=2, steps=1,
+                     objective={"student_steps": 4, "teacher_steps": 8})
+    train(student, tmp_path / "lora", progress=False)
+    assert main(["export", "--ckpt", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-out")]) == 0
+    assert (tmp_path / "lora-out" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_the_documented_sd15_config_trains_on_the_tiny_pipeline(cache, tmp_path):
