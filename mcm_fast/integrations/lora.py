@@ -23,6 +23,8 @@ from mcm_fast.models.diffusers_nets import DiffusersNet, import_diffusers
 
 ADAPTER = "mcm"  # the adapter's name inside the network
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts train
+LCM_TARGETS = (*TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut",
+               "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")  # LCM-LoRA's: convolutions too
 
 
 def import_peft():
@@ -88,9 +90,8 @@ def export_lora(net: DiffusersNet, out: str | Path, scheduler_config: dict, boun
     unet = net.net
     if ADAPTER not in getattr(unet, "peft_config", {}):
         raise ValueError("net: has no LoRA adapters (add_lora); expected a LoRA student")
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+    layers = get_peft_model_state_dict(unet, adapter_name=ADAPTER)  # peft's names (lora_A, lora_B) for every layer:
+    # diffusers' older names cover attention only, and a file that mixes the two loads without its attention
     out = Path(out)
     diffusers.StableDiffusionPipeline.save_lora_weights(
         out, unet_lora_layers=layers, safe_serialization=True,

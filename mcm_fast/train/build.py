@@ -107,9 +107,12 @@ def with_lora(net: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     if not isinstance(net, DiffusersNet):
         raise ConfigError(f"lora_rank: a LoRA student adapts a diffusers network; expected model diffusers-* (or a "
                           f"pipeline folder as teacher), got model {config.model!r}")
-    from mcm_fast.integrations.lora import add_lora
+    from mcm_fast.integrations.lora import TARGETS, add_lora
 
-    return add_lora(net, config.lora_rank, config.lora_alpha)
+    try:
+        return add_lora(net, config.lora_rank, config.lora_alpha, config.lora_targets or TARGETS)
+    except ValueError as error:  # none of the targets is in the network
+        raise ConfigError(f"lora_{error}") from None
 
 
 STUDENT_INPUTS = ("student_inputs.", "net.time_embedding.cond_proj.")  # a UViT's or MLP's; a UNet's w embedding

@@ -104,6 +104,7 @@ class TrainConfig:
     init: str = "teacher"  # students start from the teacher's EMA weights, or from random ones
     lora_rank: int | None = None  # a LoRA student: the teacher's diffusers network with adapters of this rank
     lora_alpha: float | None = None  # the adapters' scale is lora_alpha / lora_rank (None: lora_rank, scale 1)
+    lora_targets: list | None = None  # the modules adapted (None: the attention projections; LCM-LoRA adds more)
     gradient_checkpointing: bool = False  # a diffusers network recomputes its blocks in the backward (less memory)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -381,6 +382,8 @@ def _rules() -> dict:
         "lora_rank": (_optional(_int(1)), "None or an integer >= 1"),
         "gradient_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
         "lora_alpha": (_optional(_real(0, math.inf, True, True)), "None or a finite number > 0"),
+        "lora_targets": (_optional(lambda v: isinstance(v, list) and v and all(isinstance(n, str) and n for n in v)),
+                         "None or a list of module names"),
         "data.name": _one_of(DATASETS),
         "data.path": (_optional(lambda v: isinstance(v, str) and v != ""), "None or a path"),
         "data.resolution": (_optional(_int(1, MAX_RESOLUTION)), f"None or an integer in [1, {MAX_RESOLUTION}]"),

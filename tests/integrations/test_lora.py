@@ -14,7 +14,7 @@ from stock_pipeline import assert_samples_as_mf, stock_pipeline  # noqa: E402
 import mcm_fast as mf  # noqa: E402
 from mcm_fast.denoiser import Denoiser  # noqa: E402
 from mcm_fast.integrations.diffusers import MCMScheduler, teacher_from_diffusers  # noqa: E402
-from mcm_fast.integrations.lora import AdaptersOff, add_lora, export_lora, lora_parameters  # noqa: E402
+from mcm_fast.integrations.lora import LCM_TARGETS, TARGETS, AdaptersOff, add_lora, export_lora, lora_parameters  # noqa: E402
 from mcm_fast.integrations.tiny import tiny_text_pipeline  # noqa: E402
 from mcm_fast.models.diffusers_nets import DiffusersNet  # noqa: E402
 
@@ -24,13 +24,13 @@ def pipeline_dir(tmp_path_factory):
     return tiny_text_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", prediction_type="v_prediction")
 
 
-def lora_student(pipeline_dir, rank=4, alpha=None, seed=0):
+def lora_student(pipeline_dir, rank=4, alpha=None, seed=0, targets=TARGETS):
     """(base teacher model, student model, teacher model over the student's network): the LoRA weights random
     (B is zero at the start), so that the student differs from its teacher."""
     pipe = stock_pipeline(pipeline_dir)
     base = teacher_from_diffusers(pipe.unet, pipe.scheduler)
     reference = teacher_from_diffusers(stock_pipeline(pipeline_dir).unet, pipe.scheduler)  # a copy without adapters
-    net = add_lora(base.net, rank, alpha)
+    net = add_lora(base.net, rank, alpha, targets)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in lora_parameters(net).values():
@@ -84,12 +84,17 @@ def test_algorithm_1_trains_the_adapters_only(pipeline_dir):
     assert all(p.grad is None for name, p in student.net.named_parameters() if name not in lora)
 
 
-@pytest.mark.parametrize("steps, rank, alpha", [(4, 4, None), (2, 2, 6.0)])
-def test_the_exported_lora_samples_in_a_stock_pipeline_as_mf_sample_does(pipeline_dir, tmp_path, steps, rank, alpha):
+@pytest.mark.parametrize("steps, rank, alpha, targets", [(4, 4, None, TARGETS), (2, 2, 6.0, TARGETS),
+                                                         (2, 3, None, LCM_TARGETS)])
+def test_the_exported_lora_samples_in_a_stock_pipeline_as_mf_sample_does(pipeline_dir, tmp_path, steps, rank, alpha,
+                                                                         targets):
     """pipe.load_lora_weights + MCMScheduler.from_pretrained: S UNet calls, the same latents as mf.sample (the
     prompt encoded by the pipeline's own text encoder; guidance_scale=1: no classifier-free guidance), with the
-    LoRA's scale alpha / rank kept in the export's metadata."""
-    _, student, _, pipe = lora_student(pipeline_dir, rank, alpha)
+    LoRA's scale alpha / rank kept in the export's metadata; LCM-LoRA's targets (convolutions, feed-forwards, the
+    time projection) load as well."""
+    _, student, _, pipe = lora_student(pipeline_dir, rank, alpha, targets=targets)
+    adapted = {name.split(".lora_")[0] for name in lora_parameters(student.net)}
+    assert any(name.endswith("conv1") for name in adapted) == (targets == LCM_TARGETS)
     out = export_lora(student.net, tmp_path / "lora", pipe.scheduler.config)
     assert sorted(p.name for p in out.iterdir()) == ["pytorch_lora_weights.safetensors", "scheduler_config.json"]
     fresh = stock_pipeline(pipeline_dir)

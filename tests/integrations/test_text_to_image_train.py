@@ -168,6 +168,11 @@ def test_lora_and_export_refuse_what_they_cannot_do_in_one_line(cache, runs, tmp
                                           r"expected false for model 'tiny'"):
         train(load_config({"preset": "tiny-teacher", **RUN, "data": {"resolution": 8}, "steps": 1,
                            "gradient_checkpointing": True}), tmp_path / "w", progress=False)
+    with pytest.raises(ConfigError, match=r"^lora_targets: .*nope"):
+        train(config(cache, kind="cd", teacher=str(cache.parent / "pipeline"), lora_rank=2, lora_targets=["nope"],
+                     steps=1), tmp_path / "v", progress=False)
+    with pytest.raises(ConfigError, match=r"^lora_targets: expected list or None, got .to_q."):
+        load_config({"lora_targets": "to_q"})
     with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student starts from the teacher it distills"):
         train(config(cache, kind="teacher", lora_rank=2, steps=1), tmp_path / "z", progress=False)
     for run, message in ((runs / "teacher", "--ckpt: a pipeline feeds its UNet diffusers' timesteps; expected a "
