@@ -161,8 +161,14 @@ def _pretrained(rows):
     return pretrained.seeds_table(seeds) if seeds else "No seed of the family is scored yet.\n"
 
 
-RENDERERS = {"pretrained": _pretrained, "tables": _tables, "multi_step": _multi_step, "any_teacher": _any_teacher,
-             "backbone": _backbone, "fd_noise": _fd_noise}
+def _text_to_image(rows):
+    from experiments import text_to_image
+    rows = [row for row in rows if row["table"] == "text_to_image"]
+    return text_to_image.table(rows) if rows else "No model of the text-to-image proof is scored yet.\n"
+
+
+RENDERERS = {"pretrained": _pretrained, "text_to_image": _text_to_image, "tables": _tables,
+             "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone, "fd_noise": _fd_noise}
 
 
 def render(text: str, rows: list[dict]) -> str:
