@@ -195,16 +195,25 @@ class CosineSchedule(Schedule):
 class FlowSchedule(Schedule):
     """The rectified-flow path z = (1 - u) x + u eps of flow matching (SD3, Flux), lambda = 2 log((1 - u) / u).
 
-    u = u_min + t (u_max - u_min) runs over the u whose logSNR lies in [logsnr_min, logsnr_max], so that t = 0
-    and t = 1 stay finite; networks see u (time_input="native").
+    u = shift v / (1 + (shift - 1) v) for v = v_min + t (v_max - v_min), over the u whose logSNR lies in
+    [logsnr_min, logsnr_max], so that t = 0 and t = 1 stay finite. shift > 1 spends more of t at high noise:
+    SD3's FlowMatchEulerDiscreteScheduler shift (3.0), so that uniform steps in t are its timestep spacing.
+    Networks see u time_scale (time_input="native"): u for the package's own flow networks, 1000 u (diffusers'
+    num_train_timesteps) for a diffusers flow transformer.
     """
 
     logsnr_min: float = -15.0
     logsnr_max: float = 15.0
+    shift: float = 1.0
+    time_scale: float = 1.0
     variance_preserving = False
 
     def __post_init__(self):
         _check_logsnr_range(self)
+        for name in ("shift", "time_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
 
     @property
     def u_min(self) -> float:
@@ -214,21 +223,33 @@ class FlowSchedule(Schedule):
     def u_max(self) -> float:
         return 1 / (1 + math.exp(self.logsnr_min / 2))
 
+    def _unshift(self, u):
+        """v with u = shift v / (1 + (shift - 1) v)."""
+        return u / (self.shift - (self.shift - 1) * u)
+
+    def u(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise level u at t."""
+        v_min, v_max = self._unshift(self.u_min), self._unshift(self.u_max)
+        v = v_min + t * (v_max - v_min)
+        return v if self.shift == 1 else self.shift * v / (1 + (self.shift - 1) * v)
+
     def logsnr_unchecked(self, t: torch.Tensor) -> torch.Tensor:
-        u = self.native_time(t, None)
+        u = self.u(t)
         return 2 * (torch.log1p(-u) - torch.log(u))
 
     def t_of_logsnr_unchecked(self, logsnr: torch.Tensor) -> torch.Tensor:
-        u = torch.sigmoid(-logsnr / 2)
-        return ((u - self.u_min) / (self.u_max - self.u_min)).clamp(0, 1)  # clamp: rounding at the ends
+        v_min, v_max = self._unshift(self.u_min), self._unshift(self.u_max)
+        v = self._unshift(torch.sigmoid(-logsnr / 2))
+        return ((v - v_min) / (v_max - v_min)).clamp(0, 1)  # clamp: rounding at the ends
 
     def native_alpha_sigma(self, logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 - u, u) = (sigmoid(lambda / 2), sigmoid(-lambda / 2)): alpha and sigma over alpha + sigma."""
         return torch.sigmoid(logsnr / 2), torch.sigmoid(-logsnr / 2)
 
     def native_time(self, t: torch.Tensor, logsnr) -> torch.Tensor:
-        """u, the flow's own time."""
-        return self.u_min + t * (self.u_max - self.u_min)
+        """u time_scale: the flow's own time, as its networks take it."""
+        u = self.u(t)
+        return u if self.time_scale == 1 else u * self.time_scale
 
 
 @dataclass(frozen=True)

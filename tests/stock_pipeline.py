@@ -24,6 +24,6 @@ def assert_samples_as_mf(pipe, model, text_pipeline, steps: int, guidance: float
     latents = pipe(prompt, num_inference_steps=steps, guidance_scale=1.0 + guidance, latents=noise.clone(),
                    output_type="latent").images
     text = TextToImageParts(text_pipeline).encode_prompts([prompt])
-    expected = mf.sample(model, steps, noise=noise.clone(), guidance=guidance, encoder_hidden_states=text)
+    expected = mf.sample(model, steps, noise=noise.clone(), guidance=guidance, **text)
     torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
     return len(calls)

@@ -28,5 +28,6 @@ def encode(pipeline, data, out, resolution: int | None = None, split: str = "tra
     path = encode_latents(images, captions, parts, out, seed=seed, batch_size=batch_size, echo=echo,
                           source=str(data))
     cached = load_latents(path)
-    echo(f"{path}: latents {list(cached.shape)}, prompt embeddings {list(cached.prompt_embeds.shape[1:])}")
+    shapes = ", ".join(f"{k} {list(v.shape[1:])}" for k, v in cached.cond.items())
+    echo(f"{path}: latents {list(cached.shape)}, {shapes}")
     return path

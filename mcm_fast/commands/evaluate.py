@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.metrics.evaluate import Scorer, decoder, reference_set, sample_inputs
+from mcm_fast.metrics.evaluate import Scorer, decoder, prompts_of, reference_set, sample_inputs
 from mcm_fast.metrics.grid import check_output_path, save_grid
 from mcm_fast.threads import governed
 from mcm_fast.train.build import load_model
@@ -32,7 +32,7 @@ def sample_grid(ckpt, out, n: int = 100, n_steps: int | None = None, seed: int =
     governed(model, threads)
     if len(info["shape"]) != 3:
         raise ValueError(f"--ckpt: {ckpt} models {info['shape']} vectors, not images: nothing to draw")
-    prompts = reference_set(kind.config, n, "--n")[0]["encoder_hidden_states"] if "text" in info else None
+    prompts = prompts_of(reference_set(kind.config, n, "--n")[0]) if "text" in info else None
     noise, cond, generator = sample_inputs(info, n, seed, device, label, prompts)
     steps = kind.default_steps() if n_steps is None else n_steps
     images = kind.sample(model, steps, noise, sampler, generator=generator, **kind.guidance_inputs(guidance), **cond)

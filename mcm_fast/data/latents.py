@@ -1,9 +1,10 @@
 """Latent text-to-image data (issue 34): captioned images encoded once through a pipeline's VAE and text encoder
 into a cache that training reads, so that no image passes the VAE inside a training step.
 
-encode_latents writes DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D]),
-DIR/null.safetensors ("null_prompt_embeds" [1, L, D], the empty prompt's: classifier-free guidance's null
-condition, which sampling a trained model reads alone) and DIR/manifest.json (the source's and the encoder's
+encode_latents writes DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D] and, for a
+network that also takes pooled embeddings (SD3's), "pooled_prompt_embeds" [N, P]), DIR/null.safetensors (the same
+embeddings of the empty prompt, "null_" before their names: classifier-free guidance's null condition, which
+sampling a trained model reads alone) and DIR/manifest.json (the source's and the encoder's
 sha256, the seed, the pipeline folder, the files' sha256). It encodes CHUNK
 examples at a time into DIR/parts/, each part written atomically with its own sha256, so that a killed encoding
 resumes where it stopped and gives the same bytes as one that never stopped: each part's VAE sample draws from
@@ -29,15 +30,18 @@ REPORT_EVERY = 16  # parts between echoed progress lines
 SEED_STRIDE = 1_000_003  # part k of seed s draws its VAE samples from s * SEED_STRIDE + k
 
 
+CONDITIONS = {"encoder_hidden_states": "prompt_embeds", "pooled_projections": "pooled_prompt_embeds"}  # -> file keys
+
+
 class LatentData:
     """Cached latents with their prompt embeddings: the trainer reads len, shape, num_classes (0: the condition is
-    text) and batch(indices) -> {"x": latents, "encoder_hidden_states": prompt embeddings}; null_cond is the empty
-    prompt's embedding, the null condition of label dropout and classifier-free guidance."""
+    text) and batch(indices) -> {"x": latents, "encoder_hidden_states": prompt embeddings [B, L, D] (and
+    "pooled_projections" [B, P] where the network takes them)}; null_cond holds the empty prompt's (one example
+    each), the null condition of label dropout and classifier-free guidance."""
 
-    def __init__(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, null_prompt_embeds: torch.Tensor,
+    def __init__(self, latents: torch.Tensor, cond: dict[str, torch.Tensor], null_cond: dict[str, torch.Tensor],
                  manifest: dict):
-        self.latents, self.prompt_embeds, self.null_prompt_embeds = latents, prompt_embeds, null_prompt_embeds
-        self.manifest = manifest
+        self.latents, self.cond, self.null_cond, self.manifest = latents, cond, null_cond, manifest
         self.num_classes = 0
 
     def __len__(self) -> int:
@@ -48,17 +52,25 @@ class LatentData:
         """(c, h, w) of one latent."""
         return tuple(self.latents.shape[1:])
 
+    @property
+    def text_info(self) -> dict[str, list | int]:
+        """{"text": [L, D] of the prompt embeddings, and "pooled": P where there are pooled ones}."""
+        info = {"text": list(self.cond["encoder_hidden_states"].shape[1:])}
+        if "pooled_projections" in self.cond:
+            info["pooled"] = self.cond["pooled_projections"].shape[1]
+        return info
+
+    def prompts(self, n: int) -> dict[str, torch.Tensor]:
+        """The first n examples' conditions."""
+        return {k: v[:n] for k, v in self.cond.items()}
+
     def subset(self, indices: torch.Tensor) -> LatentData:
         """The examples at indices (a LongTensor), with the same null prompt and manifest."""
-        return LatentData(self.latents[indices], self.prompt_embeds[indices], self.null_prompt_embeds, self.manifest)
+        return LatentData(self.latents[indices], {k: v[indices] for k, v in self.cond.items()}, self.null_cond,
+                          self.manifest)
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"x": self.latents[indices], "encoder_hidden_states": self.prompt_embeds[indices]}
-
-    @property
-    def null_cond(self) -> dict[str, torch.Tensor]:
-        """{"encoder_hidden_states": the empty prompt's embedding [1, L, D]}: the null condition."""
-        return {"encoder_hidden_states": self.null_prompt_embeds}
+        return {"x": self.latents[indices], **{k: v[indices] for k, v in self.cond.items()}}
 
 
 def source_digest(images, captions: list[str]) -> str:
@@ -101,11 +113,12 @@ def encode_latents(images, captions: list[str], parts, out: str | Path, seed: in
         for i in range(chunk.start, chunk.stop, batch_size):
             index = torch.arange(i, min(i + batch_size, chunk.stop))
             latents.append(parts.encode_images(images.batch(index)["x"], generator).cpu())
-            embeds.append(parts.encode_prompts([captions[j] for j in index]).cpu())
-        _write_verified(part, {"latents": torch.cat(latents), "prompt_embeds": torch.cat(embeds)})
+            embeds.append(parts.encode_prompts([captions[j] for j in index]))
+        _write_verified(part, {"latents": torch.cat(latents), **{CONDITIONS[k]: torch.cat([e[k].cpu() for e in embeds])
+                                                                 for k in embeds[0]}})
         if echo and (k % REPORT_EVERY == 0 or chunk.stop == len(images)):
             echo(f"encoded {chunk.stop} of {len(images)}")
-    return _assemble(out, identity, parts.encode_prompts([""]).cpu(),
+    return _assemble(out, identity, {k: v.cpu() for k, v in parts.encode_prompts([""]).items()},
                      {"pipeline": str(Path(parts.folder).resolve()), "source": source})
 
 
@@ -113,8 +126,8 @@ def load_latents(directory: str | Path) -> LatentData:
     """The cache encode_latents wrote, its sha256 verified; safetensors only."""
     manifest = read_manifest(directory)
     tensors = _verified_file(Path(directory), CACHE, manifest)
-    return LatentData(tensors["latents"], tensors["prompt_embeds"], load_null_cond(directory)["encoder_hidden_states"],
-                      manifest)
+    cond = {k: tensors[name] for k, name in CONDITIONS.items() if name in tensors}
+    return LatentData(tensors["latents"], cond, load_null_cond(directory), manifest)
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -129,10 +142,10 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 def load_null_cond(directory: str | Path) -> dict[str, torch.Tensor]:
-    """{"encoder_hidden_states": the empty prompt's embedding [1, L, D]} of a cache, verified, read alone (what
-    sampling a model trained on it needs of it)."""
+    """{"encoder_hidden_states": the empty prompt's embedding [1, L, D] (and "pooled_projections" [1, P])} of a
+    cache, verified, read alone (what sampling a model trained on it needs of it)."""
     tensors = _verified_file(Path(directory), NULL, read_manifest(directory))
-    return {"encoder_hidden_states": tensors["null_prompt_embeds"]}
+    return {k: tensors[f"null_{name}"] for k, name in CONDITIONS.items() if f"null_{name}" in tensors}
 
 
 def _verified_file(directory: Path, name: str, manifest: dict) -> dict[str, torch.Tensor]:
@@ -155,14 +168,15 @@ def _check_parts_of(out: Path, identity: dict) -> None:
     _write_atomic(recorded, json.dumps(identity, indent=1).encode())
 
 
-def _assemble(out: Path, identity: dict, null_embeds: torch.Tensor, origin: dict) -> Path:
+def _assemble(out: Path, identity: dict, null_cond: dict[str, torch.Tensor], origin: dict) -> Path:
     """The parts joined into the cache and its manifest (written last: a cache without one is unfinished)."""
     parts = sorted((out / PARTS).glob("*.safetensors"))
     tensors = [load_file(part) for part in parts]
-    joined = {key: torch.cat([t[key] for t in tensors]).contiguous() for key in ("latents", "prompt_embeds")}
+    joined = {key: torch.cat([t[key] for t in tensors]).contiguous() for key in tensors[0]}
     if len(joined["latents"]) != identity["n"]:
         raise ValueError(f"out: {out / PARTS} holds {len(joined['latents'])} examples, expected {identity['n']}")
-    for name, tensors in ((CACHE, joined), (NULL, {"null_prompt_embeds": null_embeds.contiguous()})):
+    null = {f"null_{CONDITIONS[k]}": v.contiguous() for k, v in null_cond.items()}
+    for name, tensors in ((CACHE, joined), (NULL, null)):
         partial = out / f".{name}.tmp"
         save_file(tensors, partial)
         os.replace(partial, out / name)

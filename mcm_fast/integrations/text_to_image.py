@@ -1,24 +1,32 @@
 """The parts of a diffusers text-to-image pipeline folder that turn captioned images into what a latent model trains
-on (issue 34): the VAE (images <-> latents, with its scaling and shift factors) and the text encoder with its
-tokenizer (prompts -> the embeddings the denoiser cross-attends to). Stable Diffusion 1.x/2.x's layout: vae/,
-text_encoder/ (CLIPTextModel), tokenizer/. Loaded from safetensors only (a pickled .bin is refused), nothing
-downloaded; needs the optional extras diffusers and transformers.
+on (issue 34): the VAE (images <-> latents, with its scaling and shift factors) and the text encoders with their
+tokenizers (prompts -> the embeddings the denoiser attends to). Stable Diffusion 1.x/2.x's layout: vae/,
+text_encoder/ (CLIPTextModel), tokenizer/; SD3's: two CLIPTextModelWithProjection (text_encoder/,
+text_encoder_2/) and an optional T5EncoderModel (text_encoder_3/), whose embeddings SD3's pipeline joins into
+encoder_hidden_states [B, 77 + 256, D] and pooled_projections [B, P]. Loaded from safetensors only (a pickled
+.bin is refused), nothing downloaded; needs the optional extras diffusers and transformers.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from mcm_fast.data.latents import file_sha256, read_manifest
-from mcm_fast.integrations.pipelines import safetensors_weights
+from mcm_fast.integrations.pipelines import T5_LENGTH, safetensors_weights
 from mcm_fast.models.diffusers_nets import import_diffusers
 
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")  # what encode_prompts reads last_hidden_state of
-PARTS = {"vae": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}  # their weights files
-MORE_ENCODERS = ("text_encoder_2", "text_encoder_3")  # SDXL's and SD3's further encoders: not read yet
+VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+SD3 = "StableDiffusion3Pipeline"
+SD3_ENCODERS = {"text_encoder": ("CLIPTextModelWithProjection", "tokenizer", "CLIPTokenizer"),
+                "text_encoder_2": ("CLIPTextModelWithProjection", "tokenizer_2", "CLIPTokenizer"),
+                "text_encoder_3": ("T5EncoderModel", "tokenizer_3", "T5TokenizerFast")}  # folder: (class, tokenizer)
+MORE_ENCODERS = ("text_encoder_2", "text_encoder_3")  # SDXL's further encoders: not read yet
 
 
 def import_transformers():
@@ -32,34 +40,48 @@ def import_transformers():
 
 
 class TextToImageParts:
-    """The VAE, tokenizer and text encoder of a pipeline folder, frozen, in eval mode, on device; `what` names the
-    folder's argument in errors."""
+    """The VAE, tokenizers and text encoders of a pipeline folder (Stable Diffusion 1.x/2.x or SD3), frozen, in
+    eval mode, on device; `what` names the folder's argument in errors."""
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", what: str = "teacher"):
         self.folder, self.what = Path(folder), what
         index = self._index()
-        for name in MORE_ENCODERS:
-            if index.get(name, [None])[0] is not None:
-                raise ValueError(f"{what}: {self.folder} has a second text encoder ({name}: SDXL or SD3); expected "
-                                 f"one (Stable Diffusion 1.x/2.x); more encoders are not supported yet")
-        weights = {part: safetensors_weights(self.folder / part, file, what) for part, file in PARTS.items()}
-        encoder_class = json.loads((self.folder / "text_encoder" / "config.json").read_text()).get("architectures",
-                                                                                                   [None])[0]
-        if encoder_class not in TEXT_ENCODERS:
-            raise ValueError(f"{what}: expected a text encoder of {TEXT_ENCODERS} in {self.folder / 'text_encoder'},"
-                             f" got {encoder_class!r}")
+        self.sd3 = index.get("_class_name") == SD3
+        if self.sd3:
+            encoders = {name: spec for name, spec in SD3_ENCODERS.items() if index.get(name, [None])[0] is not None}
+            if set(encoders) < {"text_encoder", "text_encoder_2"}:
+                raise ValueError(f"{what}: {self.folder} is an SD3 pipeline without its two CLIP text encoders; "
+                                 f"expected text_encoder/ and text_encoder_2/")
+            self.joint_dim = json.loads((self.folder / "transformer" / "config.json").read_text())[
+                "joint_attention_dim"]
+        else:
+            for name in MORE_ENCODERS:
+                if index.get(name, [None])[0] is not None:
+                    raise ValueError(f"{what}: {self.folder} has a second text encoder ({name}: SDXL); expected one "
+                                     f"(Stable Diffusion 1.x/2.x) or SD3's; SDXL is not supported yet")
+            name = json.loads((self.folder / "text_encoder" / "config.json").read_text()).get("architectures",
+                                                                                              [None])[0]
+            if name not in TEXT_ENCODERS:
+                raise ValueError(f"{what}: expected a text encoder of {TEXT_ENCODERS} in "
+                                 f"{self.folder / 'text_encoder'}, got {name!r}")
+            encoders = {"text_encoder": (name, "tokenizer", "CLIPTokenizer")}
+        self.digests = {"vae": file_sha256(safetensors_weights(self.folder / "vae", VAE_WEIGHTS, what)),
+                        **{name: weights_digest(self.folder / name, what) for name in encoders}}
         transformers = import_transformers()
         self.vae = import_diffusers().AutoencoderKL.from_pretrained(
             self.folder / "vae", local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
-        self.text_encoder = getattr(transformers, encoder_class).from_pretrained(
-            self.folder / "text_encoder", local_files_only=True, use_safetensors=True)
-        self.tokenizer = transformers.CLIPTokenizer.from_pretrained(self.folder / "tokenizer", local_files_only=True)
-        for module in (self.vae, self.text_encoder):
+        self.encoders = [(getattr(transformers, tokenizer_class).from_pretrained(self.folder / tokenizer,
+                                                                                local_files_only=True),
+                          getattr(transformers, encoder_class).from_pretrained(self.folder / name,
+                                                                               local_files_only=True,
+                                                                               use_safetensors=True))
+                         for name, (encoder_class, tokenizer, tokenizer_class) in encoders.items()]
+        self.tokenizer, self.text_encoder = self.encoders[0]
+        for module in (self.vae, *(encoder for _, encoder in self.encoders)):
             module.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.shift_factor = float(self.vae.config.get("shift_factor") or 0.0)
-        self.digests = {part: file_sha256(path) for part, path in weights.items()}
 
     def _index(self) -> dict:
         path = self.folder / "model_index.json"
@@ -96,14 +118,39 @@ class TextToImageParts:
         return self.vae.decode(z.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor).sample
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """The text encoder's last hidden states [B, L, D] of prompts padded (and cut) to the tokenizer's length:
-        the encoder_hidden_states of Stable Diffusion's UNet."""
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The denoiser's text inputs for prompts, as the pipeline computes them (float32): Stable Diffusion's
+        {"encoder_hidden_states": the text encoder's last hidden states [B, L, D]} of the prompts padded (and cut)
+        to the tokenizer's length; SD3's the two CLIP encoders' penultimate hidden states side by side, padded to
+        the transformer's width, before T5's (zeros without a T5), and their pooled outputs side by side as
+        "pooled_projections"."""
         if not (isinstance(prompts, (list, tuple)) and all(isinstance(p, str) for p in prompts)):
             raise TypeError(f"prompts: expected a list of strings, got {prompts!r:.80}")
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0].float()
+        if not self.sd3:
+            return {"encoder_hidden_states": self.text_encoder(self._ids(self.tokenizer, prompts))[0].float()}
+        clip = [encoder(self._ids(tokenizer, prompts, self.tokenizer.model_max_length), output_hidden_states=True)
+                for tokenizer, encoder in self.encoders[:2]]
+        hidden = torch.cat([out.hidden_states[-2] for out in clip], dim=-1).float()
+        if len(self.encoders) == 3:
+            t5 = self.encoders[2][1](self._ids(self.encoders[2][0], prompts, T5_LENGTH))[0].float()
+        else:
+            t5 = torch.zeros(len(prompts), T5_LENGTH, self.joint_dim, device=self.device)
+        return {"encoder_hidden_states": torch.cat([F.pad(hidden, (0, t5.shape[-1] - hidden.shape[-1])), t5], dim=-2),
+                "pooled_projections": torch.cat([out[0] for out in clip], dim=-1).float()}
+
+    def _ids(self, tokenizer, prompts: list[str], length: int | None = None) -> torch.Tensor:
+        """Token ids of prompts padded (and cut) to length (the tokenizer's own by default), on the device."""
+        return tokenizer(list(prompts), padding="max_length", max_length=length or tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+
+def weights_digest(folder: Path, what: str) -> str:
+    """sha256 of a component's safetensors weights: of its one model.safetensors, or of its shards' digests in
+    name order (a large T5); a component with pickled weights only is refused."""
+    shards = sorted(folder.glob("*.safetensors"))
+    if len(shards) <= 1:
+        return file_sha256(safetensors_weights(folder, "model.safetensors", what))
+    return hashlib.sha256(" ".join(f"{p.name}:{file_sha256(p)}" for p in shards).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=2)
@@ -117,11 +164,12 @@ def latent_decoder(directory: str | Path):
 
 
 def check_cache_of(pipeline: str | Path, cache: str | Path) -> None:
-    """A latent cache that a pipeline's UNet is distilled on must have been encoded by that pipeline's VAE and
-    text encoder (the sha256 of their weights, as its manifest records them)."""
+    """A latent cache that a pipeline's network is distilled on must have been encoded by that pipeline's VAE and
+    text encoders (the sha256 of their weights, as its manifest records them)."""
     recorded = read_manifest(cache)["encoder"]["weights_sha256"]
     folder = Path(pipeline)
-    if any(file_sha256(safetensors_weights(folder / part, name, "teacher")) != recorded.get(part)
-           for part, name in PARTS.items()):
-        raise ValueError(f"teacher: the VAE or text encoder of {folder} did not encode data.path {cache}; expected "
+    digests = {name: file_sha256(safetensors_weights(folder / "vae", VAE_WEIGHTS, "teacher")) if name == "vae"
+               else weights_digest(folder / name, "teacher") for name in recorded}
+    if digests != recorded:
+        raise ValueError(f"teacher: the VAE or text encoders of {folder} did not encode data.path {cache}; expected "
                          f"its own latents (mcm-fast encode --pipeline {folder})")

@@ -32,6 +32,13 @@ def reference_set(config, n: int, what: str = "eval_samples") -> tuple[dict, str
     return held_out.batch(torch.randperm(len(held_out), generator=generator)[:n]), description
 
 
+def prompts_of(batch: dict) -> dict[str, torch.Tensor] | None:
+    """The prompt embeddings in a batch of a latent cache (its network's text inputs), None for other data."""
+    from mcm_fast.data.latents import CONDITIONS
+
+    return {k: batch[k] for k in CONDITIONS if k in batch} or None
+
+
 def decoder(config):
     """latents -> images in [-1, 1] for a run on a latent cache (its pipeline's VAE), else None."""
     if config.data.name != "latents":
@@ -66,17 +73,20 @@ def score(samples: torch.Tensor, reference: torch.Tensor, features=pixel_feature
 
 
 def sample_inputs(info: dict, n: int, seed: int, device="cpu", label: int | None = None,
-                  prompts: torch.Tensor | None = None):
+                  prompts: dict[str, torch.Tensor] | None = None):
     """(noise [n, *shape], cond, generator) from a seed: for class-conditional models cond holds the labels
     0, 1, 2, ... (or `label` for all), so 10-wide grids show a column per class; for text-conditioned ones
-    (info["text"]) the prompt embeddings [m, L, D] in turn."""
+    (info["text"]) the prompt embeddings of m prompts in turn (prompts: {"encoder_hidden_states": [m, L, D], and
+    "pooled_projections": [m, P] where the model takes them})."""
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn((n, *info["shape"]), generator=generator, device=device)
     if "text" in info:
-        if prompts is None or label is not None:
-            raise ValueError(f"prompts: a text-conditioned model samples for prompt embeddings [m, {info['text'][0]}, "
-                             f"{info['text'][1]}] and no label; got prompts {prompts!r:.40} and label {label!r}")
-        return noise, {"encoder_hidden_states": prompts[torch.arange(n) % len(prompts)].to(device)}, generator
+        if not isinstance(prompts, dict) or "encoder_hidden_states" not in prompts or label is not None:
+            raise ValueError(f"prompts: a text-conditioned model samples for prompt embeddings "
+                             f"{{'encoder_hidden_states': [m, {info['text'][0]}, {info['text'][1]}], ...}} and no "
+                             f"label; got prompts {prompts!r:.40} and label {label!r}")
+        index = torch.arange(n) % len(prompts["encoder_hidden_states"])
+        return noise, {k: v[index].to(device) for k, v in prompts.items()}, generator
     classes = info["num_classes"]
     if not classes:
         if label is not None:
@@ -97,7 +107,7 @@ class Scorer:
         self.info, self.n, self.seed, self.device = info, n, seed, device
         reference, self.reference_name = reference_set(config, n, what)
         self.reference = reference.pop("x")
-        self.prompts = reference.get("encoder_hidden_states")  # text: a sample per held-out example's prompt
+        self.prompts = prompts_of(reference)  # text: a sample per held-out example's prompt
         self.name, self.features = default_features(config)
 
     def __call__(self, generate) -> tuple[dict, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""diffusers networks (UNet2DModel, DiTTransformer2DModel) as raw networks net(z, time, label=None) -> out.
+"""diffusers networks (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel, SD3Transformer2DModel) as raw
+networks net(z, time, label=None, **text) -> out.
 
 diffusers is an optional extra (pip install -e ".[diffusers]"): it is imported when such a network is built.
 """
@@ -12,7 +13,8 @@ from torch import nn
 
 W_EMBEDDING = 256  # the width of a guidance-distilled UNet's w embedding (LCM's time_cond_proj_dim)
 DIFFUSERS_MODELS = {"diffusers-unet2d": "UNet2DModel", "diffusers-unet2d-cond": "UNet2DConditionModel",
-                    "diffusers-dit": "DiTTransformer2DModel"}
+                    "diffusers-dit": "DiTTransformer2DModel", "diffusers-sd3": "SD3Transformer2DModel"}
+TEXT_MODELS = ("diffusers-unet2d-cond", "diffusers-sd3")  # the ones that take prompt embeddings
 PRIVATE_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
 
@@ -42,10 +44,11 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class DiffusersNet(nn.Module):
-    """A diffusers denoising network seen as net(z, time, label=None, encoder_hidden_states=None, guidance=None) ->
-    out: time goes in as its timestep, label as its class_labels (num_classes is the null class of classifier-free
-    guidance), a text-conditioned network's prompt embeddings as its encoder_hidden_states, and a guidance-distilled
-    UNet's w ([B]) as its timestep_cond (guidance_embedding; the UNet's time_cond_proj_dim)."""
+    """A diffusers denoising network seen as net(z, time, label=None, encoder_hidden_states=None,
+    pooled_projections=None, guidance=None) -> out: time goes in as its timestep, label as its class_labels
+    (num_classes is the null class of classifier-free guidance), a text-conditioned network's prompt embeddings as
+    its encoder_hidden_states (and an SD3 transformer's pooled ones as its pooled_projections), and a
+    guidance-distilled UNet's w ([B]) as its timestep_cond (guidance_embedding; the UNet's time_cond_proj_dim)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -54,11 +57,11 @@ class DiffusersNet(nn.Module):
         self.net = net
 
     @classmethod
-    def build(cls, model: str, options: dict, shape: tuple, num_classes: int,
-              text: list | None = None) -> DiffusersNet:
+    def build(cls, model: str, options: dict, shape: tuple, num_classes: int, text: list | None = None,
+              pooled: int | None = None) -> DiffusersNet:
         """A randomly initialized DIFFUSERS_MODELS[model] for [C, H, W] data (text: the [L, D] of its prompt
-        embeddings, for the text-conditioned UNet); options are its constructor's arguments and override the sizes
-        taken from the data."""
+        embeddings, pooled: the width of the pooled ones, for the text-conditioned networks); options are its
+        constructor's arguments and override the sizes taken from the data."""
         if model not in DIFFUSERS_MODELS:
             raise ValueError(f"model: expected one of {tuple(DIFFUSERS_MODELS)}, got {model!r}")
         net_class = getattr(import_diffusers(), DIFFUSERS_MODELS[model])
@@ -72,6 +75,10 @@ class DiffusersNet(nn.Module):
                      **({"cross_attention_dim": text[1]} if text else {})}
             if options.pop("guidance_distilled", False):  # a w embedding that starts at zero: the teacher's UNet
                 options = {**options, "time_cond_proj_dim": W_EMBEDDING}
+        elif model == "diffusers-sd3":
+            sizes = {"sample_size": size, "in_channels": channels, "out_channels": channels,
+                     **({"joint_attention_dim": text[1]} if text else {}),
+                     **({"pooled_projection_dim": pooled} if pooled else {})}
         else:
             if not num_classes:
                 raise ValueError("model: 'diffusers-dit' is class-conditional (adaLN-Zero on labels): expected "
@@ -90,8 +97,11 @@ class DiffusersNet(nn.Module):
         return getattr(self.net.config, "time_cond_proj_dim", None) is not None
 
     def forward(self, z: torch.Tensor, time: torch.Tensor, label: torch.Tensor | None = None,
-                encoder_hidden_states: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, pooled_projections: torch.Tensor | None = None,
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
+        if pooled_projections is not None:  # SD3's joint transformer: no labels, no w embedding
+            return self.net(z, encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections,
+                            timestep=time).sample
         extra = {}
         if guidance is not None:
             if not self.guidance_distilled:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.integrations.pipelines import is_pipeline_folder, load_pipeline_unet, pipeline_settings
+from mcm_fast.integrations.pipelines import is_pipeline_folder, load_pipeline_network, pipeline_settings
 from mcm_fast.models import MLPNet, uvit
-from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, DiffusersNet
+from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, TEXT_MODELS, DiffusersNet
 from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
 from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
 from mcm_fast.train.config import ConfigError, TrainConfig, load_config
@@ -52,10 +52,11 @@ def data_null_cond(config: TrainConfig) -> dict | None:
     return load_null_cond(config.data.path)
 
 
-def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = None) -> torch.nn.Module:
+def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = None,
+             pooled: int | None = None) -> torch.nn.Module:
     """The raw network of a run (kind.config) for data of shape (C, H, W) or (d,) (text: [L, D] of its prompt
-    embeddings): a UViT preset, the MLP for vectors, or a diffusers network; a student of several step counts or
-    with guidance distilled into it embeds those inputs too."""
+    embeddings, pooled: the width of pooled ones): a UViT preset, the MLP for vectors, or a diffusers network; a
+    student of several step counts or with guidance distilled into it embeds those inputs too."""
     config = kind.config
     options = {**config.model_options, **kind.network_options()}
     if config.gradient_checkpointing and config.model not in DIFFUSERS_MODELS:
@@ -74,11 +75,15 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
                                   "guidance adds; expected a full student (no lora_rank) to distill guidance")
             if len(shape) != 3:
                 raise ConfigError(f"model: {config.model!r} needs [C, H, W] images, got data of shape {tuple(shape)}")
-            if (config.model == "diffusers-unet2d-cond") != (text is not None):
+            if (config.model in TEXT_MODELS) != (text is not None):
                 raise ConfigError(f"model: {config.model!r} for data {'with' if text else 'without'} prompts; "
-                                  f"expected {'diffusers-unet2d-cond' if text else 'another model'} (data with "
+                                  f"expected {' or '.join(TEXT_MODELS) if text else 'another model'} (data with "
                                   f"prompts is data.name latents)")
-            net = DiffusersNet.build(config.model, options, shape, num_classes, text)
+            if (config.model == "diffusers-sd3") != (pooled is not None):
+                raise ConfigError(f"model: {config.model!r} for prompt embeddings {'with' if pooled else 'without'} "
+                                  f"pooled ones; expected {'diffusers-sd3' if pooled else 'diffusers-unet2d-cond'} "
+                                  f"(the cache of an SD3 pipeline holds pooled embeddings)")
+            net = DiffusersNet.build(config.model, options, shape, num_classes, text, pooled)
             if config.gradient_checkpointing:
                 net.net.enable_gradient_checkpointing()
             return net
@@ -87,7 +92,7 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
                 raise ConfigError(f"model: 'mlp' needs vector data, got data of shape {tuple(shape)}")
             return MLPNet(dim=shape[0], classes=num_classes, **options)
         if text is not None:
-            raise ConfigError(f"model: {config.model!r} takes no prompts; expected diffusers-unet2d-cond for data "
+            raise ConfigError(f"model: {config.model!r} takes no prompts; expected {' or '.join(TEXT_MODELS)} for data "
                               f"with prompt embeddings")
         if len(shape) != 3:
             raise ConfigError(f"model: a UViT needs [C, H, W] images, got data of shape {tuple(shape)}; use model=mlp")
@@ -143,7 +148,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     if is_pipeline_folder(path):
         settings, info = pipeline_settings(path)
         kind = make_kind(load_config({"kind": "teacher", **settings}), info["num_classes"])
-        net = load_pipeline_unet(path).to(device).requires_grad_(False)
+        net = load_pipeline_network(path).to(device).requires_grad_(False)
         return kind.wrap(net).eval(), kind, info
     checkpoint = load_checkpoint(path, device=str(device))
     kind, info, net = _rebuild(checkpoint)
@@ -168,6 +173,7 @@ def _rebuild(checkpoint: dict) -> tuple[Kind, dict, torch.nn.Module]:
     try:
         config = load_config(config)
         kind = make_kind(config, classes, null_cond=data_null_cond(config))
-        return kind, info, with_lora(make_net(kind, tuple(shape), classes, info.get("text")), config)
+        net = make_net(kind, tuple(shape), classes, info.get("text"), info.get("pooled"))
+        return kind, info, with_lora(net, config)
     except ConfigError as error:
         raise ValueError(f"{file}: its config is invalid: {error}") from None

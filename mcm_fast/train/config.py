@@ -93,7 +93,7 @@ class TrainConfig:
     """A training run: kind, network, data, objective, optimizer and the loop's schedule."""
 
     kind: str = "teacher"  # teacher (v-loss), cd, ct, direct (Algorithm 1) or cm (Song et al.)
-    model: str = "tiny"  # a UViT preset (models.UVIT_PRESETS), mlp (2-D data), diffusers-unet2d/-unet2d-cond/-dit
+    model: str = "tiny"  # a UViT preset (models.UVIT_PRESETS), mlp (2-D data), diffusers-unet2d/-unet2d-cond/-dit/-sd3
     model_options: dict = field(default_factory=dict)  # overrides of the preset's fields; a diffusers model's arguments
     prediction: str = "v"  # x, eps, v or flow (velocity eps - x); EDM's D is x on the edm schedule
     schedule: str = "cosine"  # cosine, flow (rectified flow), edm (sigma) or discrete (DDPM betas; needs diffusers)

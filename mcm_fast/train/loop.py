@@ -96,8 +96,8 @@ class Trainer:
         self.progress = progress and self.ranks.main
         self.data = training_data(config.data, config.seed)
         self.info = {"shape": list(self.data.shape), "num_classes": self.data.num_classes}
-        if isinstance(self.data, LatentData):  # text-conditioned: its prompt embeddings' [L, D]
-            self.info["text"] = list(self.data.prompt_embeds.shape[1:])
+        if isinstance(self.data, LatentData):  # text-conditioned: its prompt embeddings' [L, D] (and pooled P)
+            self.info.update(self.data.text_info)
         micro_batches = self.ranks.world * config.optim.accumulate
         if config.optim.batch_size % micro_batches:
             raise ConfigError(f"optim.batch_size: expected a multiple of ranks x accumulate = {micro_batches}, "
@@ -106,7 +106,8 @@ class Trainer:
         self.kind = make_kind(config, self.info["num_classes"], null_cond=data_null_cond(config))
         self.teacher, teacher_net = self._load_teacher()
         torch.manual_seed(config.seed)  # the initial weights, the same on every rank
-        net = make_net(self.kind, tuple(self.info["shape"]), self.info["num_classes"], self.info.get("text"))
+        net = make_net(self.kind, tuple(self.info["shape"]), self.info["num_classes"], self.info.get("text"),
+                       self.info.get("pooled"))
         if teacher_net is not None and config.init == "teacher" and self.kind.same_network_as_teacher:
             load_teacher_weights(net, teacher_net)
         if config.lora_rank is not None:  # the teacher becomes the student's own network with its adapters off
@@ -317,7 +318,7 @@ class Trainer:
         training data's first prompts when text-conditioned."""
         n_steps = self.kind.default_steps() if n_steps is None else n_steps
         seed = self.config.seed if seed is None else seed
-        prompts = self.data.prompt_embeds[:n] if isinstance(self.data, LatentData) else None
+        prompts = self.data.prompts(n) if isinstance(self.data, LatentData) else None
         noise, cond, generator = sample_inputs(self.info, n, seed, self.ranks.device, prompts=prompts)
         return self.kind.sample(self.kind.wrap(self.ema), n_steps, noise, teacher_sampler, generator, **cond)
 

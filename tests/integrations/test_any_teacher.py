@@ -12,6 +12,7 @@ BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # DDPM's linear b
 ALPHAS_CUMPROD = torch.cumprod(1 - BETAS, 0)
 SCHEDULES = {
     "flow": mf.FlowSchedule(),
+    "flow-shift3": mf.FlowSchedule(shift=3.0, time_scale=1000.0),  # SD3's
     "edm": mf.EDMSchedule(),
     "discrete": mf.DiscreteSchedule(ALPHAS_CUMPROD),
     "discrete-cosine": mf.DiscreteSchedule(torch.cos((torch.arange(1, 101) / 100 + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -26,6 +27,11 @@ def hand_logsnr(name, t):
     if name == "flow":
         u_min, u_max = 1 / (1 + math.exp(7.5)), 1 / (1 + math.exp(-7.5))
         u = u_min + t * (u_max - u_min)
+        return 2 * math.log((1 - u) / u)
+    if name == "flow-shift3":  # u = 3 v / (1 + 2 v), v uniform in t between the v of u's ends
+        ends = [u / (3 - 2 * u) for u in (1 / (1 + math.exp(7.5)), 1 / (1 + math.exp(-7.5)))]
+        v = ends[0] + t * (ends[1] - ends[0])
+        u = 3 * v / (1 + 2 * v)
         return 2 * math.log((1 - u) / u)
     if name == "edm":
         sigma = (0.002 ** (1 / 7) + t * (80 ** (1 / 7) - 0.002 ** (1 / 7))) ** 7

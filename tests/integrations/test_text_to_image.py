@@ -58,6 +58,8 @@ def test_parts_encode_as_diffusers_does(pipeline_dir, parts):
                                                              use_safetensors=True)
     positive, negative = pipe.encode_prompt(DIGIT_PROMPTS[3], "cpu", 1, True, "")
     ours = parts.encode_prompts([DIGIT_PROMPTS[3], ""])
+    assert list(ours) == ["encoder_hidden_states"]
+    ours = ours["encoder_hidden_states"]
     assert ours.shape == (2, 8, 32)
     torch.testing.assert_close(ours, torch.cat([positive, negative]), rtol=0, atol=0)
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -74,7 +76,7 @@ def test_a_folder_that_is_no_stable_diffusion_pipeline_is_one_line(pipeline_dir,
     folder = shutil.copytree(pipeline_dir, tmp_path / "p")
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": ["transformers", "CLIPTextModel"]}))
-    with pytest.raises(ValueError, match=r"^teacher: .*second text encoder \(text_encoder_2: SDXL or SD3\)"):
+    with pytest.raises(ValueError, match=r"^teacher: .*second text encoder \(text_encoder_2: SDXL\)"):
         TextToImageParts(folder)
     (folder / "model_index.json").write_text(json.dumps(index))
     (folder / "text_encoder" / "model.safetensors").rename(folder / "text_encoder" / "pytorch_model.bin")
@@ -133,15 +135,16 @@ def test_the_cache_holds_what_the_parts_give_and_is_seeded(parts, digits, tmp_pa
     assert len(data) == 70 and data.shape == (4, 8, 8) and data.num_classes == 0
     generator = torch.Generator().manual_seed(1 * latent_cache.SEED_STRIDE)
     torch.testing.assert_close(data.latents[:5], parts.encode_images(images.batch(torch.arange(5))["x"], generator))
-    torch.testing.assert_close(data.prompt_embeds[7], parts.encode_prompts([captions[7]])[0])
-    torch.testing.assert_close(data.null_cond["encoder_hidden_states"], parts.encode_prompts([""]))
+    torch.testing.assert_close(data.cond["encoder_hidden_states"][7],
+                               parts.encode_prompts([captions[7]])["encoder_hidden_states"][0])
+    torch.testing.assert_close(data.null_cond, parts.encode_prompts([""]))
     assert data.manifest["pipeline"] == str(parts.folder.resolve())
     batch = data.batch(torch.tensor([3, 9]))
     assert batch["x"].shape == (2, 4, 8, 8) and batch["encoder_hidden_states"].shape == (2, 8, 32)
     again = load_latents(encode_latents(images, captions, parts, tmp_path / "b", seed=1))
     other = load_latents(encode_latents(images, captions, parts, tmp_path / "c", seed=2))
     assert torch.equal(again.latents, data.latents) and not torch.equal(other.latents, data.latents)
-    assert torch.equal(other.prompt_embeds, data.prompt_embeds)  # the text has no noise
+    assert torch.equal(other.cond["encoder_hidden_states"], data.cond["encoder_hidden_states"])  # no noise
 
 
 def test_a_killed_encoding_resumes_to_the_same_bytes_and_a_damaged_cache_is_refused(parts, digits, tmp_path,
@@ -204,7 +207,7 @@ def test_cli_encodes_a_captioned_folder_and_says_what_is_wrong_in_one_line(pipel
     args = ["encode", "--pipeline", str(pipeline_dir), "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "c")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "encoded 4 of 4" in out and "latents [4, 8, 8], prompt embeddings [8, 32]" in out
+    assert "encoded 4 of 4" in out and "latents [4, 8, 8], encoder_hidden_states [8, 32]" in out
     before = file_sha256(tmp_path / "c" / "latents.safetensors")
     assert main(args) == 0 and "encoded" not in capsys.readouterr().out  # the cache is reused
     assert file_sha256(tmp_path / "c" / "latents.safetensors") == before

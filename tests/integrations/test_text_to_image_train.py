@@ -157,7 +157,7 @@ def test_a_full_student_of_a_pipeline_exports_a_pipeline_folder(cache, tmp_path,
 def test_lora_and_export_refuse_what_they_cannot_do_in_one_line(cache, runs, tmp_path, capsys):
     other = tiny_text_pipeline(tmp_path / "other", seed=1)
     capsys.readouterr()  # transformers' own progress bar while saving, outside the command line
-    with pytest.raises(ConfigError, match=r"^teacher: the VAE or text encoder of .*other did not encode data.path"):
+    with pytest.raises(ConfigError, match=r"^teacher: the VAE or text encoders of .*other did not encode data.path"):
         train(config(cache, kind="cd", teacher=str(other), steps=1), tmp_path / "x", progress=False)
     train(load_config({"preset": "tiny-teacher", **RUN, "data": {"resolution": 8}, "steps": 1}), tmp_path / "uvit",
           progress=False)
