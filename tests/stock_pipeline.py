@@ -1,14 +1,22 @@
-"""Helpers for the tests that load what mcm_fast exports into a stock diffusers StableDiffusionPipeline."""
+"""Helpers for the tests that load what mcm_fast exports into a stock diffusers pipeline (StableDiffusionPipeline,
+or StableDiffusion3Pipeline for an SD3 folder)."""
+import json
+
 import diffusers
 import torch
 
 import mcm_fast as mf
 from mcm_fast.integrations.text_to_image import TextToImageParts
+from mcm_fast.schedules import alpha_sigma
 
 
 def stock_pipeline(folder):
-    """StableDiffusionPipeline.from_pretrained(folder), safetensors only, no progress bar."""
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    """The folder's pipeline class .from_pretrained(folder), safetensors only, no progress bar (an SD3 folder
+    without T5 loads with text_encoder_3=None, as diffusers documents)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    cls = getattr(diffusers, index["_class_name"])
+    without = {k: None for k in ("text_encoder_3", "tokenizer_3") if k in index and index[k][0] is None}
+    pipe = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **without)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -16,14 +24,20 @@ def stock_pipeline(folder):
 def assert_samples_as_mf(pipe, model, text_pipeline, steps: int, guidance: float = 0.0, seed: int = 3,
                          prompt: str = "a handwritten digit three") -> int:
     """pipe(prompt, num_inference_steps=steps, guidance_scale=1 + guidance) from a noise gives mf.sample(model,
-    steps, guidance=guidance)'s latents from the same noise and text_pipeline's embedding of the prompt (atol
-    1e-5); returns the pipeline's UNet calls."""
+    steps, guidance=guidance)'s latents from the same noise (as the VP z_1 mf.sample takes: the pipeline's own
+    latent scaled by alpha_1 / a_1, 1 for VP schedules) and text_pipeline's embedding of the prompt (atol 1e-5);
+    returns the pipeline's network calls."""
     calls = []
-    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
-    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    network = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+    network.register_forward_pre_hook(lambda *_: calls.append(1))
+    config = network.config
+    noise = torch.randn(1, config.in_channels, config.sample_size, config.sample_size,
+                        generator=torch.Generator().manual_seed(seed))
     latents = pipe(prompt, num_inference_steps=steps, guidance_scale=1.0 + guidance, latents=noise.clone(),
                    output_type="latent").images
     text = TextToImageParts(text_pipeline).encode_prompts([prompt])
-    expected = mf.sample(model, steps, noise=noise.clone(), guidance=guidance, **text)
+    logsnr = model.schedule.logsnr(torch.tensor([1.0], dtype=torch.float64))
+    to_vp = float(alpha_sigma(logsnr)[0] / model.schedule.native_alpha_sigma(logsnr)[0])
+    expected = mf.sample(model, steps, noise=noise.clone() * to_vp, guidance=guidance, **text)
     torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
     return len(calls)

@@ -17,7 +17,13 @@ import json
 import shutil
 from pathlib import Path
 
-from mcm_fast.integrations.pipelines import PREDICTION_TYPES, SCHEDULER_CONFIG, UNET_WEIGHTS, is_pipeline_folder
+from mcm_fast.integrations.pipelines import (
+    PREDICTION_TYPES,
+    SCHEDULER_CONFIG,
+    UNET_WEIGHTS,
+    is_pipeline_folder,
+    network_folder,
+)
 from mcm_fast.train.build import load_model
 
 STUDENT_KINDS = ("cd", "ct", "direct")
@@ -90,9 +96,11 @@ def export_teacher(model, config, out: Path, echo=print) -> Path:
     return out
 
 
-def copy_pipeline(source, out: Path, unet) -> None:
-    """source's pipeline folder copied to the new folder out, its UNet's weights and config unet's."""
+def copy_pipeline(source, out: Path, network) -> None:
+    """source's pipeline folder copied to the new folder out, its denoising network's (unet/ or transformer/)
+    weights and config network's."""
     if out.exists():
         raise ValueError(f"--out: {out} exists; expected a new folder for the pipeline")
-    shutil.copytree(source, out, ignore=lambda folder, names: [UNET_WEIGHTS] if Path(folder).name == "unet" else [])
-    unet.save_pretrained(out / "unet", safe_serialization=True)
+    name = network_folder(source).name
+    shutil.copytree(source, out, ignore=lambda folder, names: [UNET_WEIGHTS] if Path(folder).name == name else [])
+    network.save_pretrained(out / name, safe_serialization=True)

@@ -92,9 +92,12 @@ def export_lora(net: DiffusersNet, out: str | Path, scheduler_config: dict, boun
         raise ValueError("net: has no LoRA adapters (add_lora); expected a LoRA student")
     layers = get_peft_model_state_dict(unet, adapter_name=ADAPTER)  # peft's names (lora_A, lora_B) for every layer:
     # diffusers' older names cover attention only, and a file that mixes the two loads without its attention
-    out = Path(out)
-    diffusers.StableDiffusionPipeline.save_lora_weights(
-        out, unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict())
+    out, metadata = Path(out), unet.peft_config[ADAPTER].to_dict()
+    if isinstance(unet, diffusers.SD3Transformer2DModel):  # StableDiffusion3Pipeline.load_lora_weights reads it
+        diffusers.StableDiffusion3Pipeline.save_lora_weights(
+            out, transformer_lora_layers=layers, safe_serialization=True, transformer_lora_adapter_metadata=metadata)
+    else:
+        diffusers.StableDiffusionPipeline.save_lora_weights(
+            out, unet_lora_layers=layers, safe_serialization=True, unet_lora_adapter_metadata=metadata)
     MCMScheduler.from_settings(scheduler_config, boundaries).save_pretrained(out)
     return out

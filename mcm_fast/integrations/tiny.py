@@ -1,7 +1,9 @@
-"""A text-to-image diffusers pipeline folder small enough to train on a CPU (issue 34's proof at a size that trains
+"""Text-to-image diffusers pipeline folders small enough to train on a CPU (issue 34's proof at a size that trains
 here): the real component classes of Stable Diffusion 1.x (AutoencoderKL, CLIPTextModel with its CLIPTokenizer,
-UNet2DConditionModel, DDPMScheduler), built from explicit configs, randomly initialized from a seed and saved in
-save_pretrained's layout (safetensors only), so that `StableDiffusionPipeline.from_pretrained(folder)` loads it.
+UNet2DConditionModel, DDPMScheduler) and of SD3 (two CLIPTextModelWithProjection, SD3Transformer2DModel,
+FlowMatchEulerDiscreteScheduler; no T5, as SD3 runs without one), built from explicit configs, randomly
+initialized from a seed and saved in save_pretrained's layout (safetensors only), so that
+`StableDiffusionPipeline.from_pretrained(folder)` (or StableDiffusion3Pipeline's) loads it.
 
 The tokenizer's vocabulary is the words of DIGIT_PROMPTS ("a handwritten digit seven"), one BPE token each;
 nothing is downloaded. Needs the optional extras diffusers and transformers.
@@ -28,6 +30,10 @@ UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block
         "block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32, "attention_head_dim": 8,
         "norm_num_groups": 8}
+SD3_TRANSFORMER = {"sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 2,
+                   "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 64,
+                   "caption_projection_dim": 16, "pooled_projection_dim": 64, "pos_embed_max_size": 8}
+SD3_VAE = {**VAE, "scaling_factor": 1.5, "shift_factor": 0.1}  # SD3's VAE shifts its latents too
 SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
              "prediction_type": "epsilon", "clip_sample": False, "steps_offset": 1}
 
@@ -50,26 +56,38 @@ def bpe_vocabulary(words) -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
+def write_tokenizer(out: Path, prompts) -> dict[str, int]:
+    """A CLIPTokenizer that reads each word of prompts as one token, saved to out; returns its vocabulary."""
+    from transformers import CLIPTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe_vocabulary(sorted({word for prompt in prompts for word in prompt.split()}))
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=PROMPT_LENGTH,
+                  pad_token=SPECIAL[1]).save_pretrained(out)
+    return vocab
+
+
+def write_text_encoder(out: Path, vocab: dict, projection: bool = False) -> None:
+    """A randomly initialized TEXT_ENCODER-sized CLIP text encoder (with its projection: SD3's), saved to out."""
+    import transformers
+
+    config = transformers.CLIPTextConfig(vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                         **TEXT_ENCODER)
+    model = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    model(config).save_pretrained(out, safe_serialization=True)
+
+
 def tiny_text_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, prediction_type: str = "epsilon",
                        vae: dict | None = None, unet: dict | None = None) -> Path:
     """Writes a Stable-Diffusion-1.x-style pipeline folder (vae/, text_encoder/, tokenizer/, unet/, scheduler/,
     model_index.json) with randomly initialized tiny components; vae and unet override VAE's and UNET's keys."""
     diffusers = import_diffusers()
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     out = Path(out)
-    (out / "tokenizer").mkdir(parents=True, exist_ok=True)
-    words = sorted({word for prompt in prompts for word in prompt.split()})
-    vocab, merges = bpe_vocabulary(words)
-    (out / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
-    (out / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(str(out / "tokenizer" / "vocab.json"), str(out / "tokenizer" / "merges.txt"),
-                              model_max_length=PROMPT_LENGTH, pad_token=SPECIAL[1])
-    tokenizer.save_pretrained(out / "tokenizer")
+    vocab = write_tokenizer(out / "tokenizer", prompts)
     torch.manual_seed(seed)
-    text_config = CLIPTextConfig(vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                                 **TEXT_ENCODER)
-    CLIPTextModel(text_config).save_pretrained(out / "text_encoder", safe_serialization=True)
+    write_text_encoder(out / "text_encoder", vocab)
     diffusers.AutoencoderKL(**{**VAE, **(vae or {})}).save_pretrained(out / "vae", safe_serialization=True)
     diffusers.UNet2DConditionModel(**{**UNET, **(unet or {})}).save_pretrained(out / "unet", safe_serialization=True)
     diffusers.DDPMScheduler(**{**SCHEDULER, "prediction_type": prediction_type}).save_pretrained(out / "scheduler")
@@ -78,5 +96,30 @@ def tiny_text_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, pr
              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
              "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
              "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
+
+
+def tiny_sd3_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, shift: float = 3.0) -> Path:
+    """Writes an SD3-style pipeline folder (vae/, text_encoder/ and text_encoder_2/ with their tokenizers,
+    transformer/, scheduler/ a FlowMatchEulerDiscreteScheduler with this shift, model_index.json; no T5) with
+    randomly initialized tiny components."""
+    diffusers = import_diffusers()
+    out = Path(out)
+    torch.manual_seed(seed)
+    for suffix in ("", "_2"):
+        vocab = write_tokenizer(out / f"tokenizer{suffix}", prompts)
+        write_text_encoder(out / f"text_encoder{suffix}", vocab, projection=True)
+    diffusers.AutoencoderKL(**SD3_VAE).save_pretrained(out / "vae", safe_serialization=True)
+    diffusers.SD3Transformer2DModel(**SD3_TRANSFORMER).save_pretrained(out / "transformer", safe_serialization=True)
+    diffusers.FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(out / "scheduler")
+    clip = ["transformers", "CLIPTextModelWithProjection"]
+    index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": diffusers.__version__,
+             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": clip, "text_encoder_2": clip,
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             "text_encoder_3": [None, None], "tokenizer_3": [None, None],
+             "transformer": ["diffusers", "SD3Transformer2DModel"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "image_encoder": [None, None],
+             "feature_extractor": [None, None]}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
