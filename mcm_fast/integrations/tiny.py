@@ -1,7 +1,7 @@
 """Text-to-image diffusers pipeline folders small enough to train on a CPU (issue 34's proof at a size that trains
 here): the real component classes of Stable Diffusion 1.x (AutoencoderKL, CLIPTextModel with its CLIPTokenizer,
-UNet2DConditionModel, DDPMScheduler) and of SD3 (two CLIPTextModelWithProjection, SD3Transformer2DModel,
-FlowMatchEulerDiscreteScheduler; no T5, as SD3 runs without one), built from explicit configs, randomly
+UNet2DConditionModel, DDPMScheduler) and of SD3 (two CLIPTextModelWithProjection, optionally a T5EncoderModel
+with its T5TokenizerFast, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler), built from explicit configs, randomly
 initialized from a seed and saved in save_pretrained's layout (safetensors only), so that
 `StableDiffusionPipeline.from_pretrained(folder)` (or StableDiffusion3Pipeline's) loads it.
 
@@ -100,16 +100,26 @@ def tiny_text_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, pr
     return out
 
 
-def tiny_sd3_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, shift: float = 3.0) -> Path:
+def tiny_sd3_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, shift: float = 3.0,
+                      t5: bool = False) -> Path:
     """Writes an SD3-style pipeline folder (vae/, text_encoder/ and text_encoder_2/ with their tokenizers,
-    transformer/, scheduler/ a FlowMatchEulerDiscreteScheduler with this shift, model_index.json; no T5) with
-    randomly initialized tiny components."""
+    transformer/, scheduler/ a FlowMatchEulerDiscreteScheduler with this shift, model_index.json; with t5 also
+    text_encoder_3/ and tokenizer_3/, else SD3 without T5) with randomly initialized tiny components."""
+    import transformers
+
     diffusers = import_diffusers()
     out = Path(out)
     torch.manual_seed(seed)
     for suffix in ("", "_2"):
         vocab = write_tokenizer(out / f"tokenizer{suffix}", prompts)
         write_text_encoder(out / f"text_encoder{suffix}", vocab, projection=True)
+    if t5:  # a Unigram vocabulary of the prompts' words; T5's width is the transformer's joint_attention_dim
+        words = sorted({word for prompt in prompts for word in prompt.split()})
+        pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *[("\u2581" + w, -1.0) for w in words]]
+        transformers.T5TokenizerFast(vocab=pieces, extra_ids=0).save_pretrained(out / "tokenizer_3")
+        config = transformers.T5Config(vocab_size=len(pieces), d_model=SD3_TRANSFORMER["joint_attention_dim"],
+                                       d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        transformers.T5EncoderModel(config).save_pretrained(out / "text_encoder_3", safe_serialization=True)
     diffusers.AutoencoderKL(**SD3_VAE).save_pretrained(out / "vae", safe_serialization=True)
     diffusers.SD3Transformer2DModel(**SD3_TRANSFORMER).save_pretrained(out / "transformer", safe_serialization=True)
     diffusers.FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(out / "scheduler")
@@ -117,7 +127,8 @@ def tiny_sd3_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, shi
     index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": diffusers.__version__,
              "vae": ["diffusers", "AutoencoderKL"], "text_encoder": clip, "text_encoder_2": clip,
              "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
-             "text_encoder_3": [None, None], "tokenizer_3": [None, None],
+             "text_encoder_3": ["transformers", "T5EncoderModel"] if t5 else [None, None],
+             "tokenizer_3": ["transformers", "T5TokenizerFast"] if t5 else [None, None],
              "transformer": ["diffusers", "SD3Transformer2DModel"],
              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "image_encoder": [None, None],
              "feature_extractor": [None, None]}

@@ -7,6 +7,7 @@ mf.sample samples."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,8 @@ from stock_pipeline import assert_samples_as_mf, stock_pipeline  # noqa: E402
 
 import mcm_fast as mf  # noqa: E402
 from mcm_fast.cli import main  # noqa: E402
+from mcm_fast.data.captions import DIGIT_PROMPTS  # noqa: E402
+from mcm_fast.data.images import load_mnist  # noqa: E402
 from mcm_fast.integrations.diffusers import MCMScheduler, teacher_from_diffusers  # noqa: E402
 from mcm_fast.integrations.pipelines import pipeline_settings  # noqa: E402
 from mcm_fast.integrations.text_to_image import TextToImageParts  # noqa: E402
@@ -26,7 +29,7 @@ from mcm_fast.train.build import load_model  # noqa: E402
 from mcm_fast.train.config import load_config  # noqa: E402
 from mcm_fast.train.loop import train  # noqa: E402
 
-RUN = {"optim": {"batch_size": 8, "warmup": 2}, "log_every": 1, "save_every": 0, "eval_samples": 8,
+RUN = {"optim": {"batch_size": 8, "warmup": 2}, "log_every": 1, "save_every": 0, "eval_samples": 6,
        "sample_steps": 2, "objective": {"student_steps": 2, "teacher_steps": 4}}
 
 
@@ -36,10 +39,20 @@ def sd3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache(sd3):
-    assert main(["encode", "--pipeline", str(sd3), "--data", "mnist", "--split", "test", "--out",
-                 str(sd3.parent / "cache"), "--threads", "1"]) == 0
-    return sd3.parent / "cache"
+def sd3_t5(tmp_path_factory):
+    return tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3-t5") / "pipeline", t5=True)
+
+
+def encoded(pipeline):
+    """A latent cache of 64 captioned MNIST test digits (an npz with x and text) through pipeline."""
+    digits = load_mnist("test", 16)
+    labels = digits.labels[:64].tolist()
+    source = pipeline.parent / "digits.npz"
+    np.savez(source, x=(digits.images[:64].numpy() * 127.5 + 127.5).round().astype(np.uint8),
+             text=np.array([DIGIT_PROMPTS[k] for k in labels]))
+    assert main(["encode", "--pipeline", str(pipeline), "--data", str(source), "--out",
+                 str(pipeline.parent / "cache"), "--threads", "1"]) == 0
+    return pipeline.parent / "cache"
 
 
 def test_the_shifted_flow_is_flow_match_eulers_training_schedule():
@@ -75,15 +88,23 @@ def test_an_sd3_folder_reads_as_a_flow_teacher_and_bad_ones_are_one_line_errors(
         pipeline_settings(folder)
 
 
-def test_prompts_encode_as_sd3s_pipeline_does(sd3):
-    pipe = stock_pipeline(sd3)
+
+
+@pytest.mark.parametrize("with_t5", [False, True])
+def test_prompts_encode_as_sd3s_pipeline_does(sd3, sd3_t5, with_t5):
+    """The two CLIP encoders' penultimate states side by side, padded to the transformer's width, before T5's 256
+    tokens (zeros without a T5), and their pooled outputs: what the pipeline's encode_prompt computes."""
+    folder = sd3_t5 if with_t5 else sd3
+    pipe = stock_pipeline(folder)
     prompts = ["a handwritten digit seven", ""]
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)
-    ours = TextToImageParts(sd3).encode_prompts(prompts)
+    with torch.no_grad():  # as the pipeline's __call__ runs it
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)
+    ours = TextToImageParts(folder).encode_prompts(prompts)
     assert set(ours) == {"encoder_hidden_states", "pooled_projections"}
+    assert bool(ours["encoder_hidden_states"][:, 8:].abs().sum() > 0) == with_t5
     assert ours["encoder_hidden_states"].shape == (2, 8 + 256, 64) and ours["pooled_projections"].shape == (2, 64)
-    torch.testing.assert_close(ours["encoder_hidden_states"], embeds.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(ours["pooled_projections"], pooled.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(ours["encoder_hidden_states"], embeds, rtol=0, atol=0)
+    torch.testing.assert_close(ours["pooled_projections"], pooled, rtol=0, atol=0)
 
 
 def test_the_teacher_reads_the_transformers_velocity(sd3):
@@ -103,11 +124,14 @@ def test_the_teacher_reads_the_transformers_velocity(sd3):
     torch.testing.assert_close(ours, (z - u.view(-1, 1, 1, 1) * v.double()).float(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_an_sd3_student_trains_exports_and_samples_in_the_stock_pipeline(sd3, cache, tmp_path, lora):
+@pytest.mark.parametrize("lora, with_t5", [(True, False), (False, False), (True, True)])
+def test_an_sd3_student_trains_exports_and_samples_in_the_stock_pipeline(sd3, sd3_t5, tmp_path, lora, with_t5):
     """A LoRA student (the transformer's attention with adapters, the teacher the same network without them) or
-    a full one, distilled from the SD3 folder on its cache: the export loads into StableDiffusion3Pipeline
-    (load_lora_weights, or the whole folder) and its MCMScheduler's S calls give mf.sample's latents."""
+    a full one, distilled from the SD3 folder (with or without T5) on its cache: the export loads into
+    StableDiffusion3Pipeline (load_lora_weights, or the whole folder) and its MCMScheduler's S calls give
+    mf.sample's latents."""
+    sd3 = sd3_t5 if with_t5 else sd3
+    cache = sd3.parent / "cache" if (sd3.parent / "cache").is_dir() else encoded(sd3)
     config = load_config({"preset": "tiny-cd", **RUN, "teacher": str(sd3), "steps": 2,
                           **({"lora_rank": 4} if lora else {}),
                           "data": {"name": "latents", "path": str(cache), "resolution": None}})
