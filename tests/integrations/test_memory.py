@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from mcm_fast.cli import main  # noqa: E402
 from mcm_fast.integrations.lora import add_lora, lora_parameters  # noqa: E402
 from mcm_fast.integrations.memory import GIB, activation_bytes, training_memory, unet_inputs  # noqa: E402
-from mcm_fast.integrations.tiny import UNET, tiny_text_pipeline  # noqa: E402
+from mcm_fast.integrations.tiny import UNET, tiny_sd3_pipeline, tiny_text_pipeline  # noqa: E402
 from mcm_fast.models.diffusers_nets import DiffusersNet  # noqa: E402
 
 CONFIG = {**UNET, "cross_attention_dim": 32}
@@ -86,3 +86,7 @@ def test_cli_estimates_a_pipeline_folder(tmp_path, capsys):
     assert main(["memory", "--pipeline", str(tmp_path), "--batch", "1"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--pipeline: no " in err
+    sd3 = tiny_sd3_pipeline(tmp_path / "sd3")
+    capsys.readouterr()
+    assert main(["memory", "--pipeline", str(sd3), "--batch", "2", "--lora-rank", "4"]) == 0
+    assert "SD3Transformer2DModel, LoRA rank 4, batch 2 per GPU" in capsys.readouterr().out

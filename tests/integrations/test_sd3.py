@@ -149,3 +149,22 @@ def test_an_sd3_student_trains_exports_and_samples_in_the_stock_pipeline(sd3, sd
         pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "out", subfolder="scheduler")
     assert pipe.scheduler.config.shift == 3.0
     assert assert_samples_as_mf(pipe, model, sd3, 2) == 2
+
+
+def test_the_documented_sd3_config_trains_on_the_tiny_pipeline(sd3, tmp_path):
+    """docs/configs/sd3-medium-mcm-lora.yaml as a GPU user runs it, with only the pipeline, the cache and the sizes
+    swapped for the tiny ones: a LoRA student of the flow transformer with gradient checkpointing."""
+    from pathlib import Path
+
+    from mcm_fast.train.loop import Trainer
+
+    cache = sd3.parent / "cache" if (sd3.parent / "cache").is_dir() else encoded(sd3)
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configs" / "sd3-medium-mcm-lora.yaml"
+    cfg = load_config(str(doc), [f"teacher={sd3}", f"data.path={cache}", "data.holdout=0.1", "steps=1", "cooldown=0",
+                                 "optim.batch_size=8", "optim.warmup=0", "eval_samples=6", "save_every=0",
+                                 "objective.teacher_steps=[8, 16, 10]"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.net.net.is_gradient_checkpointing and trainer.config.lora_rank == 64
+    assert isinstance(trainer.net.net, diffusers.SD3Transformer2DModel)
+    train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "step-000000001").is_dir()
