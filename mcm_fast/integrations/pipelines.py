@@ -7,9 +7,11 @@ Recognizing and reading a folder needs no diffusers; loading the UNet needs the 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+from mcm_fast.data.latents import file_sha256
 from mcm_fast.models.diffusers_nets import PRIVATE_KEYS, DiffusersNet, import_diffusers
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x", "flow_prediction": "flow"}  # -> ours
@@ -116,6 +118,20 @@ def safetensors_weights(folder: Path, name: str, what: str) -> Path:
                              f"from_pretrained('{folder}').save_pretrained('{folder}')")
         raise FileNotFoundError(f"{what}: no {weights} (the pipeline's weights, as save_pretrained writes them)")
     return weights
+
+
+def weights_digest(folder: Path, what: str, name: str = "model.safetensors") -> str:
+    """sha256 of a component's safetensors weights: of its one file (name), or of its shards' digests in name
+    order (a large T5 or transformer); a component with pickled weights only is refused."""
+    shards = sorted(folder.glob("*.safetensors"))
+    if len(shards) <= 1:
+        return file_sha256(safetensors_weights(folder, name, what))
+    return hashlib.sha256(" ".join(f"{p.name}:{file_sha256(p)}" for p in shards).encode()).hexdigest()
+
+
+def network_digest(path) -> str:
+    """sha256 of the weights of a pipeline folder's denoising network."""
+    return weights_digest(network_folder(path), "teacher", UNET_WEIGHTS)
 
 
 def load_pipeline_network(path) -> DiffusersNet:

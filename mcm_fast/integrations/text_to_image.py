@@ -9,7 +9,6 @@ encoder_hidden_states [B, 77 + 256, D] and pooled_projections [B, P]. Loaded fro
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mcm_fast.data.latents import file_sha256, read_manifest
-from mcm_fast.integrations.pipelines import T5_LENGTH, safetensors_weights
+from mcm_fast.integrations.pipelines import T5_LENGTH, safetensors_weights, weights_digest
 from mcm_fast.models.diffusers_nets import import_diffusers
 
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")  # what encode_prompts reads last_hidden_state of
@@ -142,15 +141,6 @@ class TextToImageParts:
         """Token ids of prompts padded (and cut) to length (the tokenizer's own by default), on the device."""
         return tokenizer(list(prompts), padding="max_length", max_length=length or tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(self.device)
-
-
-def weights_digest(folder: Path, what: str) -> str:
-    """sha256 of a component's safetensors weights: of its one model.safetensors, or of its shards' digests in
-    name order (a large T5); a component with pickled weights only is refused."""
-    shards = sorted(folder.glob("*.safetensors"))
-    if len(shards) <= 1:
-        return file_sha256(safetensors_weights(folder, "model.safetensors", what))
-    return hashlib.sha256(" ".join(f"{p.name}:{file_sha256(p)}" for p in shards).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mcm_fast.integrations.pipelines import is_pipeline_folder, load_pipeline_network, pipeline_settings
+from mcm_fast.integrations.pipelines import is_pipeline_folder, load_pipeline_network, network_digest, pipeline_settings
 from mcm_fast.models import MLPNet, uvit
 from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, TEXT_MODELS, DiffusersNet
 from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
@@ -120,6 +120,28 @@ def with_lora(net: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
         raise ConfigError(f"lora_{error}") from None
 
 
+def adapter_keys(net: torch.nn.Module) -> set[str]:
+    """The state-dict keys of a LoRA network's adapters: all that a LoRA run's checkpoints hold of it (its frozen
+    base is its teacher folder's network, recorded by lora_base)."""
+    from mcm_fast.integrations.lora import lora_parameters
+
+    return set(lora_parameters(net))
+
+
+def lora_base(config: TrainConfig) -> dict:
+    """What a LoRA run's checkpoints record of their frozen base: the teacher folder and its network's sha256."""
+    return {"teacher": str(config.teacher), "weights_sha256": network_digest(config.teacher)}
+
+
+def load_base(net: torch.nn.Module, config: TrainConfig, recorded: dict, where: str) -> None:
+    """Loads a LoRA run's frozen base, its teacher folder's network, into net (before its adapters are added),
+    refusing a teacher whose weights are not those the run was trained on."""
+    if lora_base(config)["weights_sha256"] != recorded.get("weights_sha256"):
+        raise ValueError(f"{where}: the LoRA run's base, the network of {config.teacher}, is not the one it was "
+                         f"trained on (its sha256 differs from the checkpoint's lora_base); expected that teacher")
+    net.load_state_dict(load_pipeline_network(config.teacher).state_dict())
+
+
 STUDENT_INPUTS = ("student_inputs.", "net.time_embedding.cond_proj.")  # a UViT's or MLP's; a UNet's w embedding
 
 
@@ -153,8 +175,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     checkpoint = load_checkpoint(path, device=str(device))
     kind, info, net = _rebuild(checkpoint)
     entry = "ema" if ema and "ema" in checkpoint else "model"
-    check_state_dict(f"{checkpoint['path'] / entry}.safetensors", checkpoint[entry], net)
-    net.load_state_dict(checkpoint[entry])
+    only = adapter_keys(net) if "lora_base" in checkpoint else None  # the base came from the teacher folder
+    check_state_dict(f"{checkpoint['path'] / entry}.safetensors", checkpoint[entry], net, only)
+    net.load_state_dict(checkpoint[entry], strict=only is None)
     return kind.wrap(net.to(device).requires_grad_(False)).eval(), kind, info
 
 
@@ -174,6 +197,8 @@ def _rebuild(checkpoint: dict) -> tuple[Kind, dict, torch.nn.Module]:
         config = load_config(config)
         kind = make_kind(config, classes, null_cond=data_null_cond(config))
         net = make_net(kind, tuple(shape), classes, info.get("text"), info.get("pooled"))
+        if "lora_base" in checkpoint:
+            load_base(net, config, checkpoint["lora_base"], str(file))
         return kind, info, with_lora(net, config)
     except ConfigError as error:
         raise ValueError(f"{file}: its config is invalid: {error}") from None

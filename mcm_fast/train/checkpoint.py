@@ -170,12 +170,13 @@ def load_checkpoint(path, device: str | torch.device = "cpu") -> dict:
     raise ValueError(f"{damaged[0]} (and no older checkpoint of {path} verifies: {len(found)} tried)")
 
 
-def check_state_dict(where: str, state: Mapping, module: nn.Module) -> None:
-    """state must hold exactly module's tensors with their shapes and dtypes (where: the file, for messages).
+def check_state_dict(where: str, state: Mapping, module: nn.Module, only: set | None = None) -> None:
+    """state must hold exactly module's tensors (or those named in only) with their shapes and dtypes (where: the
+    file, for messages).
 
     Checked before load_state_dict, which would fail midway with a long message or silently cast dtypes.
     """
-    expected = unwrap(module).state_dict()
+    expected = {k: v for k, v in unwrap(module).state_dict().items() if only is None or k in only}
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise ValueError(f"{where}: expected the tensors of the model; missing {missing[:3]}, unexpected "

@@ -95,10 +95,12 @@ def full_optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer, ranks
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_state(net: nn.Module, state: dict, optimizer=None, optimizer_state: dict | None = None) -> None:
-    """Loads unsharded states into a (possibly sharded) network and its optimizer on every rank."""
+def load_full_state(net: nn.Module, state: dict, optimizer=None, optimizer_state: dict | None = None,
+                    strict: bool = True) -> None:
+    """Loads unsharded states into a (possibly sharded) network and its optimizer on every rank (strict=False: a
+    part of the network's tensors, a LoRA run's adapters)."""
     if not _sharded(net):
-        unwrap(net).load_state_dict(state)
+        unwrap(net).load_state_dict(state, strict=strict)
         if optimizer is not None:
             optimizer.load_state_dict(optimizer_state)
         return
@@ -108,7 +110,7 @@ def load_full_state(net: nn.Module, state: dict, optimizer=None, optimizer_state
         set_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True)
+    options = StateDictOptions(full_state_dict=True, strict=strict)
     set_model_state_dict(net, state, options=options)
     if optimizer is not None:
         set_optimizer_state_dict(net, optimizer, optimizer_state, options=options)

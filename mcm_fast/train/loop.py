@@ -29,10 +29,12 @@ from mcm_fast.metrics.grid import save_grid
 from mcm_fast.threads import Threads
 from mcm_fast.train import distributed
 from mcm_fast.train.build import (
+    adapter_keys,
     adopt_teacher,
     data_null_cond,
     load_model,
     load_teacher_weights,
+    lora_base,
     make_kind,
     make_net,
     with_lora,
@@ -118,6 +120,8 @@ class Trainer:
 
             net = with_lora(net.to(self.ranks.device), config)
             self.teacher = self.kind.wrap(AdaptersOff(net))
+        # a LoRA run saves its adapters only: its base is the teacher folder's network, named by lora_base
+        self.saved_keys, self.lora_base = (adapter_keys(net), lora_base(config)) if config.lora_rank else (None, None)
         net = net.to(self.ranks.device)
         frozen = {id(p): p for p in net.parameters() if not p.requires_grad}  # a LoRA student's base: shared
         self.ema = copy.deepcopy(net, memo=frozen).eval().requires_grad_(False)
@@ -186,12 +190,17 @@ class Trainer:
         if changed:
             raise ConfigError(f"--out: {self.out} holds a run with a different config (keys {', '.join(changed)}); "
                               "use a new --out, or change only " + ", ".join(LOOP_KEYS))
+        only = self.saved_keys if "lora_base" in state else None  # adapters only: the base is the teacher's
+        if only is not None and state["lora_base"]["weights_sha256"] != self.lora_base["weights_sha256"]:
+            raise ConfigError(f"teacher: the network of {self.config.teacher} is not the base {state['path']} was "
+                              f"trained on (its sha256 differs from the checkpoint's lora_base)")
         modules = {"model": self.net, "ema": self.ema, **self.extra}
         for name, module in modules.items():
-            check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module)
-        distributed.load_full_state(self.net, state["model"], self.optimizer, state["optimizer"])
+            check_state_dict(f"{state['path'] / name}.safetensors", state.get(name, {}), module,
+                             only if name in ("model", "ema") else None)
+        distributed.load_full_state(self.net, state["model"], self.optimizer, state["optimizer"], only is None)
         for name in ("ema", *self.extra):
-            distributed.load_full_state(modules[name], state[name])
+            distributed.load_full_state(modules[name], state[name], strict=name != "ema" or only is None)
         self.step = state["step"]
         if self.ranks.main:
             self._truncate_log(self.step)
@@ -290,6 +299,9 @@ class Trainer:
             "optimizer": distributed.full_optimizer_state(self.net, self.optimizer, self.ranks),
             **{name: distributed.full_state_dict(module, self.ranks) for name, module in self.extra.items()},
         }
+        if self.saved_keys is not None:  # a LoRA run: the adapters, and which base they adapt
+            state = {**state, **{name: {k: v for k, v in state[name].items() if k in self.saved_keys}
+                                 for name in ("model", "ema")}, "lora_base": self.lora_base}
         if self.ranks.main:
             model = state.pop("model")
             save_checkpoint(self.out, model, step=self.step, keep=self.config.keep, config=self.config.to_dict(),

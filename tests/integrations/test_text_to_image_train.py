@@ -256,3 +256,42 @@ def test_guidance_distilled_into_a_full_student_is_a_w_embedding_the_stock_pipel
         train(config(cache, kind="cd", teacher=str(pipeline), lora_rank=2, steps=1,
                      objective={"student_steps": 2, "teacher_steps": 8, "guidance": [1, 3]}), tmp_path / "x",
               progress=False)
+
+
+def test_a_lora_runs_checkpoints_hold_its_adapters_and_name_their_base(cache, tmp_path):
+    """A LoRA run saves the adapters of its network and EMA (not the frozen base twice) with lora_base, the teacher
+    folder and its network's sha256: it reloads to the trained EMA exactly, resumes as if never stopped, and a
+    teacher whose weights changed since is refused in one line."""
+    import shutil
+
+    from mcm_fast.integrations.pipelines import UNET_WEIGHTS, network_digest
+    from mcm_fast.train.checkpoint import load_checkpoint
+    from mcm_fast.train.loop import Trainer
+
+    pipeline = shutil.copytree(cache.parent / "pipeline", tmp_path / "pipeline")
+    cfg = lambda steps: config(cache, kind="cd", teacher=str(pipeline), lora_rank=4, steps=steps,  # noqa: E731
+                               objective={"student_steps": 2, "teacher_steps": 8})
+    train(cfg(2), tmp_path / "once", progress=False)
+    train(cfg(1), tmp_path / "twice", progress=False)
+    train(cfg(2), tmp_path / "twice", progress=False)  # resumed at step 1
+    checkpoint = load_checkpoint(tmp_path / "once")
+    assert checkpoint["lora_base"] == {"teacher": str(pipeline), "weights_sha256": network_digest(pipeline)}
+    assert set(checkpoint["ema"]) == set(checkpoint["model"]) and all(".lora_" in k for k in checkpoint["model"])
+    saved = (checkpoint["path"] / "model.safetensors").stat().st_size
+    assert saved < 0.2 * (pipeline / "unet" / UNET_WEIGHTS).stat().st_size
+    resumed = load_checkpoint(tmp_path / "twice")
+    for entry in ("model", "ema"):
+        assert all(torch.equal(checkpoint[entry][k], resumed[entry][k]) for k in checkpoint[entry])
+    trainer = Trainer(cfg(2), tmp_path / "once", progress=False)  # resumes at its end
+    z, t, text = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8]), torch.randn(2, 8, 32)
+    torch.testing.assert_close(load_model(tmp_path / "once")[0](z, t, encoder_hidden_states=text),
+                               trainer.kind.wrap(trainer.ema)(z, t, encoder_hidden_states=text), rtol=0, atol=0)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(pipeline / "unet")
+    with torch.no_grad():
+        next(unet.parameters()).add_(1.0)
+    unet.save_pretrained(pipeline / "unet", safe_serialization=True)
+    with pytest.raises(ValueError, match=r"the LoRA run's base, the network of .*pipeline, is not the one it was "
+                                         r"trained on"):
+        load_model(tmp_path / "once")
+    with pytest.raises(ConfigError, match=r"^teacher: the network of .*pipeline is not the base"):
+        Trainer(cfg(3), tmp_path / "once", progress=False)
