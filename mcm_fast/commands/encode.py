@@ -18,11 +18,11 @@ def encode(pipeline, data, out, resolution: int | None = None, split: str = "tra
     from mcm_fast.integrations.text_to_image import TextToImageParts
 
     parts = TextToImageParts(pipeline, device, what="pipeline")
-    for module in (parts.vae, parts.text_encoder):
+    for module in (parts.vae, *(encoder for _, encoder in parts.encoders)):
         governed(module, threads)
     channels, side = parts.image_shape
-    images, captions = load_captioned(data, side if resolution is None else resolution, split)
-    if images.shape[0] == 1 and channels == 3:
+    images, captions = load_captioned(data, side if resolution is None else resolution, split, channels)
+    if isinstance(images, ImageData) and images.shape[0] == 1 and channels == 3:
         images = ImageData(images.images.expand(-1, 3, -1, -1).contiguous())
     echo(f"{data}: {len(images)} captioned images -> {out} (VAE {pipeline}, seed {seed})")
     path = encode_latents(images, captions, parts, out, seed=seed, batch_size=batch_size, echo=echo,

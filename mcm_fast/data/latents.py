@@ -8,18 +8,23 @@ sampling a trained model reads alone) and DIR/manifest.json (the source's and th
 sha256, the seed, the pipeline folder, the files' sha256). It encodes CHUNK
 examples at a time into DIR/parts/, each part written atomically with its own sha256, so that a killed encoding
 resumes where it stopped and gives the same bytes as one that never stopped: each part's VAE sample draws from
-a generator seeded by (seed, part). load_latents verifies the sha256 and reads safetensors only (no pickle).
+a generator seeded by (seed, part); the parts are then joined into the cache a tensor and a part at a time.
+load_latents verifies the sha256 and maps the file rather than reading it (safetensors' layout, no pickle): a
+batch reads its examples' pages, and the processes of a multi-GPU run share one copy in the page cache.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from mcm_fast._checks import check_int
 
@@ -28,6 +33,7 @@ FORMAT = "mcm_fast latents 1"
 CHUNK = 256  # examples per part
 REPORT_EVERY = 16  # parts between echoed progress lines
 SEED_STRIDE = 1_000_003  # part k of seed s draws its VAE samples from s * SEED_STRIDE + k
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}  # safetensors'
 
 
 CONDITIONS = {"encoder_hidden_states": "prompt_embeds", "pooled_projections": "pooled_prompt_embeds"}  # -> file keys
@@ -37,15 +43,17 @@ class LatentData:
     """Cached latents with their prompt embeddings: the trainer reads len, shape, num_classes (0: the condition is
     text) and batch(indices) -> {"x": latents, "encoder_hidden_states": prompt embeddings [B, L, D] (and
     "pooled_projections" [B, P] where the network takes them)}; null_cond holds the empty prompt's (one example
-    each), the null condition of label dropout and classifier-free guidance."""
+    each), the null condition of label dropout and classifier-free guidance. The tensors may be views of the mapped
+    cache file: a subset keeps indices into them (index), and a batch reads its own examples only."""
 
     def __init__(self, latents: torch.Tensor, cond: dict[str, torch.Tensor], null_cond: dict[str, torch.Tensor],
-                 manifest: dict):
+                 manifest: dict, index: torch.Tensor | None = None):
         self.latents, self.cond, self.null_cond, self.manifest = latents, cond, null_cond, manifest
+        self.index = torch.arange(len(latents)) if index is None else index
         self.num_classes = 0
 
     def __len__(self) -> int:
-        return len(self.latents)
+        return len(self.index)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -62,21 +70,25 @@ class LatentData:
 
     def prompts(self, n: int) -> dict[str, torch.Tensor]:
         """The first n examples' conditions."""
-        return {k: v[:n] for k, v in self.cond.items()}
+        return {k: v for k, v in self.batch(torch.arange(min(n, len(self)))).items() if k != "x"}
 
     def subset(self, indices: torch.Tensor) -> LatentData:
-        """The examples at indices (a LongTensor), with the same null prompt and manifest."""
-        return LatentData(self.latents[indices], {k: v[indices] for k, v in self.cond.items()}, self.null_cond,
-                          self.manifest)
+        """The examples at indices (a LongTensor), with the same null prompt and manifest; nothing is copied."""
+        return LatentData(self.latents, self.cond, self.null_cond, self.manifest, self.index[indices])
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"x": self.latents[indices], **{k: v[indices] for k, v in self.cond.items()}}
+        rows = self.index[indices]
+        return {"x": self.latents[rows], **{k: v[rows] for k, v in self.cond.items()}}
 
 
 def source_digest(images, captions: list[str]) -> str:
-    """sha256 of the images' bytes, dtype and shape and of the captions: what a cache was encoded from."""
-    digest = hashlib.sha256(f"{images.images.dtype} {tuple(images.images.shape)}".encode())
-    digest.update(images.images.contiguous().numpy().tobytes())
+    """sha256 of the images (their bytes, dtype and shape; a folder's ImageFiles: its fingerprint, the files'
+    sha256) and of the captions: what a cache was encoded from."""
+    if hasattr(images, "fingerprint"):
+        digest = hashlib.sha256(images.fingerprint())
+    else:
+        digest = hashlib.sha256(f"{images.images.dtype} {tuple(images.images.shape)}".encode())
+        digest.update(images.images.contiguous().numpy().tobytes())
     digest.update(json.dumps(captions).encode())
     return digest.hexdigest()
 
@@ -153,7 +165,22 @@ def _verified_file(directory: Path, name: str, manifest: dict) -> dict[str, torc
     if not path.is_file() or file_sha256(path) != manifest.get("sha256", {}).get(name):
         raise ValueError(f"{path}: missing or damaged (its sha256 differs from {directory / MANIFEST}'s); encode "
                          f"again")
-    return load_file(path)
+    return mapped(path)
+
+
+def mapped(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of the file mapped copy-on-write (np.memmap): nothing is read
+    until used, and processes that map one file share its pages."""
+    with open(path, "rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(size))
+    buffer = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + size)
+    tensors = {}
+    for key, spec in header.items():
+        if key != "__metadata__":
+            begin, end = spec["data_offsets"]
+            tensors[key] = torch.from_numpy(buffer[begin:end]).view(DTYPES[spec["dtype"]]).view(spec["shape"])
+    return tensors
 
 
 def _check_parts_of(out: Path, identity: dict) -> None:
@@ -171,21 +198,49 @@ def _check_parts_of(out: Path, identity: dict) -> None:
 def _assemble(out: Path, identity: dict, null_cond: dict[str, torch.Tensor], origin: dict) -> Path:
     """The parts joined into the cache and its manifest (written last: a cache without one is unfinished)."""
     parts = sorted((out / PARTS).glob("*.safetensors"))
-    tensors = [load_file(part) for part in parts]
-    joined = {key: torch.cat([t[key] for t in tensors]).contiguous() for key in tensors[0]}
-    if len(joined["latents"]) != identity["n"]:
-        raise ValueError(f"out: {out / PARTS} holds {len(joined['latents'])} examples, expected {identity['n']}")
+    n = _join(parts, out / CACHE)
+    if n != identity["n"]:
+        raise ValueError(f"out: {out / PARTS} holds {n} examples, expected {identity['n']}")
     null = {f"null_{CONDITIONS[k]}": v.contiguous() for k, v in null_cond.items()}
-    for name, tensors in ((CACHE, joined), (NULL, null)):
-        partial = out / f".{name}.tmp"
-        save_file(tensors, partial)
-        os.replace(partial, out / name)
+    partial = out / f".{NULL}.tmp"
+    save_file(null, partial)
+    os.replace(partial, out / NULL)
+    joined = mapped(out / CACHE)
     manifest = {**identity, **origin, "shape": list(joined["latents"].shape[1:]),
                 "prompt_shape": list(joined["prompt_embeds"].shape[1:]),
                 "sha256": {name: file_sha256(out / name) for name in (CACHE, NULL)}}
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     shutil.rmtree(out / PARTS)
     return out
+
+
+def _join(parts: list[Path], path: Path) -> int:
+    """Writes the parts' tensors concatenated along the first dimension as one safetensors file (atomically), a
+    tensor and a part at a time, so that a cache larger than memory joins; returns its examples."""
+    with safe_open(parts[0], "pt") as first:
+        keys = sorted(first.keys())
+        dtypes = {k: first.get_slice(k).get_dtype() for k in keys}
+    shapes = []
+    for part in parts:
+        with safe_open(part, "pt") as f:
+            shapes.append({k: f.get_slice(k).get_shape() for k in keys})
+    header, offset = {}, 0
+    for key in keys:
+        shape = [sum(s[key][0] for s in shapes), *shapes[0][key][1:]]
+        size = math.prod(shape) * DTYPES[dtypes[key]].itemsize
+        header[key] = {"dtype": dtypes[key], "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    partial = path.with_name(f".{path.name}.tmp")
+    with open(partial, "wb") as file:
+        file.write(len(text).to_bytes(8, "little") + text)
+        for key in keys:
+            for part in parts:
+                with safe_open(part, "pt") as f:
+                    file.write(f.get_tensor(key).contiguous().view(torch.uint8).numpy().tobytes())
+    os.replace(partial, path)
+    return header["latents"]["shape"][0]
 
 
 def _write_verified(path: Path, tensors: dict) -> None:

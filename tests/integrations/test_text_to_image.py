@@ -3,6 +3,7 @@ and samples it), its VAE and text encoder read as TextToImageParts (equal to dif
 sample), captioned images from a folder, an npz or MNIST, and the latent cache: seeded, resumable to the same
 bytes after a kill, verified on load, refusing to mix sources; bad folders are one-line errors."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,10 +96,18 @@ def test_captions_from_a_folder_an_npz_and_mnist(tmp_path):
     for k in range(3):
         Image.fromarray(np.full((20, 20), 40 * k, np.uint8)).save(tmp_path / "imgs" / f"{k}.png")
         lines.append(json.dumps({"file_name": f"{k}.png", "text": f"gray {k}"}))
+    Image.fromarray(np.full((20, 20, 3), [200, 0, 0], np.uint8)).save(tmp_path / "imgs" / "red.png")
+    lines.append(json.dumps({"file_name": "red.png", "text": "red"}))
     (tmp_path / "imgs" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    images, captions = load_captioned(tmp_path / "imgs", 16)
-    assert images.shape == (1, 16, 16) and captions == ["gray 0", "gray 1", "gray 2"]
-    assert images.images[2].float().mean() == 80
+    images, captions = load_captioned(tmp_path / "imgs", 16, channels=1)  # read a batch at a time
+    assert images.shape == (1, 16, 16) and captions == ["gray 0", "gray 1", "gray 2", "red"]
+    gray = images.batch(torch.tensor([2, 3]))["x"]
+    level = lambda v: torch.tensor(v / 127.5 - 1, dtype=torch.float32).item()  # noqa: E731  (in float32)
+    assert gray.shape == (2, 1, 16, 16) and gray[0].mean().item() == level(80)
+    assert gray[1].mean().item() == level(round(200 * 299 / 1000))  # RGB as PIL's luminance
+    rgb = load_captioned(tmp_path / "imgs", 16)[0].batch(torch.tensor([1, 3]))["x"]
+    assert rgb.shape == (2, 3, 16, 16) and bool((rgb[0] == level(40)).all())
+    assert rgb[1, :, 0, 0].tolist() == [level(200), -1.0, -1.0]
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 8, 8), np.uint8), text=np.array(["one", "two"]))
     images, captions = load_captioned(tmp_path / "d.npz")
     assert len(images) == 2 and captions == ["one", "two"]
@@ -145,6 +154,40 @@ def test_the_cache_holds_what_the_parts_give_and_is_seeded(parts, digits, tmp_pa
     other = load_latents(encode_latents(images, captions, parts, tmp_path / "c", seed=2))
     assert torch.equal(again.latents, data.latents) and not torch.equal(other.latents, data.latents)
     assert torch.equal(other.cond["encoder_hidden_states"], data.cond["encoder_hidden_states"])  # no noise
+
+
+def test_the_cache_is_joined_part_by_part_and_mapped_not_read(parts, digits, tmp_path, monkeypatch):
+    """The joined cache is a safetensors file that safetensors itself reads as the parts concatenated; loading
+    maps it (views of an np.memmap) and a subset keeps indices into the same tensors."""
+    from safetensors.torch import load_file
+
+    images, captions = digits
+    monkeypatch.setattr(latent_cache, "CHUNK", 16)
+    parts_seen = []
+    join = latent_cache._join
+    monkeypatch.setattr(latent_cache, "_join", lambda parts, path: parts_seen.append(
+        {k: torch.cat([load_file(p)[k] for p in parts]) for k in load_file(parts[0])}) or join(parts, path))
+    cache = encode_latents(images, captions, parts, tmp_path / "c")
+    assert len(parts_seen) == 1 and parts_seen[0]["latents"].shape[0] == 70  # five parts of up to 16
+    stored = load_file(cache / "latents.safetensors")
+    assert stored.keys() == parts_seen[0].keys()
+    assert all(torch.equal(stored[k], parts_seen[0][k]) for k in stored)
+    data = load_latents(cache)
+
+    def mapping_of(pointer):  # the file mapped at an address (Linux's /proc/self/maps)
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            bounds, *rest = line.split()
+            low, high = (int(v, 16) for v in bounds.split("-"))
+            if low <= pointer < high:
+                return rest[4] if len(rest) > 4 else None
+
+    for tensor in (data.latents, data.cond["encoder_hidden_states"]):
+        assert mapping_of(tensor.data_ptr()) == str((cache / "latents.safetensors").resolve())
+    subset = data.subset(torch.tensor([5, 2, 40]))
+    assert subset.latents is data.latents and len(subset) == 3
+    batch = subset.batch(torch.tensor([2, 0]))
+    assert torch.equal(batch["x"], stored["latents"][[40, 5]])
+    assert torch.equal(batch["encoder_hidden_states"], stored["prompt_embeds"][[40, 5]])
 
 
 def test_a_killed_encoding_resumes_to_the_same_bytes_and_a_damaged_cache_is_refused(parts, digits, tmp_path,
