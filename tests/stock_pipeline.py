@@ -35,7 +35,8 @@ def assert_samples_as_mf(pipe, model, text_pipeline, steps: int, guidance: float
                         generator=torch.Generator().manual_seed(seed))
     latents = pipe(prompt, num_inference_steps=steps, guidance_scale=1.0 + guidance, latents=noise.clone(),
                    output_type="latent").images
-    text = TextToImageParts(text_pipeline).encode_prompts([prompt])
+    parts = TextToImageParts(text_pipeline)
+    text = {**parts.encode_prompts([prompt]), **parts.image_conditions(parts.image_shape[1], 1)}  # SDXL: time_ids
     logsnr = model.schedule.logsnr(torch.tensor([1.0], dtype=torch.float64))
     to_vp = float(alpha_sigma(logsnr)[0] / model.schedule.native_alpha_sigma(logsnr)[0])
     expected = mf.sample(model, steps, noise=noise.clone() * to_vp, guidance=guidance, **text)

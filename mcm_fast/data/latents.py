@@ -1,16 +1,15 @@
-"""Latent text-to-image data (issue 34): captioned images encoded once through a pipeline's VAE and text encoder
-into a cache that training reads, so that no image passes the VAE inside a training step.
-
-encode_latents writes DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D] and, for a
-network that also takes pooled embeddings (SD3's), "pooled_prompt_embeds" [N, P]), DIR/null.safetensors (the same
-embeddings of the empty prompt, "null_" before their names: classifier-free guidance's null condition, which
-sampling a trained model reads alone) and DIR/manifest.json (the source's and the encoder's
-sha256, the seed, the pipeline folder, the files' sha256). It encodes CHUNK
-examples at a time into DIR/parts/, each part written atomically with its own sha256, so that a killed encoding
-resumes where it stopped and gives the same bytes as one that never stopped: each part's VAE sample draws from
-a generator seeded by (seed, part); the parts are then joined into the cache a tensor and a part at a time.
-load_latents verifies the sha256 and maps the file rather than reading it (safetensors' layout, no pickle): a
-batch reads its examples' pages, and the processes of a multi-GPU run share one copy in the page cache.
+"""Latent text-to-image data (issue 34): captioned images encoded once through a pipeline's VAE and text encoder into a
+cache that training reads, so that no image passes the VAE inside a training step. encode_latents writes
+DIR/latents.safetensors ("latents" [N, c, h, w], "prompt_embeds" [N, L, D] and, for a network that also takes pooled
+embeddings (SDXL's, SD3's), "pooled_prompt_embeds" [N, P], and SDXL's "time_ids" [N, 6]), DIR/null.safetensors (the
+same embeddings of the null prompt, "null_" before their names: classifier-free guidance's null condition, which
+sampling a trained model reads alone) and DIR/manifest.json (the source's and the encoder's sha256, the seed, the
+pipeline folder, the files' sha256). It encodes CHUNK examples at a time into DIR/parts/, each part written
+atomically with its own sha256, so that a killed encoding resumes where it stopped and gives the same bytes as one
+that never stopped: each part's VAE sample draws from a generator seeded by (seed, part); the parts are then joined
+into the cache a tensor and a part at a time. load_latents verifies the sha256 and maps the file rather than reading
+it (safetensors' layout, no pickle): a batch reads its examples' pages, and the processes of a multi-GPU run share
+one copy in the page cache.
 """
 from __future__ import annotations
 
@@ -36,7 +35,8 @@ SEED_STRIDE = 1_000_003  # part k of seed s draws its VAE samples from s * SEED_
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}  # safetensors'
 
 
-CONDITIONS = {"encoder_hidden_states": "prompt_embeds", "pooled_projections": "pooled_prompt_embeds"}  # -> file keys
+CONDITIONS = {"encoder_hidden_states": "prompt_embeds", "pooled_projections": "pooled_prompt_embeds",
+              "time_ids": "time_ids"}  # the network's text (and SDXL's size) inputs -> the cache's keys
 
 
 class LatentData:
@@ -125,12 +125,13 @@ def encode_latents(images, captions: list[str], parts, out: str | Path, seed: in
         for i in range(chunk.start, chunk.stop, batch_size):
             index = torch.arange(i, min(i + batch_size, chunk.stop))
             latents.append(parts.encode_images(images.batch(index)["x"], generator).cpu())
-            embeds.append(parts.encode_prompts([captions[j] for j in index]))
+            embeds.append({**parts.encode_prompts([captions[j] for j in index]),
+                           **parts.image_conditions(side, len(index))})
         _write_verified(part, {"latents": torch.cat(latents), **{CONDITIONS[k]: torch.cat([e[k].cpu() for e in embeds])
                                                                  for k in embeds[0]}})
         if echo and (k % REPORT_EVERY == 0 or chunk.stop == len(images)):
             echo(f"encoded {chunk.stop} of {len(images)}")
-    return _assemble(out, identity, {k: v.cpu() for k, v in parts.encode_prompts([""]).items()},
+    return _assemble(out, identity, {k: v.cpu() for k, v in parts.null_cond().items()},
                      {"pipeline": str(Path(parts.folder).resolve()), "source": source})
 
 

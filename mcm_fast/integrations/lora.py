@@ -96,8 +96,10 @@ def export_lora(net: DiffusersNet, out: str | Path, scheduler_config: dict, boun
     if isinstance(unet, diffusers.SD3Transformer2DModel):  # StableDiffusion3Pipeline.load_lora_weights reads it
         diffusers.StableDiffusion3Pipeline.save_lora_weights(
             out, transformer_lora_layers=layers, safe_serialization=True, transformer_lora_adapter_metadata=metadata)
-    else:
-        diffusers.StableDiffusionPipeline.save_lora_weights(
-            out, unet_lora_layers=layers, safe_serialization=True, unet_lora_adapter_metadata=metadata)
+    else:  # SDXL's UNet (added text_embeds and time_ids) loads through its own pipeline class
+        sdxl = unet.config.get("addition_embed_type") == "text_time"
+        pipeline = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+        pipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True,
+                                   unet_lora_adapter_metadata=metadata)
     MCMScheduler.from_settings(scheduler_config, boundaries).save_pretrained(out)
     return out

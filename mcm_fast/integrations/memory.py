@@ -100,9 +100,16 @@ def unet_inputs(config: dict, text_length: int):
     """inputs(batch, dtype) for a UNet2DConditionModel of this config: latents at its sample size, a timestep
     per example and text_length prompt embeddings."""
     size, channels, width = config["sample_size"], config["in_channels"], config["cross_attention_dim"]
-    return lambda batch, dtype: {"sample": torch.empty(batch, channels, size, size, dtype=dtype),
-                                 "timestep": torch.empty(batch), "return_dict": False,
-                                 "encoder_hidden_states": torch.empty(batch, text_length, width, dtype=dtype)}
+
+    def inputs(batch, dtype):
+        out = {"sample": torch.empty(batch, channels, size, size, dtype=dtype), "timestep": torch.empty(batch),
+               "return_dict": False, "encoder_hidden_states": torch.empty(batch, text_length, width, dtype=dtype)}
+        if config.get("addition_embed_type") == "text_time":  # SDXL's pooled text_embeds and 6 time_ids
+            pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+            out["added_cond_kwargs"] = {"text_embeds": torch.empty(batch, pooled, dtype=dtype),
+                                        "time_ids": torch.empty(batch, 6, dtype=dtype)}
+        return out
+    return inputs
 
 
 def sd3_inputs(config: dict, text_length: int):

@@ -58,7 +58,7 @@ def pipeline_settings(path) -> tuple[dict, dict]:
     prediction_type, or its SD3Transformer2DModel (diffusers-sd3) on FlowMatchEulerDiscreteScheduler's rectified
     flow (its shift; velocity); the network sees the scheduler's timesteps. The info gives the images' (or
     latents') [C, H, W], the classes (num_class_embeds - 1, the last being the null class), for text the prompt
-    embeddings' [L, D] and for SD3 the pooled embeddings' width."""
+    embeddings' [L, D] and for SDXL and SD3 the pooled embeddings' width."""
     folder = Path(path)
     network_dir = network_folder(folder)
     network = json.loads((network_dir / "config.json").read_text())
@@ -86,6 +86,9 @@ def pipeline_settings(path) -> tuple[dict, dict]:
         length = json.loads(tokenizer.read_text())["model_max_length"]
         if name == "UNet2DConditionModel":
             info = {**info, "num_classes": 0, "text": [length, network["cross_attention_dim"]]}
+            if network.get("addition_embed_type") == "text_time":  # SDXL: pooled text_embeds beside 6 time_ids
+                info["pooled"] = network["projection_class_embeddings_input_dim"] - 6 * network[
+                    "addition_time_embed_dim"]
         else:
             info = {**info, "num_classes": 0, "text": [length + T5_LENGTH, network["joint_attention_dim"]],
                     "pooled": network["pooled_projection_dim"]}

@@ -1,9 +1,11 @@
 """The parts of a diffusers text-to-image pipeline folder that turn captioned images into what a latent model trains
 on (issue 34): the VAE (images <-> latents, with its scaling and shift factors) and the text encoders with their
 tokenizers (prompts -> the embeddings the denoiser attends to). Stable Diffusion 1.x/2.x's layout: vae/,
-text_encoder/ (CLIPTextModel), tokenizer/; SD3's: two CLIPTextModelWithProjection (text_encoder/,
-text_encoder_2/) and an optional T5EncoderModel (text_encoder_3/), whose embeddings SD3's pipeline joins into
-encoder_hidden_states [B, 77 + 256, D] and pooled_projections [B, P]. Loaded from safetensors only (a pickled
+text_encoder/ (CLIPTextModel), tokenizer/; SDXL's: a CLIPTextModel and a CLIPTextModelWithProjection (text_encoder/,
+text_encoder_2/), whose penultimate states side by side are encoder_hidden_states, the second's projection the
+pooled_projections (the UNet's added text_embeds) and the image size its time_ids; SD3's: two
+CLIPTextModelWithProjection and an optional T5EncoderModel (text_encoder_3/), whose embeddings SD3's pipeline
+joins into encoder_hidden_states [B, 77 + 256, D] and pooled_projections [B, P]. Loaded from safetensors only (a pickled
 .bin is refused), nothing downloaded; needs the optional extras diffusers and transformers.
 """
 from __future__ import annotations
@@ -21,11 +23,13 @@ from mcm_fast.models.diffusers_nets import import_diffusers
 
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")  # what encode_prompts reads last_hidden_state of
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
-SD3 = "StableDiffusion3Pipeline"
+FAMILIES = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}  # model_index's class; else "sd"
+SDXL_ENCODERS = {"text_encoder": ("CLIPTextModel", "tokenizer", "CLIPTokenizer"),
+                 "text_encoder_2": ("CLIPTextModelWithProjection", "tokenizer_2", "CLIPTokenizer")}
 SD3_ENCODERS = {"text_encoder": ("CLIPTextModelWithProjection", "tokenizer", "CLIPTokenizer"),
                 "text_encoder_2": ("CLIPTextModelWithProjection", "tokenizer_2", "CLIPTokenizer"),
                 "text_encoder_3": ("T5EncoderModel", "tokenizer_3", "T5TokenizerFast")}  # folder: (class, tokenizer)
-MORE_ENCODERS = ("text_encoder_2", "text_encoder_3")  # SDXL's further encoders: not read yet
+MORE_ENCODERS = ("text_encoder_2", "text_encoder_3")  # what a Stable Diffusion 1.x/2.x folder must not have
 
 
 def import_transformers():
@@ -39,31 +43,35 @@ def import_transformers():
 
 
 class TextToImageParts:
-    """The VAE, tokenizers and text encoders of a pipeline folder (Stable Diffusion 1.x/2.x or SD3), frozen, in
-    eval mode, on device; `what` names the folder's argument in errors."""
+    """The VAE, tokenizers and text encoders of a pipeline folder (Stable Diffusion 1.x/2.x, SDXL or SD3, as its
+    model_index.json names it), frozen, in eval mode, on device; `what` names the folder's argument in errors."""
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", what: str = "teacher"):
         self.folder, self.what = Path(folder), what
         index = self._index()
-        self.sd3 = index.get("_class_name") == SD3
-        if self.sd3:
-            encoders = {name: spec for name, spec in SD3_ENCODERS.items() if index.get(name, [None])[0] is not None}
-            if set(encoders) < {"text_encoder", "text_encoder_2"}:
-                raise ValueError(f"{what}: {self.folder} is an SD3 pipeline without its two CLIP text encoders; "
-                                 f"expected text_encoder/ and text_encoder_2/")
-            self.joint_dim = json.loads((self.folder / "transformer" / "config.json").read_text())[
-                "joint_attention_dim"]
-        else:
+        self.family = FAMILIES.get(index.get("_class_name"), "sd")
+        if self.family == "sd":
             for name in MORE_ENCODERS:
                 if index.get(name, [None])[0] is not None:
-                    raise ValueError(f"{what}: {self.folder} has a second text encoder ({name}: SDXL); expected one "
-                                     f"(Stable Diffusion 1.x/2.x) or SD3's; SDXL is not supported yet")
+                    raise ValueError(f"{what}: {self.folder} has a second text encoder ({name}) but model_index.json "
+                                     f"names {index.get('_class_name')!r}; expected a StableDiffusionPipeline (one "
+                                     f"encoder), a StableDiffusionXLPipeline or a StableDiffusion3Pipeline")
             name = json.loads((self.folder / "text_encoder" / "config.json").read_text()).get("architectures",
                                                                                               [None])[0]
             if name not in TEXT_ENCODERS:
                 raise ValueError(f"{what}: expected a text encoder of {TEXT_ENCODERS} in "
                                  f"{self.folder / 'text_encoder'}, got {name!r}")
             encoders = {"text_encoder": (name, "tokenizer", "CLIPTokenizer")}
+        else:
+            specs = SD3_ENCODERS if self.family == "sd3" else SDXL_ENCODERS
+            encoders = {name: spec for name, spec in specs.items() if index.get(name, [None])[0] is not None}
+            if set(encoders) < {"text_encoder", "text_encoder_2"}:
+                raise ValueError(f"{what}: {self.folder} is an {self.family.upper()} pipeline without its two CLIP "
+                                 f"text encoders; expected text_encoder/ and text_encoder_2/")
+        if self.family == "sd3":
+            self.joint_dim = json.loads((self.folder / "transformer" / "config.json").read_text())[
+                "joint_attention_dim"]
+        self.zero_null = self.family == "sdxl" and index.get("force_zeros_for_empty_prompt", True)
         self.digests = {"vae": file_sha256(safetensors_weights(self.folder / "vae", VAE_WEIGHTS, what)),
                         **{name: weights_digest(self.folder / name, what) for name in encoders}}
         transformers = import_transformers()
@@ -122,20 +130,36 @@ class TextToImageParts:
         {"encoder_hidden_states": the text encoder's last hidden states [B, L, D]} of the prompts padded (and cut)
         to the tokenizer's length; SD3's the two CLIP encoders' penultimate hidden states side by side, padded to
         the transformer's width, before T5's (zeros without a T5), and their pooled outputs side by side as
-        "pooled_projections"."""
+        "pooled_projections"; SDXL's the same two CLIP states and the second encoder's pooled output only."""
         if not (isinstance(prompts, (list, tuple)) and all(isinstance(p, str) for p in prompts)):
             raise TypeError(f"prompts: expected a list of strings, got {prompts!r:.80}")
-        if not self.sd3:
+        if self.family == "sd":
             return {"encoder_hidden_states": self.text_encoder(self._ids(self.tokenizer, prompts))[0].float()}
-        clip = [encoder(self._ids(tokenizer, prompts, self.tokenizer.model_max_length), output_hidden_states=True)
+        length = self.tokenizer.model_max_length if self.family == "sd3" else None
+        clip = [encoder(self._ids(tokenizer, prompts, length), output_hidden_states=True)
                 for tokenizer, encoder in self.encoders[:2]]
         hidden = torch.cat([out.hidden_states[-2] for out in clip], dim=-1).float()
+        if self.family == "sdxl":  # the pooled projection of the second encoder only
+            return {"encoder_hidden_states": hidden, "pooled_projections": clip[1][0].float()}
         if len(self.encoders) == 3:
             t5 = self.encoders[2][1](self._ids(self.encoders[2][0], prompts, T5_LENGTH))[0].float()
         else:
             t5 = torch.zeros(len(prompts), T5_LENGTH, self.joint_dim, device=self.device)
         return {"encoder_hidden_states": torch.cat([F.pad(hidden, (0, t5.shape[-1] - hidden.shape[-1])), t5], dim=-2),
                 "pooled_projections": torch.cat([out[0] for out in clip], dim=-1).float()}
+
+    def null_cond(self) -> dict[str, torch.Tensor]:
+        """The null condition [1, ...] of classifier-free guidance as the pipeline forms it: the empty prompt's
+        embeddings, or zeros for an SDXL pipeline with force_zeros_for_empty_prompt (its default)."""
+        empty = self.encode_prompts([""])
+        return {k: torch.zeros_like(v) for k, v in empty.items()} if self.zero_null else empty
+
+    def image_conditions(self, side: int, n: int) -> dict[str, torch.Tensor]:
+        """The inputs of n images of this side beyond the prompt: SDXL's time_ids (original size, crop corner,
+        target size: side, side, 0, 0, side, side, what its pipeline passes at height = width = side); else none."""
+        if self.family != "sdxl":
+            return {}
+        return {"time_ids": torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32).repeat(n, 1)}
 
     def _ids(self, tokenizer, prompts: list[str], length: int | None = None) -> torch.Tensor:
         """Token ids of prompts padded (and cut) to length (the tokenizer's own by default), on the device."""

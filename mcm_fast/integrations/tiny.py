@@ -1,12 +1,13 @@
 """Text-to-image diffusers pipeline folders small enough to train on a CPU (issue 34's proof at a size that trains
 here): the real component classes of Stable Diffusion 1.x (AutoencoderKL, CLIPTextModel with its CLIPTokenizer,
-UNet2DConditionModel, DDPMScheduler) and of SD3 (two CLIPTextModelWithProjection, optionally a T5EncoderModel
-with its T5TokenizerFast, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler), built from explicit configs, randomly
-initialized from a seed and saved in save_pretrained's layout (safetensors only), so that
+UNet2DConditionModel, DDPMScheduler), of SDXL (a CLIPTextModel and a CLIPTextModelWithProjection, a UNet with added
+text_embeds and time_ids, EulerDiscreteScheduler) and of SD3 (two CLIPTextModelWithProjection, optionally a
+T5EncoderModel with its T5TokenizerFast, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler), built from
+explicit configs, randomly initialized from a seed and saved in save_pretrained's layout (safetensors only), so that
 `StableDiffusionPipeline.from_pretrained(folder)` (or StableDiffusion3Pipeline's) loads it.
 
-The tokenizer's vocabulary is the words of DIGIT_PROMPTS ("a handwritten digit seven"), one BPE token each;
-nothing is downloaded. Needs the optional extras diffusers and transformers.
+The tokenizer's vocabulary is the words of DIGIT_PROMPTS ("a handwritten digit seven"), one BPE token each; nothing
+is downloaded. Needs the optional extras diffusers and transformers.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block
         "block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32, "attention_head_dim": 8,
         "norm_num_groups": 8}
+SDXL_UNET = {**UNET, "cross_attention_dim": 64, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 6 * 8 + TEXT_ENCODER["projection_dim"]}  # time_ids, pooled
 SD3_TRANSFORMER = {"sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 2,
                    "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 64,
                    "caption_projection_dim": 16, "pooled_projection_dim": 64, "pos_embed_max_size": 8}
@@ -96,6 +99,31 @@ def tiny_text_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, pr
              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
              "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
              "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
+
+
+def tiny_sdxl_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0) -> Path:
+    """Writes an SDXL-style pipeline folder (vae/, text_encoder/ a CLIPTextModel and text_encoder_2/ a
+    CLIPTextModelWithProjection with their tokenizers, unet/ with SDXL's added conditions, scheduler/ an
+    EulerDiscreteScheduler, model_index.json with force_zeros_for_empty_prompt) with randomly initialized tiny
+    components."""
+    diffusers = import_diffusers()
+    out = Path(out)
+    torch.manual_seed(seed)
+    for suffix, projection in (("", False), ("_2", True)):
+        vocab = write_tokenizer(out / f"tokenizer{suffix}", prompts)
+        write_text_encoder(out / f"text_encoder{suffix}", vocab, projection=projection)
+    diffusers.AutoencoderKL(**VAE).save_pretrained(out / "vae", safe_serialization=True)
+    diffusers.UNet2DConditionModel(**SDXL_UNET).save_pretrained(out / "unet", safe_serialization=True)
+    scheduler = {k: v for k, v in SCHEDULER.items() if k != "clip_sample"}
+    diffusers.EulerDiscreteScheduler(**scheduler).save_pretrained(out / "scheduler")
+    index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": diffusers.__version__,
+             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "image_encoder": [None, None], "feature_extractor": [None, None], "force_zeros_for_empty_prompt": True}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
 

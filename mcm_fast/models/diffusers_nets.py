@@ -45,10 +45,11 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 class DiffusersNet(nn.Module):
     """A diffusers denoising network seen as net(z, time, label=None, encoder_hidden_states=None,
-    pooled_projections=None, guidance=None) -> out: time goes in as its timestep, label as its class_labels
-    (num_classes is the null class of classifier-free guidance), a text-conditioned network's prompt embeddings as
-    its encoder_hidden_states (and an SD3 transformer's pooled ones as its pooled_projections), and a
-    guidance-distilled UNet's w ([B]) as its timestep_cond (guidance_embedding; the UNet's time_cond_proj_dim)."""
+    pooled_projections=None, time_ids=None, guidance=None) -> out: time goes in as its timestep, label as its
+    class_labels (num_classes is the null class of classifier-free guidance), a text-conditioned network's prompt
+    embeddings as its encoder_hidden_states (and pooled ones as an SD3 transformer's pooled_projections, or with
+    the image size as an SDXL UNet's added text_embeds and time_ids), and a guidance-distilled UNet's w ([B]) as its
+    timestep_cond (guidance_embedding; the UNet's time_cond_proj_dim)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -98,11 +99,13 @@ class DiffusersNet(nn.Module):
 
     def forward(self, z: torch.Tensor, time: torch.Tensor, label: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None, pooled_projections: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> torch.Tensor:
-        if pooled_projections is not None:  # SD3's joint transformer: no labels, no w embedding
+                time_ids: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        if pooled_projections is not None and type(self.net).__name__ == "SD3Transformer2DModel":  # no labels, no w
             return self.net(z, encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections,
                             timestep=time).sample
         extra = {}
+        if pooled_projections is not None:  # SDXL's added conditions
+            extra["added_cond_kwargs"] = {"text_embeds": pooled_projections, "time_ids": time_ids}
         if guidance is not None:
             if not self.guidance_distilled:
                 raise ValueError("guidance: this network has no w embedding (time_cond_proj_dim); expected no "

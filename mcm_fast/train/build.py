@@ -79,10 +79,11 @@ def make_net(kind: Kind, shape: tuple, num_classes: int, text: list | None = Non
                 raise ConfigError(f"model: {config.model!r} for data {'with' if text else 'without'} prompts; "
                                   f"expected {' or '.join(TEXT_MODELS) if text else 'another model'} (data with "
                                   f"prompts is data.name latents)")
-            if (config.model == "diffusers-sd3") != (pooled is not None):
-                raise ConfigError(f"model: {config.model!r} for prompt embeddings {'with' if pooled else 'without'} "
-                                  f"pooled ones; expected {'diffusers-sd3' if pooled else 'diffusers-unet2d-cond'} "
-                                  f"(the cache of an SD3 pipeline holds pooled embeddings)")
+            takes_pooled = config.model == "diffusers-sd3" or options.get("addition_embed_type") == "text_time"
+            if takes_pooled != (pooled is not None):
+                raise ConfigError(f"model: {config.model!r} {'takes' if takes_pooled else 'takes no'} pooled prompt "
+                                  f"embeddings and the data {'has none' if takes_pooled else 'has them'}; expected the "
+                                  f"network of the pipeline that encoded the cache (SDXL's and SD3's take them)")
             net = DiffusersNet.build(config.model, options, shape, num_classes, text, pooled)
             if config.gradient_checkpointing:
                 net.net.enable_gradient_checkpointing()

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from mcm_fast.cli import main  # noqa: E402
 from mcm_fast.integrations.lora import add_lora, lora_parameters  # noqa: E402
 from mcm_fast.integrations.memory import GIB, activation_bytes, training_memory, unet_inputs  # noqa: E402
-from mcm_fast.integrations.tiny import UNET, tiny_sd3_pipeline, tiny_text_pipeline  # noqa: E402
+from mcm_fast.integrations.tiny import UNET, tiny_sd3_pipeline, tiny_sdxl_pipeline, tiny_text_pipeline  # noqa: E402
 from mcm_fast.models.diffusers_nets import DiffusersNet  # noqa: E402
 
 CONFIG = {**UNET, "cross_attention_dim": 32}
@@ -90,3 +90,7 @@ def test_cli_estimates_a_pipeline_folder(tmp_path, capsys):
     capsys.readouterr()
     assert main(["memory", "--pipeline", str(sd3), "--batch", "2", "--lora-rank", "4"]) == 0
     assert "SD3Transformer2DModel, LoRA rank 4, batch 2 per GPU" in capsys.readouterr().out
+    sdxl = tiny_sdxl_pipeline(tmp_path / "sdxl")  # its UNet's added text_embeds and time_ids
+    capsys.readouterr()
+    assert main(["memory", "--pipeline", str(sdxl), "--batch", "2"]) == 0
+    assert "UNet2DConditionModel, full student" in capsys.readouterr().out
