@@ -4,7 +4,7 @@ UNet2DConditionModel, DDPMScheduler), of SDXL (a CLIPTextModel and a CLIPTextMod
 text_embeds and time_ids, EulerDiscreteScheduler) and of SD3 (two CLIPTextModelWithProjection, optionally a
 T5EncoderModel with its T5TokenizerFast, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler), built from
 explicit configs, randomly initialized from a seed and saved in save_pretrained's layout (safetensors only), so that
-`StableDiffusionPipeline.from_pretrained(folder)` (or StableDiffusion3Pipeline's) loads it.
+`StableDiffusionPipeline.from_pretrained(folder)` (or the XL or 3 pipeline's) loads it.
 
 The tokenizer's vocabulary is the words of DIGIT_PROMPTS ("a handwritten digit seven"), one BPE token each; nothing
 is downloaded. Needs the optional extras diffusers and transformers.
