@@ -8,8 +8,9 @@ config in scheduler/ (pipe.scheduler = MCMScheduler.from_pretrained(DIR, subfold
 with num_inference_steps=S in S network calls what mf.sample gives from the same noise and prompt.
 
 A text teacher trained here on a latent cache (mcm-fast encode) exports as the pipeline folder that encoded the
-cache, its UNet the teacher's and diffusers' DDPMScheduler on the run's betas: a stock StableDiffusionPipeline
-loads it, and it is a teacher (--set teacher=DIR) that a LoRA student distills.
+cache, its network the teacher's and diffusers' DDPMScheduler on the run's betas (a UNet) or its
+FlowMatchEulerDiscreteScheduler with the run's shift (an SD3 transformer): the stock pipeline loads it, and it is
+a teacher (--set teacher=DIR) that a LoRA student distills.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from mcm_fast.integrations.pipelines import (
     is_pipeline_folder,
     network_folder,
 )
+from mcm_fast.models.diffusers_nets import TEXT_MODELS
 from mcm_fast.train.build import load_model
 
 STUDENT_KINDS = ("cd", "ct", "direct")
@@ -72,27 +74,39 @@ def export(ckpt, out, echo=print) -> Path:
 
 
 def export_teacher(model, config, out: Path, echo=print) -> Path:
-    """A text teacher of a latent cache as the cache's pipeline folder with the teacher's UNet and a DDPMScheduler
-    (see the module docstring)."""
-    if config.model != "diffusers-unet2d-cond" or config.data.name != "latents":
+    """A text teacher of a latent cache as the cache's pipeline folder with the teacher's network and the scheduler
+    of its schedule: DDPMScheduler on its betas for a UNet, FlowMatchEulerDiscreteScheduler with its shift for an
+    SD3 transformer (see the module docstring)."""
+    if config.model not in TEXT_MODELS or config.data.name != "latents":
         raise ValueError(f"--ckpt: a teacher exports as a text-to-image pipeline folder; expected a "
-                         f"diffusers-unet2d-cond teacher of a latent cache (data.name latents), got model "
+                         f"{' or '.join(TEXT_MODELS)} teacher of a latent cache (data.name latents), got model "
                          f"{config.model!r} on data {config.data.name!r}")
     if config.time_input != "native":
-        raise ValueError(f"--ckpt: a pipeline feeds its UNet diffusers' timesteps; expected a teacher trained with "
-                         f"time_input native, got {config.time_input!r}")
+        raise ValueError(f"--ckpt: a pipeline feeds its network diffusers' timesteps; expected a teacher trained "
+                         f"with time_input native, got {config.time_input!r}")
     from mcm_fast.data.latents import read_manifest
     from mcm_fast.models.diffusers_nets import import_diffusers
 
+    diffusers = import_diffusers()
+    if config.model == "diffusers-sd3":
+        if config.schedule != "flow" or config.prediction != "flow":
+            raise ValueError(f"--ckpt: an SD3 pipeline samples velocity on the rectified flow; expected a teacher "
+                             f"with schedule flow and prediction flow, got {config.schedule!r} and "
+                             f"{config.prediction!r}")
+        options = config.schedule_options
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+            shift=float(options.get("shift", 1.0)), num_train_timesteps=int(options.get("time_scale", 1000)))
+    else:
+        scheduler = diffusers.DDPMScheduler(**scheduler_config(config), clip_sample=False,
+                                            steps_offset=1)  # latents: no clipping
     pipeline = read_manifest(config.data.path)["pipeline"]
     copy_pipeline(pipeline, out, model.net.net)
-    scheduler = {**scheduler_config(config), "clip_sample": False, "steps_offset": 1}  # latents: no clipping
-    import_diffusers().DDPMScheduler(**scheduler).save_pretrained(out / "scheduler")
+    scheduler.save_pretrained(out / "scheduler")
+    name = type(scheduler).__name__
     index = json.loads((out / "model_index.json").read_text())
-    (out / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "DDPMScheduler"]},
-                                                     indent=2) + "\n")
-    echo(f"{out}: the pipeline of {pipeline} with the teacher's UNet and a DDPMScheduler; "
-         f"StableDiffusionPipeline.from_pretrained('{out}')")
+    (out / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", name]}, indent=2) + "\n")
+    echo(f"{out}: the pipeline of {pipeline} with the teacher's network and a {name}; "
+         f"{index.get('_class_name', 'DiffusionPipeline')}.from_pretrained('{out}')")
     return out
 
 

@@ -168,3 +168,27 @@ def test_the_documented_sd3_config_trains_on_the_tiny_pipeline(sd3, tmp_path):
     assert isinstance(trainer.net.net, diffusers.SD3Transformer2DModel)
     train(cfg, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "step-000000001").is_dir()
+
+
+def test_an_sd3_teacher_trained_here_exports_as_its_pipeline(sd3, tmp_path):
+    """A flow transformer trained from scratch on the SD3 cache (the rectified flow with shift 3, timesteps 1000 u,
+    velocity) exports as the SD3 pipeline folder with its FlowMatchEulerDiscreteScheduler: read back as a teacher
+    folder it is the same denoiser as the run."""
+    cache = sd3.parent / "cache" if (sd3.parent / "cache").is_dir() else encoded(sd3)
+    options = {k: v for k, v in json.loads((sd3 / "transformer" / "config.json").read_text()).items()
+               if not k.startswith("_") and k not in ("sample_size", "in_channels", "out_channels",
+                                                      "joint_attention_dim", "pooled_projection_dim")}
+    config = load_config({"kind": "teacher", "model": "diffusers-sd3", "model_options": options, "steps": 2,
+                          "schedule": "flow", "schedule_options": {"shift": 3.0, "time_scale": 1000.0},
+                          "prediction": "flow", "time_input": "native", **{k: RUN[k] for k in RUN if k != "objective"},
+                          "data": {"name": "latents", "path": str(cache), "resolution": None}})
+    train(config, tmp_path / "teacher", progress=False)
+    assert main(["export", "--ckpt", str(tmp_path / "teacher"), "--out", str(tmp_path / "pipe")]) == 0
+    pipe = stock_pipeline(tmp_path / "pipe")
+    assert isinstance(pipe.scheduler, diffusers.FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == 3
+    run, exported = load_model(tmp_path / "teacher")[0], load_model(tmp_path / "pipe")[0]
+    generator = torch.Generator().manual_seed(1)
+    z, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([0.2, 0.9])
+    text = {"encoder_hidden_states": torch.randn(2, 264, 64, generator=generator),
+            "pooled_projections": torch.randn(2, 64, generator=generator)}
+    torch.testing.assert_close(exported(z, t, **text), run(z, t, **text), rtol=0, atol=0)

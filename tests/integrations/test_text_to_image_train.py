@@ -175,10 +175,10 @@ def test_lora_and_export_refuse_what_they_cannot_do_in_one_line(cache, runs, tmp
         load_config({"lora_targets": "to_q"})
     with pytest.raises(ConfigError, match=r"^lora_rank: a LoRA student starts from the teacher it distills"):
         train(config(cache, kind="teacher", lora_rank=2, steps=1), tmp_path / "z", progress=False)
-    for run, message in ((runs / "teacher", "--ckpt: a pipeline feeds its UNet diffusers' timesteps; expected a "
+    for run, message in ((runs / "teacher", "--ckpt: a pipeline feeds its network diffusers' timesteps; expected a "
                                             "teacher trained with time_input native, got 'logsnr'"),
                          (tmp_path / "uvit", "--ckpt: a teacher exports as a text-to-image pipeline folder; expected "
-                                             "a diffusers-unet2d-cond teacher of a latent cache")):
+                                             "a diffusers-unet2d-cond or diffusers-sd3 teacher of a latent cache")):
         assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "t")]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
