@@ -25,6 +25,8 @@ ADAPTER = "mcm"  # the adapter's name inside the network
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts train
 LCM_TARGETS = (*TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut",
                "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")  # LCM-LoRA's: convolutions too
+JOINT_TARGETS = (*TARGETS, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj", "ff.net.2",
+                 "ff_context.net.0.proj", "ff_context.net.2")  # an SD3 transformer's both streams
 
 
 def import_peft():

@@ -129,10 +129,11 @@ def tiny_sdxl_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0) ->
 
 
 def tiny_sd3_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, shift: float = 3.0,
-                      t5: bool = False) -> Path:
+                      t5: bool = False, transformer: dict | None = None) -> Path:
     """Writes an SD3-style pipeline folder (vae/, text_encoder/ and text_encoder_2/ with their tokenizers,
     transformer/, scheduler/ a FlowMatchEulerDiscreteScheduler with this shift, model_index.json; with t5 also
-    text_encoder_3/ and tokenizer_3/, else SD3 without T5) with randomly initialized tiny components."""
+    text_encoder_3/ and tokenizer_3/, else SD3 without T5) with randomly initialized tiny components; transformer
+    overrides SD3_TRANSFORMER's keys."""
     import transformers
 
     diffusers = import_diffusers()
@@ -149,7 +150,8 @@ def tiny_sd3_pipeline(out: str | Path, prompts=DIGIT_PROMPTS, seed: int = 0, shi
                                        d_kv=8, d_ff=64, num_layers=2, num_heads=4)
         transformers.T5EncoderModel(config).save_pretrained(out / "text_encoder_3", safe_serialization=True)
     diffusers.AutoencoderKL(**SD3_VAE).save_pretrained(out / "vae", safe_serialization=True)
-    diffusers.SD3Transformer2DModel(**SD3_TRANSFORMER).save_pretrained(out / "transformer", safe_serialization=True)
+    diffusers.SD3Transformer2DModel(**{**SD3_TRANSFORMER, **(transformer or {})}).save_pretrained(
+        out / "transformer", safe_serialization=True)
     diffusers.FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(out / "scheduler")
     clip = ["transformers", "CLIPTextModelWithProjection"]
     index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": diffusers.__version__,
