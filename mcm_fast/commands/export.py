@@ -3,9 +3,10 @@
 
     pipe.load_lora_weights(DIR); pipe.scheduler = MCMScheduler.from_pretrained(DIR)
 
-and a full student of a pipeline-folder teacher a whole pipeline folder, its UNet the student's and an MCMScheduler
-config in scheduler/ (pipe.scheduler = MCMScheduler.from_pretrained(DIR, subfolder="scheduler")). Either samples
-with num_inference_steps=S in S network calls what mf.sample gives from the same noise and prompt.
+and a full student of a pipeline-folder teacher a whole pipeline folder, its network the student's, its scheduler/
+the teacher's (so that the stock pipeline loads it as it loads the teacher's) and the MCMScheduler config beside
+model_index.json (pipe.scheduler = MCMScheduler.from_pretrained(DIR), as for a LoRA). Either samples with
+num_inference_steps=S in S network calls what mf.sample gives from the same noise and prompt.
 
 A text teacher trained here on a latent cache (mcm-fast encode) exports as the pipeline folder that encoded the
 cache, its network the teacher's and diffusers' DDPMScheduler on the run's betas (a UNet) or its
@@ -67,9 +68,9 @@ def export(ckpt, out, echo=print) -> Path:
     from mcm_fast.integrations.diffusers import MCMScheduler
 
     copy_pipeline(config.teacher, out, model.net.net)
-    MCMScheduler.from_settings(settings, boundaries).save_pretrained(out / "scheduler")
-    echo(f"{out}: the pipeline of {config.teacher} with the student's UNet; pipe.scheduler = "
-         f"MCMScheduler.from_pretrained('{out}', subfolder='scheduler')")
+    MCMScheduler.from_settings(settings, boundaries).save_pretrained(out)
+    echo(f"{out}: the pipeline of {config.teacher} with the student's network; pipe.scheduler = "
+         f"MCMScheduler.from_pretrained('{out}')")
     return out
 
 

@@ -146,7 +146,7 @@ def test_an_sd3_student_trains_exports_and_samples_in_the_stock_pipeline(sd3, sd
         pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "out")
     else:
         pipe = stock_pipeline(tmp_path / "out")
-        pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "out", subfolder="scheduler")
+        pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "out")
     assert pipe.scheduler.config.shift == 3.0
     assert assert_samples_as_mf(pipe, model, sd3, 2) == 2
 

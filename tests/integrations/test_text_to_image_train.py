@@ -146,8 +146,10 @@ def test_a_full_student_of_a_pipeline_exports_a_pipeline_folder(cache, tmp_path,
                                                                              "teacher_steps": 8}),
           tmp_path / "full", progress=False)
     assert main(["export", "--ckpt", str(tmp_path / "full"), "--out", str(tmp_path / "pipe")]) == 0
-    pipe = stock_pipeline(tmp_path / "pipe")
-    pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the folder loads as quietly as its teacher's (its scheduler/ is the teacher's)
+        pipe = stock_pipeline(tmp_path / "pipe")
+        pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe")
     assert assert_samples_as_mf(pipe, load_model(tmp_path / "full")[0], pipeline, 2) == 2
     capsys.readouterr()
     assert main(["export", "--ckpt", str(tmp_path / "full"), "--out", str(tmp_path / "pipe")]) == 1
@@ -247,7 +249,7 @@ def test_guidance_distilled_into_a_full_student_is_a_w_embedding_the_stock_pipel
     train(cfg, tmp_path / "guided", progress=False)
     assert main(["export", "--ckpt", str(tmp_path / "guided"), "--out", str(tmp_path / "pipe")]) == 0
     pipe = stock_pipeline(tmp_path / "pipe")
-    pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+    pipe.scheduler = MCMScheduler.from_pretrained(tmp_path / "pipe")
     assert assert_samples_as_mf(pipe, load_model(tmp_path / "guided")[0], pipeline, 2, guidance=1.5, seed=4) == 2
     w = torch.tensor([0.0, 1.5, 4.0])
     reference = diffusers.StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=256)
