@@ -120,8 +120,9 @@ class Trainer:
 
             net = with_lora(net.to(self.ranks.device), config)
             self.teacher = self.kind.wrap(AdaptersOff(net))
-        # a LoRA run saves its adapters only: its base is the teacher folder's network, named by lora_base
-        self.saved_keys, self.lora_base = (adapter_keys(net), lora_base(config)) if config.lora_rank else (None, None)
+        # a LoRA run of a pipeline folder saves its adapters only: its base is the folder's network (lora_base)
+        self.saved_keys, self.lora_base = (adapter_keys(net), lora_base(config)) \
+            if config.lora_rank and is_pipeline_folder(config.teacher) else (None, None)
         net = net.to(self.ranks.device)
         frozen = {id(p): p for p in net.parameters() if not p.requires_grad}  # a LoRA student's base: shared
         self.ema = copy.deepcopy(net, memo=frozen).eval().requires_grad_(False)

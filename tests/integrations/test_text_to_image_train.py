@@ -260,6 +260,18 @@ def test_guidance_distilled_into_a_full_student_is_a_w_embedding_the_stock_pipel
               progress=False)
 
 
+def test_a_lora_student_of_a_teacher_run_saves_its_whole_network(cache, runs, tmp_path):
+    """A teacher run (not a pipeline folder) has no folder to read the base from: its LoRA student's checkpoints
+    hold the whole network, and reload."""
+    from mcm_fast.train.checkpoint import load_checkpoint
+
+    train(config(cache, kind="cd", teacher=str(runs / "teacher"), lora_rank=2, steps=1,
+                 objective={"student_steps": 2, "teacher_steps": 8}), tmp_path / "lora", progress=False)
+    checkpoint = load_checkpoint(tmp_path / "lora")
+    assert "lora_base" not in checkpoint and any(".lora_" not in k for k in checkpoint["model"])
+    assert isinstance(load_model(tmp_path / "lora")[0].net.net, diffusers.UNet2DConditionModel)
+
+
 def test_a_lora_runs_checkpoints_hold_its_adapters_and_name_their_base(cache, tmp_path):
     """A LoRA run saves the adapters of its network and EMA (not the frozen base twice) with lora_base, the teacher
     folder and its network's sha256: it reloads to the trained EMA exactly, resumes as if never stopped, and a
