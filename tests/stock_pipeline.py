@@ -1,24 +1,11 @@
 """Helpers for the tests that load what mcm_fast exports into a stock diffusers pipeline (StableDiffusionPipeline,
 or StableDiffusion3Pipeline for an SD3 folder)."""
-import json
-
-import diffusers
 import torch
 
 import mcm_fast as mf
+from experiments.text_to_image import stock_pipeline  # noqa: F401  (the tests load pipelines as the study does)
 from mcm_fast.integrations.text_to_image import TextToImageParts
 from mcm_fast.schedules import alpha_sigma
-
-
-def stock_pipeline(folder):
-    """The folder's pipeline class .from_pretrained(folder), safetensors only, no progress bar (an SD3 folder
-    without T5 loads with text_encoder_3=None, as diffusers documents)."""
-    index = json.loads((folder / "model_index.json").read_text())
-    cls = getattr(diffusers, index["_class_name"])
-    without = {k: None for k in ("text_encoder_3", "tokenizer_3") if k in index and index[k][0] is None}
-    pipe = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **without)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def assert_samples_as_mf(pipe, model, text_pipeline, steps: int, guidance: float = 0.0, seed: int = 3,
