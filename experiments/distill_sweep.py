@@ -5,8 +5,8 @@ where it plateaus. The teacher is scored with DDIM and aDDIM at 4-256 steps on t
 Each run is an ordinary run directory (rerun the same command and it resumes; scores are cached in
 scores.json). Two processes share the work: --shard 0/2 and 1/2, each with --threads 1.
 
-    python experiments/distill_sweep.py --out runs/sweep --shard 0/2 --threads 1
-    python experiments/distill_sweep.py --out runs/sweep --report     # the table and the FD-against-steps plot
+    python -m experiments.distill_sweep --out runs/sweep --shard 0/2 --threads 1
+    python -m experiments.distill_sweep --out runs/sweep --report     # the table and the FD-against-steps plot
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from mnist_tables import write_scores
 
+from experiments.mnist_tables import write_scores
 from mcm_fast.commands.evaluate import score_budgets
 from mcm_fast.metrics.plots import plot_metric_vs_steps
 from mcm_fast.train.checkpoint import latest_checkpoint

@@ -78,11 +78,11 @@ def budgets_of(config) -> list[tuple]:
     return [(s, "mcm") for s in config.objective.student_steps] + guided
 
 
-def scores(directory: Path, budgets) -> list[dict]:
-    """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler), cached in
+def scores(directory: Path, budgets, n: int = EVAL_N) -> list[dict]:
+    """FD-MNIST, precision and recall of a run's EMA model per (steps, sampler) on n samples, cached in
     scores/step-N/scores.json for its newest checkpoint (a run resumed to more steps is scored again)."""
     cache = directory / "scores" / latest_checkpoint(directory).name
-    return scores_of(cache, lambda: score_budgets(directory, budgets, EVAL_N, EVAL_SEED))
+    return scores_of(cache, lambda: score_budgets(directory, budgets, n, EVAL_SEED))
 
 
 def export(name: str, directory: Path, rows: list[dict], command: str, commit: str) -> Path:

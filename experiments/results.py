@@ -161,6 +161,16 @@ def _pretrained(rows):
     return pretrained.seeds_table(seeds) if seeds else "No seed of the family is scored yet.\n"
 
 
+def _floor(rows):
+    from experiments import floor
+    mine = [row for row in rows if row["table"] == "floor"]
+    teacher = {}  # the pretrained family's teacher of each seed: the students' teacher
+    for row in rows:
+        if row["table"] == "pretrained" and row["run"] == "teacher" and row["sampler"] != "eval":
+            teacher.setdefault(row["seed"], []).append(row)
+    return floor.table(mine, teacher) if mine else "No run of the floor study is scored yet.\n"
+
+
 def _text_to_image(rows):
     from experiments import text_to_image
     rows = [row for row in rows if row["table"] == "text_to_image"]
@@ -168,7 +178,8 @@ def _text_to_image(rows):
 
 
 RENDERERS = {"pretrained": _pretrained, "text_to_image": _text_to_image, "tables": _tables,
-             "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone, "fd_noise": _fd_noise}
+             "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone, "fd_noise": _fd_noise,
+             "floor": _floor}
 
 
 def render(text: str, rows: list[dict]) -> str:

@@ -230,6 +230,14 @@ class UViT(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    def make_identity(self, middle: range) -> None:
+        """Zeroes the residual outputs (attention projection, second MLP layer) of these middle blocks, which then
+        pass their tokens through unchanged: a student deeper than its teacher starts as the teacher."""
+        for block in (self.middle[i] for i in middle):
+            for layer in (block.proj, block.fc2):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
     def _check(self, z, logsnr, label) -> None:
         c = self.config
         check_float_tensor("z", z)

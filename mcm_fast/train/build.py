@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mcm_fast.integrations.pipelines import is_pipeline_folder, load_pipeline_network, network_digest, pipeline_settings
-from mcm_fast.models import MLPNet, uvit
+from mcm_fast.models import UVIT_PRESETS, MLPNet, UViT, uvit
 from mcm_fast.models.diffusers_nets import DIFFUSERS_MODELS, TEXT_MODELS, DiffusersNet
 from mcm_fast.schedules import CosineSchedule, EDMSchedule, FlowSchedule, Schedule
 from mcm_fast.train.checkpoint import MANIFEST, check_state_dict, load_checkpoint
@@ -146,11 +146,30 @@ def load_base(net: torch.nn.Module, config: TrainConfig, recorded: dict, where: 
 STUDENT_INPUTS = ("student_inputs.", "net.time_embedding.cond_proj.")  # a UViT's or MLP's; a UNet's w embedding
 
 
+def deeper_middle(teacher: TrainConfig, student: TrainConfig) -> bool:
+    """Whether the student's network is its teacher's UViT with more middle blocks (model_options.middle_blocks),
+    the one way a student may differ from its teacher's network: load_teacher_weights starts it as the teacher."""
+    if student.model != teacher.model or student.model not in UVIT_PRESETS:
+        return False
+    def split(config):  # (middle blocks, the other options)
+        options = dict(config.model_options)
+        return options.pop("middle_blocks", UVIT_PRESETS[config.model].middle_blocks), options
+
+    (mine, rest), (theirs, base) = split(student), split(teacher)
+    return rest == base and mine > theirs
+
+
 def load_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     """Starts a student from its teacher's weights; only the student's own inputs (the S and w embeddings, which
-    start at zero) are not in the teacher."""
+    start at zero) and the middle blocks of a UViT student deeper than its teacher (which start as the identity:
+    the student starts as its teacher) are not in the teacher."""
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    own = [key for key in missing if not key.startswith(STUDENT_INPUTS)]
+    added = ()
+    if isinstance(student, UViT) and isinstance(teacher, UViT) and len(student.middle) > len(teacher.middle):
+        grown = range(len(teacher.middle), len(student.middle))
+        student.make_identity(grown)
+        added = tuple(f"middle.{i}." for i in grown)
+    own = [key for key in missing if not key.startswith(STUDENT_INPUTS + added)]
     if own or unexpected:
         raise ConfigError(f"init: the teacher's network does not match the student's (missing {own[:3]}, "
                           f"unexpected {unexpected[:3]})")

@@ -32,6 +32,7 @@ from mcm_fast.train.build import (
     adapter_keys,
     adopt_teacher,
     data_null_cond,
+    deeper_middle,
     load_model,
     load_teacher_weights,
     lora_base,
@@ -160,7 +161,8 @@ class Trainer:
             raise ConfigError(f"teacher: {config.teacher} holds a {teacher_config.kind!r} run, expected a teacher")
         if info != self.info:
             raise ConfigError(f"teacher: trained on data {info}, but this run's data is {self.info}")
-        differ = [k for k in PARAMETERIZATION_KEYS if getattr(teacher_config, k) != getattr(config, k)]
+        differ = [k for k in PARAMETERIZATION_KEYS if getattr(teacher_config, k) != getattr(config, k)
+                  and not (k == "model_options" and config.init == "teacher" and deeper_middle(teacher_config, config))]
         if self.kind.same_network_as_teacher and differ:
             key = differ[0]
             raise ConfigError(f"{key}: a student starts from its teacher's network, expected {key}="

@@ -117,6 +117,28 @@ def test_students_start_from_the_teacher_and_every_kind_trains(tmp_path, teacher
         assert latest_checkpoint(out).name == "step-000000002"
 
 
+def test_a_student_deeper_in_the_middle_starts_as_its_teacher_and_other_networks_are_refused(tmp_path, teacher_dir):
+    teacher = Trainer(tiny("tiny-cd", steps=1, teacher=str(teacher_dir)), tmp_path / "same", progress=False)
+    deeper = Trainer(tiny("tiny-cd", steps=1, teacher=str(teacher_dir), model_options={"middle_blocks": 4}),
+                     tmp_path / "deeper", progress=False)
+    assert len(deeper.net.middle) == 4 and len(teacher.net.middle) == 2
+    torch.manual_seed(0)
+    z, t, label = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([0, 4, 10])
+    expected = teacher.teacher(z, t, label=label)
+    torch.testing.assert_close(deeper.model(z, t, label=label), expected, rtol=0, atol=0)
+    loss = deeper.model(z, t, label=label).square().sum()
+    loss.backward()
+    assert deeper.net.middle[3].fc2.weight.grad.abs().sum() > 0  # the added blocks learn from the first step
+    rows = train(tiny("tiny-cd", steps=2, teacher=str(teacher_dir), model_options={"middle_blocks": 3}),
+                 tmp_path / "trained", progress=False)
+    assert len(rows) == 2 and len(load_checkpoint(tmp_path / "trained")["ema"]) > len(teacher.net.state_dict())
+    for options, init in (({"middle_blocks": 1}, "teacher"), ({"middle_channels": 64}, "teacher"),
+                          ({"middle_blocks": 3, "emb_channels": 64}, "teacher"), ({"middle_blocks": 3}, "random")):
+        with pytest.raises(ConfigError, match="^model_options: a student starts from its teacher's network"):
+            Trainer(tiny("tiny-cd", steps=1, teacher=str(teacher_dir), model_options=options, init=init),
+                    tmp_path / "refused", progress=False)
+
+
 def test_points_train_with_the_mlp(tmp_path):
     config = load_config("ring-teacher", {"steps": 3, "data": {"n": 2000}, "optim": {"batch_size": 64},
                                           "eval_samples": 200, "sample_steps": 4})
