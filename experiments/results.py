@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LEDGER = ROOT / "experiments" / "results.csv"
 DOC = ROOT / "docs" / "results.md"
 FIELDS = ("table", "run", "seed", "steps", "sampler", "guidance", "calls", "fd_mnist", "precision", "recall",
-          "ode_error", "seconds_per_image", "parameters", "macs_per_image", "training_steps", "commit")
+          "ode_error", "seconds_per_image", "parameters", "macs_per_image", "peak_gib", "estimate_gib",
+          "training_steps", "commit")
 KEY = ("table", "run", "seed", "steps", "sampler", "guidance", "training_steps")
 NUMBERS = {"seed": int, "steps": int, "calls": int, "parameters": int, "training_steps": int}
 BLOCK = re.compile(r"(<!-- results: (\w+) -->\n)(.*?)(<!-- /results -->)", re.S)
@@ -171,6 +172,12 @@ def _floor(rows):
     return floor.table(mine, teacher) if mine else "No run of the floor study is scored yet.\n"
 
 
+def _lora_memory(rows):
+    from experiments import lora_memory
+    rows = [row for row in rows if row["table"] == "lora_memory"]
+    return lora_memory.table(rows) if rows else "No run of the memory measurement is recorded yet.\n"
+
+
 def _text_to_image(rows):
     from experiments import text_to_image
     rows = [row for row in rows if row["table"] == "text_to_image"]
@@ -179,7 +186,7 @@ def _text_to_image(rows):
 
 RENDERERS = {"pretrained": _pretrained, "text_to_image": _text_to_image, "tables": _tables,
              "multi_step": _multi_step, "any_teacher": _any_teacher, "backbone": _backbone, "fd_noise": _fd_noise,
-             "floor": _floor}
+             "floor": _floor, "lora_memory": _lora_memory}
 
 
 def render(text: str, rows: list[dict]) -> str:
