@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from mcm_fast._checks import check_int
+from mcm_fast.tensor_files import header, mapped, write_tensors
 
 CACHE, NULL, MANIFEST, PARTS = "latents.safetensors", "null.safetensors", "manifest.json", "parts"
 FORMAT = "mcm_fast latents 1"
 CHUNK = 256  # examples per part
 REPORT_EVERY = 16  # parts between echoed progress lines
 SEED_STRIDE = 1_000_003  # part k of seed s draws its VAE samples from s * SEED_STRIDE + k
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}  # safetensors'
 
 
 CONDITIONS = {"encoder_hidden_states": "prompt_embeds", "pooled_projections": "pooled_prompt_embeds",
@@ -169,21 +165,6 @@ def _verified_file(directory: Path, name: str, manifest: dict) -> dict[str, torc
     return mapped(path)
 
 
-def mapped(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file as views of the file mapped copy-on-write (np.memmap): nothing is read
-    until used, and processes that map one file share its pages."""
-    with open(path, "rb") as file:
-        size = int.from_bytes(file.read(8), "little")
-        header = json.loads(file.read(size))
-    buffer = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + size)
-    tensors = {}
-    for key, spec in header.items():
-        if key != "__metadata__":
-            begin, end = spec["data_offsets"]
-            tensors[key] = torch.from_numpy(buffer[begin:end]).view(DTYPES[spec["dtype"]]).view(spec["shape"])
-    return tensors
-
-
 def _check_parts_of(out: Path, identity: dict) -> None:
     """Parts already in out/parts must be of this identity (recorded in parts/identity.json)."""
     recorded = out / PARTS / "identity.json"
@@ -204,7 +185,7 @@ def _assemble(out: Path, identity: dict, null_cond: dict[str, torch.Tensor], ori
         raise ValueError(f"out: {out / PARTS} holds {n} examples, expected {identity['n']}")
     null = {f"null_{CONDITIONS[k]}": v.contiguous() for k, v in null_cond.items()}
     partial = out / f".{NULL}.tmp"
-    save_file(null, partial)
+    write_tensors(partial, null)
     os.replace(partial, out / NULL)
     joined = mapped(out / CACHE)
     manifest = {**identity, **origin, "shape": list(joined["latents"].shape[1:]),
@@ -218,37 +199,24 @@ def _assemble(out: Path, identity: dict, null_cond: dict[str, torch.Tensor], ori
 def _join(parts: list[Path], path: Path) -> int:
     """Writes the parts' tensors concatenated along the first dimension as one safetensors file (atomically), a
     tensor and a part at a time, so that a cache larger than memory joins; returns its examples."""
-    with safe_open(parts[0], "pt") as first:
-        keys = sorted(first.keys())
-        dtypes = {k: first.get_slice(k).get_dtype() for k in keys}
-    shapes = []
-    for part in parts:
-        with safe_open(part, "pt") as f:
-            shapes.append({k: f.get_slice(k).get_shape() for k in keys})
-    header, offset = {}, 0
-    for key in keys:
-        shape = [sum(s[key][0] for s in shapes), *shapes[0][key][1:]]
-        size = math.prod(shape) * DTYPES[dtypes[key]].itemsize
-        header[key] = {"dtype": dtypes[key], "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    tensors = [mapped(part) for part in parts]
+    keys = sorted(tensors[0], key=lambda k: (-tensors[0][k].dtype.itemsize, k))  # aligned, as write_tensors lays out
+    first, _ = header({k: (tensors[0][k].dtype, [sum(len(t[k]) for t in tensors), *tensors[0][k].shape[1:]])
+                       for k in keys})
     partial = path.with_name(f".{path.name}.tmp")
     with open(partial, "wb") as file:
-        file.write(len(text).to_bytes(8, "little") + text)
+        file.write(first)
         for key in keys:
-            for part in parts:
-                with safe_open(part, "pt") as f:
-                    file.write(f.get_tensor(key).contiguous().view(torch.uint8).numpy().tobytes())
+            for part in tensors:
+                file.write(part[key].contiguous().view(-1).view(torch.uint8).numpy())
     os.replace(partial, path)
-    return header["latents"]["shape"][0]
+    return sum(len(t["latents"]) for t in tensors)
 
 
 def _write_verified(path: Path, tensors: dict) -> None:
     """tensors as path (safetensors), atomically, with its sha256 beside it in path.sha256."""
     partial = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, partial)
-    digest = file_sha256(partial)
+    digest = write_tensors(partial, tensors)
     os.replace(partial, path)
     _write_atomic(path.with_suffix(".sha256"), digest.encode())
 

@@ -30,11 +30,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
 from torch import nn
 
 from mcm_fast._checks import check_int
+from mcm_fast.tensor_files import read_tensors, write_tensors
 from mcm_fast.train.distributed import unwrap
 
 FORMAT = "mcm_fast.checkpoint"
@@ -76,8 +75,8 @@ def save_checkpoint(directory, model, *, step: int, keep: int | None = 3, **stat
     return target
 
 
-def _pack(model, step: int, state: dict) -> tuple[dict, dict[str, bytes]]:
-    """(manifest, {file name: safetensors bytes}) of a checkpoint, checksummed; refuses a non-finite tensor."""
+def _pack(model, step: int, state: dict) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """(manifest, {file name: its tensors}) of a checkpoint; refuses a non-finite tensor."""
     files = {"model": _tensor_dict("model", unwrap(model).state_dict() if isinstance(model, nn.Module) else model)}
     manifest = {"format": FORMAT, "version": VERSION, "step": step,
                 "entries": {"model": "module" if isinstance(model, nn.Module) else "tensors"}}
@@ -92,23 +91,21 @@ def _pack(model, step: int, state: dict) -> tuple[dict, dict[str, bytes]]:
             manifest[name] = value
     for name, tensors in files.items():
         _check_finite(step, name, tensors)
-    blobs = {f"{name}.safetensors": save(tensors) for name, tensors in files.items()}
-    manifest["sha256"] = {file: hashlib.sha256(blob).hexdigest() for file, blob in blobs.items()}
-    manifest["checksum"] = _checksum(manifest)
-    return manifest, blobs
+    return manifest, {f"{name}.safetensors": tensors for name, tensors in files.items()}
 
 
-def _publish(directory: Path, name: str, manifest: dict, blobs: dict[str, bytes]) -> Path:
-    """Writes a checkpoint atomically as directory/name: into a temporary directory, synced, then renamed over
-    any old copy (set aside first, removed after); strays of a crashed save go first."""
+def _publish(directory: Path, name: str, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Writes a checkpoint atomically as directory/name: its tensor files a tensor at a time (no copy of the
+    whole in memory), then the manifest with their sha256 and its checksum, into a temporary directory, synced,
+    then renamed over any old copy (set aside first, removed after); strays of a crashed save go first."""
     directory.mkdir(parents=True, exist_ok=True)
     for stray in directory.glob(TMP_PREFIX + "*"):  # left by a save that crashed
         if stray.is_dir() and not stray.is_symlink():
             shutil.rmtree(stray)
     target, tmp = directory / name, directory / f"{TMP_PREFIX}{name}"
     tmp.mkdir()
-    for file, blob in blobs.items():
-        _write(tmp / file, blob)
+    manifest = {**manifest, "sha256": {file: write_tensors(tmp / file, tensors) for file, tensors in files.items()}}
+    manifest["checksum"] = _checksum(manifest)
     _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync(tmp)
     aside = directory / f"{TMP_PREFIX}old-{name}"
@@ -217,12 +214,9 @@ def _split(name: str, value):
 
 
 def _tensor_dict(where: str, mapping: Mapping) -> dict[str, torch.Tensor]:
-    """mapping's tensors as safetensors takes them: detached, on the CPU, contiguous, no two sharing storage.
-
-    safetensors refuses shared storage (tied weights, views of one tensor): every later sharer is cloned, so
-    it loads as its own copy with the same values.
-    """
-    out, seen = {}, set()
+    """mapping's tensors, checked to be plain dense ones (each is written as its own bytes: tied weights and
+    views of one tensor load as copies with the same values)."""
+    out = {}
     for key, value in mapping.items():
         if not isinstance(key, str):
             raise TypeError(f"{where}: expected str keys, got {key!r}")
@@ -231,12 +225,7 @@ def _tensor_dict(where: str, mapping: Mapping) -> dict[str, torch.Tensor]:
         if type(value) not in (torch.Tensor, nn.Parameter) or value.layout != torch.strided:
             raise TypeError(f"{where}[{key!r}]: expected a plain dense tensor, got {type(value).__name__} with "
                             f"layout {value.layout} (gather sharded or sparse state into full tensors first)")
-        tensor = value.detach().cpu().contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in seen:
-            tensor = tensor.clone()
-        seen.add(pointer)
-        out[key] = tensor
+        out[key] = value.detach()
     return out
 
 
@@ -389,21 +378,21 @@ def _load(path: Path, root: Path, device) -> dict:
     return out
 
 
-def _read(file: Path, root: Path, what: str) -> bytes:
-    """The bytes of a file of run directory root; a symlink that leads out of it is refused (self-contained)."""
+def _own(file: Path, root: Path, what: str) -> Path:
+    """file, a file of run directory root; a symlink that leads out of it is refused (self-contained)."""
     if not file.is_file():
         raise FileNotFoundError(f"{file}: missing; expected {what}")
     real = file.resolve()
     if not real.is_relative_to(root.resolve()):
         raise ValueError(f"{file}: a symlink to {real}, outside the run directory {root}; expected the run "
                          f"directory to hold its own files")
-    return file.read_bytes()
+    return file
 
 
 def _read_manifest(path: Path, root: Path) -> dict:
     """checkpoint.json of a checkpoint directory, checked for the format marker."""
     file = path / MANIFEST
-    data = _read(file, root, "the manifest of an mcm_fast checkpoint")
+    data = _own(file, root, "the manifest of an mcm_fast checkpoint").read_bytes()
     try:
         manifest = json.loads(data)
     except (ValueError, RecursionError) as error:
@@ -416,17 +405,16 @@ def _read_manifest(path: Path, root: Path) -> dict:
 
 def _load_tensors(file: Path, root: Path, sums, device) -> dict[str, torch.Tensor]:
     """The tensors of one .safetensors file on device, checked against its sha256 in sums (None: version 1)."""
-    data = _read(file, root, f"the tensors of entry {file.stem!r}")
+    _own(file, root, f"the tensors of entry {file.stem!r}")
+    expected = None
     if sums is not None:
         expected = sums.get(file.name) if isinstance(sums, dict) else None
         if not isinstance(expected, str):
             raise ValueError(f"{file}: no sha256 recorded in {MANIFEST}; expected one for every tensor file")
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise ValueError(f"{file}: damaged; its sha256 differs from the one recorded in {MANIFEST}")
     try:
-        tensors = load(data)
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{file}: corrupt ({error}); expected a complete safetensors file") from None
+        tensors = read_tensors(file, expected, where=f"{file}")
+    except OSError as error:
+        raise ValueError(f"{file}: unreadable ({error}); expected a complete safetensors file") from None
     return {key: tensors[key].to(device) for key in sorted(tensors)}  # one order in every process (collectives)
 
 

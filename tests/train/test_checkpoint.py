@@ -166,18 +166,18 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, 
     save_checkpoint(tmp_path, model, step=1)
     written = []
 
-    def write_then_crash(file, data):
+    def write_then_crash(file, tensors):  # the second tensor file of the save is never written
         if written:
             raise KeyboardInterrupt("killed")
         written.append(file)
-        real_write(file, data)
+        return real_write(file, tensors)
 
     def crash(*args):
         raise KeyboardInterrupt("killed")
 
-    real_write = ckpt._write
+    real_write = ckpt.write_tensors
     if crash_in == "write":
-        monkeypatch.setattr(ckpt, "_write", write_then_crash)
+        monkeypatch.setattr(ckpt, "write_tensors", write_then_crash)
     else:
         monkeypatch.setattr(ckpt.os, "rename", crash)
     with pytest.raises(KeyboardInterrupt):
