@@ -3,10 +3,11 @@ caches. A file is an 8-byte little-endian header length, a JSON header ({name: {
 [begin, end]}}, optionally "__metadata__"), spaces up to an 8-byte boundary, then the tensors' bytes back to back.
 
 The safetensors library's save() builds the whole file in memory, and its load() takes the file's bytes and copies
-them again: a checkpoint of a 0.2B-parameter run (network, EMA, AdamW's moments) then needs 3 GiB beyond the run
-itself at every save. Here a save copies one tensor at a time to the CPU and writes it (hashing as it goes), and
-a load reads the file once into a buffer whose tensors are views of it. Files are those the library reads and
-writes; no code is executed on load, and a malformed header is an error naming the file.
+them again: a 0.2B-parameter run (network, EMA, AdamW's moments) needed about 4 GiB beyond its own memory at
+every save (docs/results.md, "What a LoRA student saves in memory"). Here a save copies one tensor at a time to
+the CPU and writes it (hashing as it goes), and a load reads the file once into a buffer whose tensors are views
+of it. Files are those the library reads and writes; no code is executed on load, and a malformed header is an
+error naming the file.
 """
 from __future__ import annotations
 

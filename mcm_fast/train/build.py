@@ -151,6 +151,7 @@ def deeper_middle(teacher: TrainConfig, student: TrainConfig) -> bool:
     the one way a student may differ from its teacher's network: load_teacher_weights starts it as the teacher."""
     if student.model != teacher.model or student.model not in UVIT_PRESETS:
         return False
+
     def split(config):  # (middle blocks, the other options)
         options = dict(config.model_options)
         return options.pop("middle_blocks", UVIT_PRESETS[config.model].middle_blocks), options
