@@ -37,6 +37,8 @@ RUNS = {  # name: (what changed, options over BASE); the most telling first
                      {"objective": {"teacher_solver": "ddim"}}),
     "middle-4": ("two more middle blocks (4: 0.72M parameters against 0.59M), started as the identity",
                  {"model_options": {"middle_blocks": 4}}),
+    "low-s-often": ("S = 1, 2, 4, 8, 16 drawn 0.3 / 0.3 / 0.2 / 0.1 / 0.1 of the time (base: uniformly)",
+                    {"objective": {"steps_probs": [0.3, 0.3, 0.2, 0.1, 0.1]}}),
     "n-64-512": ("teacher steps N annealed 64 -> 512 (base: 32 -> 128)",
                  {"objective": {"teacher_steps": [64, 512, 500]}}),
     "direct": ("Direct CM: the teacher's ODE end of the segment as the target, at the same budget",
