@@ -29,20 +29,19 @@ NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER = 100_000_000  # bytes, as the safetensors library allows
 
 
-def header(specs: Mapping[str, tuple[torch.dtype, list[int]]]) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    """(the file's first bytes: length, JSON header, padding; {name: (begin, end)} of its data) for tensors of
-    these (dtype, shape), laid out in the order given."""
-    entries, offsets, offset = {}, {}, 0
+def header(specs: Mapping[str, tuple[torch.dtype, list[int]]]) -> bytes:
+    """A file's first bytes (length, JSON header, padding) for tensors of these (dtype, shape), laid out back to
+    back in the order given."""
+    entries, offset = {}, 0
     for name, (dtype, shape) in specs.items():
         if dtype not in NAMES:
             raise TypeError(f"{name}: dtype {dtype} has no safetensors name; expected one of {tuple(NAMES)}")
         size = math.prod(shape) * dtype.itemsize
-        offsets[name] = (offset, offset + size)
         entries[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(entries, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    return len(text).to_bytes(8, "little") + text, offsets
+    return len(text).to_bytes(8, "little") + text
 
 
 def write_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> str:
@@ -50,7 +49,7 @@ def write_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> str:
     and fsyncs it; returns the file's sha256. Wider dtypes go first, so every tensor starts aligned to its
     element size (a load then views the bytes as they are)."""
     order = sorted(tensors, key=lambda name: (-tensors[name].dtype.itemsize, name))
-    first, _ = header({name: (tensors[name].dtype, list(tensors[name].shape)) for name in order})
+    first = header({name: (tensors[name].dtype, list(tensors[name].shape)) for name in order})
     digest = hashlib.sha256(first)
     with open(path, "wb") as file:
         file.write(first)

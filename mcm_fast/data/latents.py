@@ -201,8 +201,8 @@ def _join(parts: list[Path], path: Path) -> int:
     tensor and a part at a time, so that a cache larger than memory joins; returns its examples."""
     tensors = [mapped(part) for part in parts]
     keys = sorted(tensors[0], key=lambda k: (-tensors[0][k].dtype.itemsize, k))  # aligned, as write_tensors lays out
-    first, _ = header({k: (tensors[0][k].dtype, [sum(len(t[k]) for t in tensors), *tensors[0][k].shape[1:]])
-                       for k in keys})
+    first = header({k: (tensors[0][k].dtype, [sum(len(t[k]) for t in tensors), *tensors[0][k].shape[1:]])
+                    for k in keys})
     partial = path.with_name(f".{path.name}.tmp")
     with open(partial, "wb") as file:
         file.write(first)
