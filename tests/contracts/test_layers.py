@@ -17,6 +17,7 @@ FORBIDDEN = {  # module (or package) -> what it must not import
     "integrations": ("train", "metrics", "commands", "demo", "cli"),
     "metrics": ("train", "commands", "demo", "cli"),
     "train": ("commands", "demo", "cli"),
+    "tensor_files": ("ops", "models", "integrations", "data", *CALLERS, *MATH),  # a leaf: files of tensors only
 }
 
 
