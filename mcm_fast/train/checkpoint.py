@@ -412,7 +412,7 @@ def _load_tensors(file: Path, root: Path, sums, device) -> dict[str, torch.Tenso
         if not isinstance(expected, str):
             raise ValueError(f"{file}: no sha256 recorded in {MANIFEST}; expected one for every tensor file")
     try:
-        tensors = read_tensors(file, expected, where=f"{file}")
+        tensors = read_tensors(file, expected)
     except OSError as error:
         raise ValueError(f"{file}: unreadable ({error}); expected a complete safetensors file") from None
     return {key: tensors[key].to(device) for key in sorted(tensors)}  # one order in every process (collectives)
